@@ -1,0 +1,68 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and types.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "berth", description = "The berth management API. Errors use the envelope \
+        {\"error\": {\"code\", \"message\", \"request_id\"}}; lists are cursor-paginated."),
+    paths(
+        super::health::healthz,
+        document,
+        super::node::get_node,
+        super::session::bootstrap,
+        super::session::login,
+        super::session::logout,
+        super::session::list_sessions,
+        super::session::revoke_session,
+        super::session::revoke_other_sessions,
+        super::session::me,
+        super::users::list,
+        super::users::create,
+        super::users::delete,
+        super::tokens::list,
+        super::tokens::create,
+        super::tokens::revoke,
+        super::projects::list,
+        super::projects::create,
+        super::projects::get,
+        super::projects::update,
+        super::projects::delete,
+        super::projects::list_members,
+        super::projects::add_member,
+        super::projects::remove_member,
+        super::audit::list,
+    ),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.info.version = env!("CARGO_PKG_VERSION").to_string();
+    }
+}
+
+/// Renders the document once, at start-up.
+pub fn render() -> Vec<u8> {
+    ApiDoc::openapi().to_json().unwrap_or_default().into_bytes()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn document(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi.clone())
+}

@@ -1,0 +1,273 @@
+//! Projects and their members.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Extension, IntoResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{AuditNote, Caller, JsonBody, ListParams, Paginated};
+use super::validate;
+use crate::auth::Role;
+use crate::store::projects::{Limits, Member, Project, ProjectUpdate};
+
+const MAX_DESCRIPTION: usize = 1000;
+const MAX_ENV_KEYS: usize = 200;
+const MAX_ENV_VALUE: usize = 32 * 1024;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    /// A DNS label, unique on this node.
+    pub name: String,
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectChanges {
+    pub description: Option<String>,
+    /// Replaces the shared environment when present.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Replaces the project-wide limits when present.
+    pub limits: Option<Limits>,
+}
+
+fn check_description(d: &str) -> ApiResult<()> {
+    if !validate::is_text(d, MAX_DESCRIPTION) {
+        return Err(ApiError::invalid(format!("description must be at most {MAX_DESCRIPTION} printable characters")));
+    }
+    Ok(())
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> ApiResult<()> {
+    if env.len() > MAX_ENV_KEYS {
+        return Err(ApiError::invalid(format!("env may hold at most {MAX_ENV_KEYS} variables")));
+    }
+    for (k, v) in env {
+        if !validate::is_env_key(k) {
+            return Err(ApiError::invalid(format!("env name {k:?} must match [A-Za-z_][A-Za-z0-9_]*")));
+        }
+        if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+            return Err(ApiError::invalid(format!("env {k}: value must be under {MAX_ENV_VALUE} bytes with no NUL")));
+        }
+    }
+    Ok(())
+}
+
+fn check_limits(l: &Limits) -> ApiResult<()> {
+    if l.memory_mb.is_some_and(|m| !(4..=1 << 24).contains(&m)) {
+        return Err(ApiError::invalid("limits.memory_mb must be between 4 and 16777216"));
+    }
+    if l.cpus.is_some_and(|c| !c.is_finite() || !(0.01..=1024.0).contains(&c)) {
+        return Err(ApiError::invalid("limits.cpus must be between 0.01 and 1024"));
+    }
+    if l.pids.is_some_and(|p| !(1..=4_194_304).contains(&p)) {
+        return Err(ApiError::invalid("limits.pids must be between 1 and 4194304"));
+    }
+    Ok(())
+}
+
+/// The projects you belong to (every project for super-admins).
+#[utoipa::path(get, path = "/v1/projects", tag = "projects",
+    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Paginated<Project>)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    params: ListParams,
+) -> ApiResult<Json<Paginated<Project>>> {
+    let q = params.page_query();
+    let (uid, all) = (p.user.id.clone(), p.user.super_admin);
+    let page = state
+        .store
+        .read(move |c| {
+            if all {
+                crate::store::projects::list_all(c, &q)
+            } else {
+                crate::store::projects::list_for_user(c, &uid, &q)
+            }
+        })
+        .await?;
+    Ok(Json(Paginated::from_page(page, |p| &p.id)))
+}
+
+/// Creates a project.
+#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+    responses((status = 201, body = Project), (status = 400, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<NewProject>,
+) -> ApiResult<impl IntoResponse> {
+    if !validate::is_dns_label(&body.name) {
+        return Err(ApiError::invalid(
+            "name must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
+        ));
+    }
+    let description = body.description.unwrap_or_default();
+    check_description(&description)?;
+    let now = crate::ids::now_rfc3339();
+    let project = Project {
+        id: crate::ids::new_id("prj"),
+        name: body.name,
+        description,
+        env: BTreeMap::new(),
+        limits: Limits::default(),
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    let p = project.clone();
+    state.store.write(move |c| crate::store::projects::insert(c, &p)).await?;
+    let note =
+        AuditNote { target: Some(project.id.clone()), project_id: Some(project.id.clone()), ..Default::default() };
+    Ok((StatusCode::CREATED, Extension(note), Json(project)))
+}
+
+/// One project.
+#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects",
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 200, body = Project), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Project>> {
+    let lookup = id.clone();
+    state
+        .store
+        .read(move |c| crate::store::projects::get(c, &lookup))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("project {id} not found")))
+}
+
+/// Changes a project's description, shared env or limits.
+#[utoipa::path(put, path = "/v1/projects/{id}", tag = "projects", request_body = ProjectChanges,
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 200, body = Project), (status = 400, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ProjectChanges>,
+) -> ApiResult<Json<Project>> {
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
+    if let Some(e) = &body.env {
+        check_env(e)?;
+    }
+    if let Some(l) = &body.limits {
+        check_limits(l)?;
+    }
+    let update = ProjectUpdate {
+        description: body.description,
+        env: body.env,
+        limits: body.limits,
+        updated_at: crate::ids::now_rfc3339(),
+    };
+    Ok(Json(state.store.write(move |c| crate::store::projects::update(c, &id, update)).await?))
+}
+
+/// Deletes an empty project.
+#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects",
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    state.store.write(move |c| crate::store::projects::delete(c, &id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The project's members.
+#[utoipa::path(get, path = "/v1/projects/{id}/members", tag = "projects",
+    params(("id" = String, Path, description = "project id"), ("limit" = Option<u32>, Query),
+        ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Paginated<Member>), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_members(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: ListParams,
+) -> ApiResult<Json<Paginated<Member>>> {
+    let q = params.page_query();
+    let page = state.store.read(move |c| crate::store::projects::list_members(c, &id, &q)).await?;
+    Ok(Json(Paginated::from_page(page, |m| &m.user_id)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    /// The user to add; give this or `username`.
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub role: Role,
+}
+
+/// Adds a member, or changes the role of an existing one (200 then, 201 when added).
+#[utoipa::path(post, path = "/v1/projects/{id}/members", tag = "projects", request_body = NewMember,
+    params(("id" = String, Path, description = "project id")),
+    responses((status = 201, body = Member), (status = 200, body = Member),
+        (status = 400, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NewMember>,
+) -> ApiResult<impl IntoResponse> {
+    let who = match (body.user_id, body.username) {
+        (Some(u), None) => Ok(u),
+        (None, Some(n)) => Err(n),
+        _ => return Err(ApiError::invalid("give exactly one of user_id and username")),
+    };
+    let role = body.role;
+    let now = crate::ids::now_rfc3339();
+    let pid = id.clone();
+    let (member, added) = state
+        .store
+        .write(move |c| {
+            let user = match &who {
+                Ok(uid) => crate::store::users::get(c, uid)?,
+                Err(name) => crate::store::users::by_username(c, name)?,
+            };
+            let user = user.ok_or_else(|| {
+                crate::store::StoreError::NotFound(match &who {
+                    Ok(uid) => format!("user {uid} not found"),
+                    Err(name) => format!("user {name} not found"),
+                })
+            })?;
+            crate::store::projects::upsert_member(c, &pid, &user.id, role, &now)
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound(m) => ApiError::unprocessable(m),
+            e => e.into(),
+        })?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    let note = AuditNote { target: Some(member.user_id.clone()), project_id: Some(id), ..Default::default() };
+    Ok((status, Extension(note), Json(member)))
+}
+
+/// Removes a member.
+#[utoipa::path(delete, path = "/v1/projects/{id}/members/{user_id}", tag = "projects",
+    params(("id" = String, Path, description = "project id"), ("user_id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let uid = user_id.clone();
+    if !state.store.write(move |c| crate::store::projects::remove_member(c, &id, &uid)).await? {
+        return Err(ApiError::not_found(format!("user {user_id} is not a member of this project")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,142 @@
+//! The route table: every `/v1` route with its minimum access and token scope, in
+//! one place. The router is built only from this table (`clippy.toml` forbids
+//! `Router::route` elsewhere), so a route cannot be mounted without a declared role;
+//! the role matrix test and the OpenAPI test both iterate it.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::http::Method;
+use axum::routing::{MethodFilter, MethodRouter};
+
+use super::{AppState, audit, health, middleware, node, openapi, projects, session, tokens, users};
+use crate::auth::{Role, Scope};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, no token.
+    Public,
+    /// Only the one-time bootstrap token.
+    Bootstrap,
+    /// Any valid session or API token.
+    Authenticated,
+    /// A member of at least one project (any role), or a super-admin.
+    AnyMember,
+    /// An Admin of at least one project, or a super-admin; results are filtered to
+    /// the projects the caller administers.
+    AnyAdmin,
+    /// At least this role in the project named by the `{id}` path parameter; callers
+    /// who are not members get 404, never 403.
+    Project(Role),
+    /// Super-admins only.
+    SuperAdmin,
+}
+
+/// One row of the route table.
+pub struct Route {
+    pub method: Method,
+    /// axum/OpenAPI path template, e.g. `/v1/projects/{id}`.
+    pub path: &'static str,
+    pub access: Access,
+    /// Scope an API token needs for this route (sessions have every scope).
+    pub scope: Option<Scope>,
+    pub mount: fn() -> MethodRouter<AppState>,
+}
+
+macro_rules! route {
+    ($method:ident $path:literal, $access:expr, $scope:expr, $handler:path) => {
+        Route {
+            method: Method::$method,
+            path: $path,
+            access: $access,
+            scope: $scope,
+            mount: || axum::routing::on(MethodFilter::$method, $handler),
+        }
+    };
+}
+
+use Access::*;
+use Role::{Admin, Operator, Viewer};
+
+pub static ROUTES: &[Route] = &[
+    route!(GET "/healthz", Public, None, health::healthz),
+    route!(GET "/v1/openapi.json", Public, None, openapi::document),
+    route!(GET "/v1/node", AnyMember, Some(Scope::NodeRead), node::get_node),
+    route!(POST "/v1/bootstrap", Bootstrap, None, session::bootstrap),
+    route!(POST "/v1/auth/login", Public, None, session::login),
+    route!(POST "/v1/auth/logout", Authenticated, None, session::logout),
+    route!(GET "/v1/auth/sessions", Authenticated, Some(Scope::TokensRead), session::list_sessions),
+    route!(DELETE "/v1/auth/sessions", Authenticated, Some(Scope::TokensWrite), session::revoke_other_sessions),
+    route!(DELETE "/v1/auth/sessions/{session_id}", Authenticated, Some(Scope::TokensWrite), session::revoke_session),
+    route!(GET "/v1/me", Authenticated, None, session::me),
+    route!(GET "/v1/users", SuperAdmin, Some(Scope::UsersRead), users::list),
+    route!(POST "/v1/users", SuperAdmin, Some(Scope::UsersWrite), users::create),
+    route!(DELETE "/v1/users/{user_id}", SuperAdmin, Some(Scope::UsersWrite), users::delete),
+    route!(GET "/v1/api-tokens", Authenticated, Some(Scope::TokensRead), tokens::list),
+    route!(POST "/v1/api-tokens", Authenticated, Some(Scope::TokensWrite), tokens::create),
+    route!(DELETE "/v1/api-tokens/{token_id}", Authenticated, Some(Scope::TokensWrite), tokens::revoke),
+    route!(GET "/v1/projects", Authenticated, Some(Scope::ProjectsRead), projects::list),
+    route!(POST "/v1/projects", SuperAdmin, Some(Scope::ProjectsWrite), projects::create),
+    route!(GET "/v1/projects/{id}", Project(Viewer), Some(Scope::ProjectsRead), projects::get),
+    route!(PUT "/v1/projects/{id}", Project(Admin), Some(Scope::ProjectsWrite), projects::update),
+    route!(DELETE "/v1/projects/{id}", Project(Admin), Some(Scope::ProjectsWrite), projects::delete),
+    route!(GET "/v1/projects/{id}/members", Project(Viewer), Some(Scope::ProjectsRead), projects::list_members),
+    route!(POST "/v1/projects/{id}/members", Project(Admin), Some(Scope::ProjectsWrite), projects::add_member),
+    route!(DELETE "/v1/projects/{id}/members/{user_id}", Project(Admin), Some(Scope::ProjectsWrite), projects::remove_member),
+    route!(GET "/v1/audit", AnyAdmin, Some(Scope::AuditRead), audit::list),
+];
+
+/// Operator is referenced by later routes; keep the import honest until then.
+const _: Role = Operator;
+
+/// Builds the whole HTTP app from the route table.
+pub fn build(state: AppState) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+    for route in ROUTES {
+        let guarded = (route.mount)()
+            .route_layer(axum::middleware::from_fn_with_state((state.clone(), route), middleware::authorize));
+        let merged = match by_path.remove(route.path) {
+            Some(existing) => existing.merge(guarded),
+            None => guarded,
+        };
+        by_path.insert(route.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, methods) in by_path {
+        #[expect(clippy::disallowed_methods, reason = "the one place routes are mounted")]
+        {
+            router = router.route(path, methods);
+        }
+    }
+    router
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::context))
+        .with_state(state)
+}
+
+/// The table row for a method and path template, if any.
+pub fn find(method: &Method, path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| r.method == *method && r.path == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_no_duplicates_and_every_path_is_versioned() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(seen.insert((r.method.clone(), r.path)), "duplicate {} {}", r.method, r.path);
+            assert!(r.path == "/healthz" || r.path.starts_with("/v1/"), "{}", r.path);
+            if matches!(r.access, Access::Project(_)) {
+                assert!(r.path.contains("{id}"), "{} is project-scoped but has no {{id}}", r.path);
+            }
+            if matches!(r.access, Access::Public | Access::Bootstrap) {
+                assert!(r.scope.is_none(), "{} is public but declares a scope", r.path);
+            }
+        }
+    }
+}

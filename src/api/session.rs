@@ -1,0 +1,233 @@
+//! Bootstrap, login/logout, sessions and `/v1/me`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Extension, IntoResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiResult, Kind};
+use super::extract::{AuditNote, Caller, Ctx, JsonBody};
+use super::{AppState, check_password, check_username};
+use crate::auth::{self, CredentialKind};
+use crate::store::auth::{NewSession, SessionInfo};
+use crate::store::projects::Membership;
+use crate::store::users::User;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// Session token; send as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub expires_at: String,
+    pub user: User,
+}
+
+/// Creates the first super-admin with the one-time bootstrap token.
+#[utoipa::path(post, path = "/v1/bootstrap", tag = "auth", request_body = Credentials,
+    responses((status = 201, body = User), (status = 400, body = super::error::ErrorBody),
+        (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn bootstrap(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Credentials>,
+) -> ApiResult<impl IntoResponse> {
+    check_username(&body.username)?;
+    check_password(&body.password)?;
+    let hash = state.hash_password(body.password).await?;
+    let user = User {
+        id: crate::ids::new_id("usr"),
+        username: body.username,
+        super_admin: true,
+        created_at: crate::ids::now_rfc3339(),
+    };
+    let u = user.clone();
+    let used = state
+        .store
+        .write(move |c| {
+            if !crate::store::auth::meta_delete(c, auth::BOOTSTRAP_META_KEY)? {
+                return Ok(false);
+            }
+            crate::store::users::insert(c, &u, &hash)?;
+            Ok(true)
+        })
+        .await?;
+    if !used {
+        return Err(ApiError::new(Kind::InvalidToken, "the bootstrap token was already used"));
+    }
+    let file = state.config.data_dir.join("bootstrap-token");
+    if let Err(e) = std::fs::remove_file(&file) {
+        tracing::warn!(path = %file.display(), error = %e, "could not remove the used bootstrap token file");
+    }
+    tracing::info!(user = user.username, "bootstrap complete; first super-admin created");
+    let note = AuditNote {
+        target: Some(user.id.clone()),
+        actor: Some((user.id.clone(), user.username.clone())),
+        ..Default::default()
+    };
+    Ok((StatusCode::CREATED, Extension(note), Json(user)))
+}
+
+/// Exchanges a username and password for a session token.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
+    responses((status = 200, body = LoginResponse), (status = 401, body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<Credentials>,
+) -> ApiResult<impl IntoResponse> {
+    if let Some(retry) = state.logins.blocked(ctx.source, state.config.api.login_failures_per_minute) {
+        return Err(ApiError::rate_limited(retry));
+    }
+    if body.username.len() > 64 || body.password.len() > auth::password::MAX_LEN {
+        return Err(ApiError::invalid("username or password is too long"));
+    }
+    let name = body.username.clone();
+    let found = state.store.read(move |c| crate::store::users::by_username_with_hash(c, &name)).await?;
+    let (user, phc) = match found {
+        Some((u, h)) => (Some(u), Some(h)),
+        None => (None, None),
+    };
+    let ok = state.verify_password(body.password, phc).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        state.logins.record_failure(ctx.source);
+        tracing::warn!(source = %ctx.source, username = body.username, "failed login");
+        return Err(ApiError::new(Kind::InvalidCredentials, "wrong username or password"));
+    };
+    let id = crate::ids::new_id("ses");
+    let secret = auth::new_secret();
+    let hash = auth::hash_secret(&secret);
+    let now = time::OffsetDateTime::now_utc();
+    let created_at = crate::ids::format_time(now);
+    let expires_at = crate::ids::format_time(now + time::Duration::hours(state.config.api.session_ttl_hours as i64));
+    let (sid, uid, exp, src, ua) =
+        (id.clone(), user.id.clone(), expires_at.clone(), ctx.source.to_string(), ctx.user_agent.clone());
+    state
+        .store
+        .write(move |c| {
+            crate::store::auth::insert_session(
+                c,
+                &NewSession {
+                    id: &sid,
+                    user_id: &uid,
+                    secret_hash: &hash,
+                    created_at: &created_at,
+                    expires_at: &exp,
+                    source_addr: &src,
+                    user_agent: &ua,
+                },
+            )
+        })
+        .await?;
+    let token = auth::format_token(&CredentialKind::Session(id.clone()), &secret);
+    let note =
+        AuditNote { target: Some(id), actor: Some((user.id.clone(), user.username.clone())), ..Default::default() };
+    Ok((Extension(note), Json(LoginResponse { token, expires_at, user })))
+}
+
+/// Ends the session making the request.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logout(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<StatusCode> {
+    let Some(sid) = p.session_id().map(str::to_string) else {
+        return Err(ApiError::unprocessable(
+            "logout ends a session, and this is an API token; revoke it with DELETE /v1/api-tokens/{token_id}",
+        ));
+    };
+    let uid = p.user.id.clone();
+    state.store.write(move |c| crate::store::auth::delete_session(c, &uid, &sid)).await?;
+    state.auth.invalidate_all();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Your own sessions.
+#[utoipa::path(get, path = "/v1/auth/sessions", tag = "auth",
+    responses((status = 200, body = Vec<SessionInfo>), (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_sessions(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Vec<SessionInfo>>> {
+    let uid = p.user.id.clone();
+    let current = p.session_id().map(str::to_string);
+    Ok(Json(state.store.read(move |c| crate::store::auth::list_sessions(c, &uid, current.as_deref())).await?))
+}
+
+/// Revokes one of your sessions.
+#[utoipa::path(delete, path = "/v1/auth/sessions/{session_id}", tag = "auth",
+    params(("session_id" = String, Path, description = "session id")),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    Path(session_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let uid = p.user.id.clone();
+    let sid = session_id.clone();
+    if !state.store.write(move |c| crate::store::auth::delete_session(c, &uid, &sid)).await? {
+        return Err(ApiError::not_found(format!("session {session_id} not found")));
+    }
+    state.auth.invalidate_all();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    /// How many sessions were revoked.
+    pub revoked: usize,
+}
+
+/// Revokes all your sessions but the one making the request.
+#[utoipa::path(delete, path = "/v1/auth/sessions", tag = "auth",
+    responses((status = 200, body = Revoked)),
+    security(("bearer" = [])))]
+pub async fn revoke_other_sessions(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Revoked>> {
+    let uid = p.user.id.clone();
+    let keep = p.session_id().map(str::to_string);
+    let revoked =
+        state.store.write(move |c| crate::store::auth::delete_other_sessions(c, &uid, keep.as_deref())).await?;
+    state.auth.invalidate_all();
+    Ok(Json(Revoked { revoked }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CredentialInfo {
+    /// `session` or `api_token`.
+    pub kind: &'static str,
+    pub id: String,
+    /// Scope names, or `["*"]` for every scope.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub user: User,
+    pub credential: CredentialInfo,
+    pub memberships: Vec<Membership>,
+}
+
+/// The caller, the credential used, and their project memberships.
+#[utoipa::path(get, path = "/v1/me", tag = "auth",
+    responses((status = 200, body = Me), (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn me(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Me>> {
+    let uid = p.user.id.clone();
+    let memberships = state.store.read(move |c| crate::store::projects::memberships(c, &uid)).await?;
+    let (kind, id) = match &p.credential {
+        CredentialKind::Session(id) => ("session", id.clone()),
+        CredentialKind::ApiToken(id) => ("api_token", id.clone()),
+    };
+    let scopes = match &p.scopes {
+        None => vec![auth::scopes::WILDCARD.to_string()],
+        Some(s) => s.iter().map(|s| s.as_str().to_string()).collect(),
+    };
+    Ok(Json(Me { user: p.user.clone(), credential: CredentialInfo { kind, id, scopes }, memberships }))
+}

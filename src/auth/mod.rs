@@ -1,0 +1,327 @@
+//! Who is calling, and what they may do.
+//!
+//! - Passwords are hashed with argon2id (OWASP parameters: 19 MiB, t=2, p=1).
+//! - Session and API tokens are `berth_ses_<id>_<secret>` and `berth_pat_<id>_<secret>`:
+//!   the id finds the row, the secret (256 bits from the OS RNG) is stored only as its
+//!   SHA-256 and compared in constant time. A high-entropy secret needs no slow hash.
+//! - The bootstrap token is `berth_boot_<secret>`, its hash kept in `meta` until used.
+//! - Roles are per project: Viewer < Operator < Admin; a super-admin flag bypasses
+//!   membership. API tokens carry scopes, a ceiling over the owner's roles.
+//! - Verified credentials are cached in memory for a minute; every revocation path
+//!   invalidates the cache (guarded by a generation counter so a lookup racing a
+//!   revocation cannot re-insert a stale entry), so a revoked token fails at once.
+
+pub mod password;
+pub mod scopes;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+pub use scopes::Scope;
+
+use crate::store::users::User;
+use crate::store::{Store, StoreError};
+
+/// A role in one project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+pub const SESSION_PREFIX: &str = "berth_ses_";
+pub const TOKEN_PREFIX: &str = "berth_pat_";
+pub const BOOTSTRAP_PREFIX: &str = "berth_boot_";
+const SECRET_LEN: usize = 43;
+/// `meta` key holding the bootstrap token's hash while it is unused.
+pub const BOOTSTRAP_META_KEY: &str = "bootstrap_token_sha256";
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialKind {
+    Session(String),
+    ApiToken(String),
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub credential: CredentialKind,
+    /// `None`: every scope (sessions, and tokens made with `*`).
+    pub scopes: Option<Vec<Scope>>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, s: Scope) -> bool {
+        self.scopes.as_ref().is_none_or(|set| set.contains(&s))
+    }
+
+    pub fn token_id(&self) -> Option<&str> {
+        match &self.credential {
+            CredentialKind::ApiToken(id) => Some(id),
+            CredentialKind::Session(_) => None,
+        }
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        match &self.credential {
+            CredentialKind::Session(id) => Some(id),
+            CredentialKind::ApiToken(_) => None,
+        }
+    }
+
+    /// The id rate limits are counted against.
+    pub fn credential_id(&self) -> &str {
+        match &self.credential {
+            CredentialKind::Session(id) | CredentialKind::ApiToken(id) => id,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token is not a berth token")]
+    Malformed,
+    #[error("the token is not valid")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A fresh random secret: 43 alphanumeric characters (≈256 bits).
+pub fn new_secret() -> String {
+    rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(SECRET_LEN).map(char::from).collect()
+}
+
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Splits `berth_ses_<id>_<secret>` / `berth_pat_<id>_<secret>` into its kind, id and secret.
+pub fn parse_token(token: &str) -> Result<(CredentialKind, &str), AuthError> {
+    let (rest, session) = if let Some(r) = token.strip_prefix(SESSION_PREFIX) {
+        (r, true)
+    } else if let Some(r) = token.strip_prefix(TOKEN_PREFIX) {
+        (r, false)
+    } else {
+        return Err(AuthError::Malformed);
+    };
+    let (id, secret) = rest.rsplit_once('_').ok_or(AuthError::Malformed)?;
+    let prefix = if session { "ses" } else { "tok" };
+    if !crate::ids::has_shape(id, prefix)
+        || secret.len() != SECRET_LEN
+        || !secret.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(AuthError::Malformed);
+    }
+    let kind = if session { CredentialKind::Session(id.to_string()) } else { CredentialKind::ApiToken(id.to_string()) };
+    Ok((kind, secret))
+}
+
+/// Formats a token from its parts.
+pub fn format_token(kind: &CredentialKind, secret: &str) -> String {
+    match kind {
+        CredentialKind::Session(id) => format!("{SESSION_PREFIX}{id}_{secret}"),
+        CredentialKind::ApiToken(id) => format!("{TOKEN_PREFIX}{id}_{secret}"),
+    }
+}
+
+/// Constant-time equality of two hashes.
+pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+struct Cached {
+    cred: crate::store::auth::Credential,
+    expires_unix: Option<i64>,
+    fetched: Instant,
+    touched: Option<Instant>,
+}
+
+/// How long a verified credential is trusted from memory before re-reading it.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// `last_used_at` is written at most this often per credential.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Verifies bearer tokens against the store, with a revocation-safe cache.
+pub struct Authenticator {
+    store: Store,
+    cache: Mutex<HashMap<String, Cached>>,
+    generation: AtomicU64,
+}
+
+impl Authenticator {
+    pub fn new(store: Store) -> Self {
+        Self { store, cache: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+    }
+
+    /// Checks a session or API token; returns the principal it stands for.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let (kind, secret) = parse_token(token)?;
+        let id = match &kind {
+            CredentialKind::Session(id) | CredentialKind::ApiToken(id) => id.clone(),
+        };
+        let presented = hash_secret(secret);
+        let now = Instant::now();
+        let hit = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(&id)
+                .filter(|c| now.duration_since(c.fetched) < CACHE_TTL)
+                .map(|c| (c.cred.clone(), c.expires_unix))
+        };
+        let (cred, expires_unix) = match hit {
+            Some(hit) => hit,
+            None => {
+                let generation = self.generation.load(Ordering::Acquire);
+                let lookup_id = id.clone();
+                let session = matches!(kind, CredentialKind::Session(_));
+                let cred = self
+                    .store
+                    .read(move |c| {
+                        if session {
+                            crate::store::auth::session_credential(c, &lookup_id)
+                        } else {
+                            crate::store::auth::token_credential(c, &lookup_id)
+                        }
+                    })
+                    .await?
+                    .ok_or(AuthError::Invalid)?;
+                let expires_unix =
+                    cred.expires_at.as_deref().and_then(crate::ids::parse_time).map(|t| t.unix_timestamp());
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                if self.generation.load(Ordering::Acquire) == generation {
+                    cache.insert(id.clone(), Cached { cred: cred.clone(), expires_unix, fetched: now, touched: None });
+                }
+                (cred, expires_unix)
+            }
+        };
+        if !hashes_equal(&presented, &cred.secret_hash) {
+            return Err(AuthError::Invalid);
+        }
+        if expires_unix.is_some_and(|e| e <= crate::ids::unix_now()) {
+            return Err(AuthError::Expired);
+        }
+        self.touch(&kind, &id, now);
+        let scopes = match cred.scopes {
+            None => None,
+            Some(names) if names.iter().any(|n| n == "*") => None,
+            Some(names) => Some(names.iter().filter_map(|n| Scope::parse(n)).collect()),
+        };
+        Ok(Principal { user: cred.user, credential: kind, scopes })
+    }
+
+    fn touch(&self, kind: &CredentialKind, id: &str, now: Instant) {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get_mut(id) {
+                Some(c) if c.touched.is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY) => c.touched = Some(now),
+                Some(_) => return,
+                None => {}
+            }
+        }
+        let at = crate::ids::now_rfc3339();
+        let id = id.to_string();
+        match kind {
+            CredentialKind::Session(_) => {
+                self.store.write_detached(move |c| crate::store::auth::touch_session(c, &id, &at))
+            }
+            CredentialKind::ApiToken(_) => {
+                self.store.write_detached(move |c| crate::store::auth::touch_token(c, &id, &at))
+            }
+        }
+    }
+
+    /// Forgets every cached credential; call after any revocation, user deletion or
+    /// privilege change has been committed.
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Checks the one-time bootstrap token; true if it matches the unused one.
+    pub async fn check_bootstrap(&self, token: &str) -> Result<bool, AuthError> {
+        let Some(secret) = token.strip_prefix(BOOTSTRAP_PREFIX) else { return Ok(false) };
+        let presented = hex(&hash_secret(secret));
+        let stored = self.store.read(|c| crate::store::auth::meta_get(c, BOOTSTRAP_META_KEY)).await?;
+        Ok(stored.is_some_and(|s| hashes_equal(s.as_bytes(), presented.as_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let id = crate::ids::new_id("tok");
+        let secret = new_secret();
+        let token = format_token(&CredentialKind::ApiToken(id.clone()), &secret);
+        assert!(token.starts_with("berth_pat_tok_"));
+        let (kind, s) = parse_token(&token).unwrap();
+        assert_eq!(kind, CredentialKind::ApiToken(id.clone()));
+        assert_eq!(s, secret);
+        for bad in [
+            "",
+            "berth_pat_",
+            "berth_pat_tok_x_y",
+            "Bearer x",
+            &format!("berth_pat_{id}_short"),
+            &format!("berth_ses_{id}_{secret}"),
+            &format!("berth_pat_{id}_{}", "é".repeat(43)),
+        ] {
+            assert!(parse_token(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert_eq!(Role::parse("admin"), Some(Role::Admin));
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn hash_compare_is_exact() {
+        let a = hash_secret("x");
+        assert!(hashes_equal(&a, &hash_secret("x")));
+        assert!(!hashes_equal(&a, &hash_secret("y")));
+        assert!(!hashes_equal(&a, &a[..31]));
+    }
+}

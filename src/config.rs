@@ -1,0 +1,388 @@
+//! Configuration: one serde struct, loaded from TOML, then `BERTH_*` environment
+//! variables, then command-line flags (each layer wins over the one before).
+//! `--dev` only changes defaults; anything set explicitly still wins.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parse {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding `state.db`, the registry, images, containers, volumes and secrets.
+    pub data_dir: PathBuf,
+    /// Directory for runtime files (runc root, shim and console sockets).
+    pub run_dir: PathBuf,
+    /// The management API and registry listener.
+    pub api: ApiConfig,
+    /// The HTTP/HTTPS ingress.
+    pub ingress: IngressConfig,
+    /// ACME certificate issuance.
+    pub acme: AcmeConfig,
+    /// Names berth resolves itself.
+    pub dns: DnsConfig,
+    /// Container networking.
+    pub network: NetworkConfig,
+    /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
+    #[serde(skip)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the `/healthz`, `/v1` and `/v2` listener.
+    pub listen: SocketAddr,
+    /// Largest accepted JSON request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Requests per minute allowed to one token.
+    pub rate_limit_per_minute: u32,
+    /// Requests per minute allowed to one source address without a valid token.
+    pub anonymous_rate_limit_per_minute: u32,
+    /// Failed logins per minute from one address before logins from it are refused.
+    pub login_failures_per_minute: u32,
+    /// Lifetime of a session token, in hours.
+    pub session_ttl_hours: u64,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Plain HTTP listener (ACME HTTP-01, redirects, domain verification).
+    pub http_listen: SocketAddr,
+    /// HTTPS listener.
+    pub https_listen: SocketAddr,
+    /// Services are reachable at `<service>.<project>.<apps_domain>`.
+    pub apps_domain: String,
+    /// Optional hostname routed to the API listener over TLS.
+    pub control_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Whether certificates are requested from the ACME directory.
+    pub enabled: bool,
+    /// Contact URL given to the CA (`mailto:…`).
+    pub contact: String,
+    /// The ACME directory.
+    pub directory_url: String,
+    /// Extra PEM roots trusted for the directory (private or test CAs).
+    pub ca_bundle: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Hostname → address answers berth uses instead of the system resolver.
+    pub overrides: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// IPv4 pool container addresses are taken from.
+    pub pool: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/berth"),
+            run_dir: PathBuf::from("/run/berth"),
+            api: ApiConfig::default(),
+            ingress: IngressConfig::default(),
+            acme: AcmeConfig::default(),
+            dns: DnsConfig::default(),
+            network: NetworkConfig::default(),
+            dev: false,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            body_limit_bytes: 1024 * 1024,
+            rate_limit_per_minute: 6000,
+            anonymous_rate_limit_per_minute: 600,
+            login_failures_per_minute: 10,
+            session_ttl_hours: 24,
+            shutdown_grace_seconds: 10,
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https_listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            apps_domain: "localhost".into(),
+            control_domain: None,
+        }
+    }
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            contact: String::new(),
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            ca_bundle: String::new(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { pool: "10.213.0.0/16".into() }
+    }
+}
+
+/// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
+const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network"];
+/// Top-level keys a `BERTH_<KEY>` variable may name.
+const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
+/// `BERTH_*` variables that are not config keys.
+const NOT_CONFIG: &[&str] = &["log"];
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub dev: bool,
+    pub data_dir: Option<PathBuf>,
+    pub api_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub https_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Loads the config: defaults (dev or production), then the file, then `env`, then flags.
+    /// A missing file is fine only when it was not asked for explicitly.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        let (path, explicit) = match file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.message().to_string(),
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("BERTH_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            if NOT_CONFIG.contains(&rest.as_str()) {
+                continue;
+            }
+            let value = env_value(&raw);
+            if TOP_LEVEL.contains(&rest.as_str()) {
+                table.insert(rest, value);
+                continue;
+            }
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(unknown_env(&name));
+            };
+            if !SECTIONS.contains(&section) {
+                return Err(unknown_env(&name));
+            }
+            let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_string(), value);
+                }
+                _ => return Err(unknown_env(&name)),
+            }
+        }
+        let table = if flags.dev { dev_base(&table) } else { table };
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Parse { origin: format!("key `{}`", e.path()), message: e.inner().message().to_string() }
+        })?;
+        config.dev = flags.dev;
+        if let Some(d) = &flags.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(a) = flags.api_listen {
+            config.api.listen = a;
+        }
+        if let Some(a) = flags.http_listen {
+            config.ingress.http_listen = a;
+        }
+        if let Some(a) = flags.https_listen {
+            config.ingress.https_listen = a;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.into() });
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        if self.api.body_limit_bytes < 1024 {
+            return invalid("api.body_limit_bytes", "must be at least 1024");
+        }
+        if self.api.rate_limit_per_minute == 0 || self.api.anonymous_rate_limit_per_minute == 0 {
+            return invalid("api.rate_limit_per_minute", "must be at least 1");
+        }
+        if self.api.login_failures_per_minute == 0 {
+            return invalid("api.login_failures_per_minute", "must be at least 1");
+        }
+        if self.api.session_ttl_hours == 0 || self.api.session_ttl_hours > 24 * 365 {
+            return invalid("api.session_ttl_hours", "must be between 1 and 8760");
+        }
+        if !crate::api::validate::is_hostname(&self.ingress.apps_domain) {
+            return invalid("ingress.apps_domain", "must be a hostname");
+        }
+        if let Some(d) = &self.ingress.control_domain {
+            if !crate::api::validate::is_hostname(d) {
+                return invalid("ingress.control_domain", "must be a hostname");
+            }
+        }
+        if self.acme.enabled && !self.acme.directory_url.starts_with("https://") {
+            return invalid("acme.directory_url", "must be an https:// url");
+        }
+        Ok(())
+    }
+}
+
+/// Dev mode changes defaults only: values present in `table` still win.
+fn dev_base(table: &toml::Table) -> toml::Table {
+    let mut base: toml::Table = toml::from_str(
+        r#"
+        data_dir = ".berth-dev"
+        run_dir = ".berth-dev/run"
+        [api]
+        listen = "127.0.0.1:7420"
+        [ingress]
+        http_listen = "127.0.0.1:8080"
+        https_listen = "127.0.0.1:8443"
+        apps_domain = "localhost"
+        [acme]
+        enabled = false
+        "#,
+    )
+    .unwrap_or_default();
+    merge(&mut base, table);
+    base
+}
+
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// An environment value is TOML when it parses as TOML (`8080`, `true`, `{ a = "b" }`),
+/// otherwise a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn unknown_env(name: &str) -> ConfigError {
+    ConfigError::Parse { origin: format!("environment variable {name}"), message: "names no config key".into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("berth.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(crate::ids::new_id("cfgtest"));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let d = tmp();
+        let p = write(&d, "data_dir = \"/srv/b\"\n[api]\nlisten = \"127.0.0.1:1000\"\nrate_limit_per_minute = 5\n");
+        let env = vec![("BERTH_API_LISTEN".to_string(), "127.0.0.1:2000".to_string())];
+        let flags = Overrides { api_listen: None, ..Default::default() };
+        let c = Config::load(Some(&p), env.clone(), &flags).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/b"));
+        assert_eq!(c.api.listen.port(), 2000);
+        assert_eq!(c.api.rate_limit_per_minute, 5);
+        let flags = Overrides { api_listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };
+        assert_eq!(Config::load(Some(&p), env, &flags).unwrap().api.listen.port(), 3000);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn dev_changes_defaults_only() {
+        let d = tmp();
+        let p = write(&d, "[ingress]\nhttp_listen = \"127.0.0.1:9999\"\n");
+        let c = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap();
+        assert_eq!(c.ingress.http_listen.port(), 9999);
+        assert_eq!(c.ingress.https_listen.port(), 8443);
+        assert!(!c.acme.enabled);
+        assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn bad_input_names_the_key() {
+        let d = tmp();
+        let p = write(&d, "[api]\nlisten = 12\n");
+        let e = Config::load(Some(&p), vec![], &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let p = write(&d, "bogus = 1\n");
+        let e = Config::load(Some(&p), vec![], &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let env = vec![("BERTH_NOPE_X".to_string(), "1".to_string())];
+        let e = Config::load(None, env, &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("BERTH_NOPE_X"), "{e}");
+        let p = write(&d, "[ingress]\napps_domain = \"not a host\"\n");
+        let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("ingress.apps_domain"), "{e}");
+        assert!(Config::load(Some(&d.join("missing.toml")), vec![], &Overrides::default()).is_err());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,156 @@
+//! Start-up and shutdown order.
+//!
+//! Start: state dirs → store (migrations) → bootstrap token if there are no users →
+//! host facts → listener → `READY=1` → workers. Stop (SIGTERM/SIGINT): stop accepting,
+//! drain in-flight requests for at most `api.shutdown_grace_seconds`, stop workers,
+//! then close the store (the writer finishes queued commits, the WAL is checkpointed).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::error::PathError;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    for dir in [&config.data_dir, &config.run_dir] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| PathError::new("create", dir, e))?;
+    }
+    let db = config.data_dir.join("state.db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))??;
+    ensure_bootstrap_token(&store, &config).await?;
+    let host = tokio::task::spawn_blocking(crate::runtime::host::StaticFacts::probe)
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let state = AppState::new(config.clone(), store.clone(), host);
+    let app = api::router::build(state.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| DaemonError::Listen { addr: config.api.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.api.listen, source })?;
+    tracing::info!(%addr, dev = config.dev, data_dir = %config.data_dir.display(), "api listening");
+
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .into_future(),
+    );
+    sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}"));
+    let workers = crate::workers::start_all(&state, &stop_rx);
+
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!(signal, "shutting down");
+    sd_notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(config.api.shutdown_grace_seconds);
+    let mut server = server;
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => {
+            tracing::warn!(seconds = grace.as_secs(), "in-flight requests did not finish in time; closing them");
+            server.abort();
+        }
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    drop(state);
+    tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On a node with no users, writes a fresh one-time bootstrap token to
+/// `<data_dir>/bootstrap-token` (mode 0600) and keeps only its hash.
+async fn ensure_bootstrap_token(store: &Store, config: &Config) -> Result<(), DaemonError> {
+    let path = config.data_dir.join("bootstrap-token");
+    if store.read(crate::store::users::count).await? > 0 {
+        return Ok(());
+    }
+    let secret = crate::auth::new_secret();
+    let token = format!("{}{}", crate::auth::BOOTSTRAP_PREFIX, secret);
+    let hash = crate::auth::hex(&crate::auth::hash_secret(&secret));
+    write_secret_file(&path, &token)?;
+    store.write(move |c| crate::store::auth::meta_set(c, crate::auth::BOOTSTRAP_META_KEY, &hash)).await?;
+    tracing::info!(path = %path.display(), "no users yet: bootstrap token written; POST /v1/bootstrap with it");
+    if config.dev {
+        let api = config.api.listen;
+        eprintln!(
+            "\n  berth dev mode: bootstrap token in {path}\n\n  create the first super-admin:\n    curl -s -X POST http://{api}/v1/bootstrap \\\n      -H \"Authorization: Bearer $(cat {path})\" \\\n      -H 'Content-Type: application/json' \\\n      -d '{{\"username\":\"admin\",\"password\":\"change-me-please\"}}'\n",
+            path = path.display(),
+        );
+    }
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, contents: &str) -> Result<(), PathError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| PathError::new("create", &tmp, e))?;
+    f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| PathError::new("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| PathError::new("rename", path, e))
+}
+
+/// Tells systemd (or whoever set `NOTIFY_SOCKET`) about our state; a no-op otherwise.
+pub fn sd_notify(message: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(message.as_bytes(), &a))
+    } else {
+        sock.send_to(message.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,85 @@
+//! The `berth` binary: parse arguments, load config, set up logging, run.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A self-hosted single-node PaaS appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (default /etc/berth/berth.toml; missing is fine unless given here).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dev mode: local state dir, unprivileged ports, no ACME.
+    #[arg(long)]
+    dev: bool,
+    /// State directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// API and registry listener, e.g. 127.0.0.1:7420.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Ingress HTTP listener.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Ingress HTTPS listener.
+    #[arg(long)]
+    https_listen: Option<SocketAddr>,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().with_current_span(false).flatten_event(true).init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve(args) => {
+            init_logging();
+            let flags = berth::config::Overrides {
+                dev: args.dev,
+                data_dir: args.data_dir,
+                api_listen: args.api_listen,
+                http_listen: args.http_listen,
+                https_listen: args.https_listen,
+            };
+            let config = berth::Config::load(args.config.as_deref(), std::env::vars(), &flags).context("config")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4))
+                .max_blocking_threads(16)
+                .build()
+                .context("start async runtime")?;
+            runtime.block_on(berth::run(config)).context("berth serve")?;
+            Ok(())
+        }
+    }
+}

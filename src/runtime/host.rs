@@ -1,0 +1,145 @@
+//! Facts about the host, read from procfs, sysfs and statvfs.
+
+use std::path::Path;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Which cgroup hierarchy berth drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// Pure unified hierarchy.
+    V2,
+    /// Legacy or hybrid hosts: resource controllers are v1.
+    V1,
+}
+
+/// Facts that do not change while the daemon runs.
+#[derive(Debug, Clone)]
+pub struct StaticFacts {
+    pub cgroup: CgroupVersion,
+    pub runc_version: Option<String>,
+}
+
+impl StaticFacts {
+    pub fn probe() -> Self {
+        Self { cgroup: cgroup_version(Path::new("/sys/fs/cgroup")), runc_version: super::runc::version() }
+    }
+}
+
+/// v2 when the cgroup root is itself the unified hierarchy (it has `cgroup.controllers`).
+pub fn cgroup_version(root: &Path) -> CgroupVersion {
+    if root.join("cgroup.controllers").exists() { CgroupVersion::V2 } else { CgroupVersion::V1 }
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Memory {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Disk {
+    pub path: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// Live figures, read on each call.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Live {
+    pub hostname: String,
+    pub host_uptime_s: u64,
+    pub cpus: usize,
+    /// 1, 5 and 15 minute load averages.
+    pub load_avg: [f64; 3],
+    pub memory: Memory,
+    pub disk: Disk,
+}
+
+/// Reads the live figures; `state_dir` is the directory whose filesystem is reported.
+pub fn live(state_dir: &Path) -> Live {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    Live {
+        hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
+        host_uptime_s: parse_uptime(&read("/proc/uptime")),
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        load_avg: parse_loadavg(&read("/proc/loadavg")),
+        memory: parse_meminfo(&read("/proc/meminfo")),
+        disk: statvfs(state_dir),
+    }
+}
+
+fn parse_uptime(s: &str) -> u64 {
+    s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).map(|v| v as u64).unwrap_or(0)
+}
+
+fn parse_loadavg(s: &str) -> [f64; 3] {
+    let mut it = s.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
+    [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
+}
+
+fn parse_meminfo(s: &str) -> Memory {
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or(0)
+    };
+    Memory { total_bytes: field("MemTotal"), available_bytes: field("MemAvailable") }
+}
+
+fn statvfs(path: &Path) -> Disk {
+    use std::os::unix::ffi::OsStrExt;
+    let mut disk = Disk { path: path.display().to_string(), ..Default::default() };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return disk };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` points to writable memory of the
+    // right size; statvfs only writes into it and we read it only on success.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return disk;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    // The field types differ by architecture; widen them all to u64.
+    let [frag, blocks, bavail, bfree]: [u64; 4] =
+        [st.f_frsize as _, st.f_blocks as _, st.f_bavail as _, st.f_bfree as _];
+    disk.total_bytes = blocks * frag;
+    disk.available_bytes = bavail * frag;
+    disk.used_bytes = blocks.saturating_sub(bfree) * frag;
+    disk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_procfs_text() {
+        assert_eq!(parse_uptime("350735.47 234388.90\n"), 350735);
+        assert_eq!(parse_loadavg("0.20 0.18 0.12 1/80 11206\n"), [0.2, 0.18, 0.12]);
+        let m = parse_meminfo("MemTotal:       16303428 kB\nMemFree:  1 kB\nMemAvailable:   9000000 kB\n");
+        assert_eq!(m.total_bytes, 16303428 * 1024);
+        assert_eq!(m.available_bytes, 9000000 * 1024);
+    }
+
+    #[test]
+    fn detects_cgroup_version_from_a_fixture_tree() {
+        let d = std::env::temp_dir().join(crate::ids::new_id("cgtest"));
+        std::fs::create_dir_all(&d).unwrap();
+        assert_eq!(cgroup_version(&d), CgroupVersion::V1);
+        std::fs::write(d.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert_eq!(cgroup_version(&d), CgroupVersion::V2);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn statvfs_reads_a_real_filesystem() {
+        let d = statvfs(Path::new("/"));
+        assert!(d.total_bytes > 0 && d.total_bytes >= d.available_bytes);
+    }
+}

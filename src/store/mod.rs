@@ -1,0 +1,325 @@
+//! State in one SQLite file (`<data_dir>/state.db`).
+//!
+//! Design:
+//! - WAL mode, `synchronous=FULL` (a commit is on disk before the caller hears
+//!   about it, so a 201 survives a power cut), foreign keys on, numbered migrations
+//!   applied at open.
+//! - One writer: a dedicated thread owns the only write connection and runs jobs
+//!   sent to it. Jobs that queue up while a commit is in flight are group-committed:
+//!   each runs inside its own SAVEPOINT (a failing job rolls back alone), then one
+//!   COMMIT (one fsync) covers them all, and only then does each caller get its answer.
+//! - Reads run on a small pool of connections inside `spawn_blocking`, never on the
+//!   async executor's threads.
+//!
+//! SQL lives in this module's files (one per table group); callers pass closures
+//! that call those functions.
+
+pub mod audit;
+pub mod auth;
+pub mod projects;
+pub mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("open {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Reply half of a write job: called after the batch's COMMIT with its outcome.
+type Reply = Box<dyn FnOnce(Result<()>) + Send>;
+/// A write job: runs on the writer thread, says whether it succeeded, hands back its reply.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 64;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/001_init.sql"))];
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.into(), source })?;
+        configure(&conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        migrate(&mut conn)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Corrupt(format!("spawn writer: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                jobs: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in the single writer's transaction; resolves once committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = f(conn);
+            let ok = outcome.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = tx.send(commit.and(outcome));
+            });
+            (ok, reply)
+        });
+        self.submit(job)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a write whose result nobody waits for (e.g. `last_used_at` updates).
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: FnOnce(&Connection) -> Result<()> + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn| {
+            let outcome = f(conn);
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "background write failed");
+            }
+            (outcome.is_ok(), Box::new(|_| {}))
+        });
+        let _ = self.submit(job);
+    }
+
+    fn submit(&self, job: Job) -> Result<()> {
+        let guard = self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `f` on a read connection off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("read task: {e}")))?
+    }
+
+    /// Like [`Store::read`] for callers already on a blocking thread.
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|source| StoreError::Open { path: self.inner.path.clone(), source })?;
+                configure(&c)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Stops the writer after it has finished every queued job, then checkpoints the WAL.
+    pub fn close(&self) {
+        self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if let Some(handle) = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -2048)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (version, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "applied database migration");
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let commit = (|| -> Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            for job in batch.drain(..) {
+                conn.execute_batch("SAVEPOINT job")?;
+                let (ok, reply) = job(&conn);
+                if ok {
+                    conn.execute_batch("RELEASE job")?;
+                } else {
+                    conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                }
+                replies.push(reply);
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "write batch failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            });
+        }
+        // Jobs that never ran (the batch failed before reaching them) drop their
+        // reply sender, which their callers see as `Closed`.
+    }
+    if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+        tracing::warn!(error = %e, "wal checkpoint at close failed");
+    }
+}
+
+/// Maps a UNIQUE violation to `Conflict(message)`, anything else through unchanged.
+pub(crate) fn conflict_on_unique(e: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            StoreError::Conflict(message())
+        }
+        _ => StoreError::Sqlite(e),
+    }
+}
+
+/// Keyset pagination: rows after `cursor` (exclusive) in id order, `limit + 1` fetched
+/// so the caller can tell whether there is more.
+pub struct PageQuery {
+    pub limit: u32,
+    pub after: Option<String>,
+}
+
+/// A page of rows plus whether more follow.
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// Trims the extra probe row off a `limit + 1` fetch.
+    pub fn from_probe(mut rows: Vec<T>, limit: u32) -> Page<T> {
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        Page { rows, has_more }
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_store() -> (Store, PathBuf) {
+    let dir = std::env::temp_dir().join(crate::ids::new_id("storetest"));
+    std::fs::create_dir_all(&dir).unwrap();
+    (Store::open(&dir.join("state.db")).unwrap(), dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_isolates_failing_jobs() {
+        let (store, dir) = test_store();
+        let mut handles = Vec::new();
+        for i in 0..50 {
+            let s = store.clone();
+            handles.push(tokio::spawn(async move {
+                s.write(move |c| {
+                    c.execute("INSERT INTO meta(key, value) VALUES (?1, 'x')", [format!("k{}", i % 40)])
+                        .map_err(|e| conflict_on_unique(e, || "dup".into()))?;
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        let mut dup = 0;
+        for h in handles {
+            match h.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(StoreError::Conflict(_)) => dup += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((ok, dup), (40, 10));
+        let n: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(n, 40);
+        store.close();
+        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Closed)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,58 @@
+//! Background loops. Each is a named task that ticks on an interval and stops when
+//! the shutdown channel flips; the daemon starts them after the listener is up and
+//! joins them before closing the store.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::AppState;
+
+/// Runs `tick` every `every` until shutdown.
+pub fn spawn<F, Fut>(
+    name: &'static str,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut tick: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => tick().await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        tracing::debug!(worker = name, "worker stopped");
+    })
+}
+
+/// The daemon's workers, in start order.
+pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let s = state.clone();
+    let sessions = spawn("session-purge", Duration::from_secs(600), shutdown.clone(), move || {
+        let s = s.clone();
+        async move {
+            let now = crate::ids::now_rfc3339();
+            match s.store.write(move |c| crate::store::auth::purge_expired_sessions(c, &now)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "session purge failed"),
+            }
+        }
+    });
+    let s = state.clone();
+    let limits = spawn("ratelimit-prune", Duration::from_secs(60), shutdown.clone(), move || {
+        s.limiter.prune();
+        s.logins.prune();
+        std::future::ready(())
+    });
+    vec![sessions, limits]
+}
