@@ -29,8 +29,6 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("serve: {0}")]
-    Serve(std::io::Error),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -65,14 +63,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let mut sigint =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.changed().await;
-            })
-            .into_future(),
-    );
+    let grace = Duration::from_secs(config.api.shutdown_grace_seconds);
+    let server = tokio::spawn(api::serve::serve(listener, app, stop_rx.clone(), grace));
     sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}"));
     let workers = crate::workers::start_all(&state, &stop_rx);
 
@@ -83,16 +75,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(signal, "shutting down");
     sd_notify("STOPPING=1");
     let _ = stop_tx.send(true);
-    let grace = Duration::from_secs(config.api.shutdown_grace_seconds);
-    let mut server = server;
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
-        Err(_) => {
-            tracing::warn!(seconds = grace.as_secs(), "in-flight requests did not finish in time; closing them");
-            server.abort();
+    match server.await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(seconds = grace.as_secs(), "in-flight requests did not finish in time; closed them")
         }
+        Err(e) => tracing::warn!(error = %e, "server task failed"),
     }
     for w in workers {
         let _ = w.await;

@@ -11,7 +11,7 @@ use crate::store::audit::{AuditEntry, Visibility};
 
 /// Audit entries, newest first: all of them for super-admins, those of the projects
 /// you administer otherwise. Filter with `?project_id=`.
-#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+#[utoipa::path(get, operation_id = "audit_list", path = "/v1/audit", tag = "audit",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query),
         ("project_id" = Option<String>, Query)),
     responses((status = 200, body = Paginated<AuditEntry>), (status = 403, body = super::error::ErrorBody)),

@@ -11,7 +11,7 @@ pub struct Health {
 }
 
 /// Liveness probe.
-#[utoipa::path(get, path = "/healthz", tag = "node", responses((status = 200, body = Health)))]
+#[utoipa::path(get, operation_id = "health_healthz", path = "/healthz", tag = "node", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod projects;
 pub mod ratelimit;
 pub mod router;
+pub mod serve;
 pub mod session;
 pub mod tokens;
 pub mod users;

@@ -24,7 +24,7 @@ pub struct Node {
 }
 
 /// Host figures, cgroup version and runc version.
-#[utoipa::path(get, path = "/v1/node", tag = "node",
+#[utoipa::path(get, operation_id = "node_get_node", path = "/v1/node", tag = "node",
     responses((status = 200, body = Node), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_node(State(state): State<AppState>) -> ApiResult<Json<Node>> {

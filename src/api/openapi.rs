@@ -62,7 +62,7 @@ pub fn render() -> Vec<u8> {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[utoipa::path(get, operation_id = "openapi_document", path = "/v1/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3.1 document")))]
 pub async fn document(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], state.openapi.clone())
 }

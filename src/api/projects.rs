@@ -74,7 +74,7 @@ fn check_limits(l: &Limits) -> ApiResult<()> {
 }
 
 /// The projects you belong to (every project for super-admins).
-#[utoipa::path(get, path = "/v1/projects", tag = "projects",
+#[utoipa::path(get, operation_id = "projects_list", path = "/v1/projects", tag = "projects",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Paginated<Project>)),
     security(("bearer" = [])))]
@@ -99,7 +99,7 @@ pub async fn list(
 }
 
 /// Creates a project.
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+#[utoipa::path(post, operation_id = "projects_create", path = "/v1/projects", tag = "projects", request_body = NewProject,
     responses((status = 201, body = Project), (status = 400, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -132,7 +132,7 @@ pub async fn create(
 }
 
 /// One project.
-#[utoipa::path(get, path = "/v1/projects/{id}", tag = "projects",
+#[utoipa::path(get, operation_id = "projects_get", path = "/v1/projects/{id}", tag = "projects",
     params(("id" = String, Path, description = "project id")),
     responses((status = 200, body = Project), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -147,7 +147,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 }
 
 /// Changes a project's description, shared env or limits.
-#[utoipa::path(put, path = "/v1/projects/{id}", tag = "projects", request_body = ProjectChanges,
+#[utoipa::path(put, operation_id = "projects_update", path = "/v1/projects/{id}", tag = "projects", request_body = ProjectChanges,
     params(("id" = String, Path, description = "project id")),
     responses((status = 200, body = Project), (status = 400, body = super::error::ErrorBody),
         (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody)),
@@ -176,7 +176,7 @@ pub async fn update(
 }
 
 /// Deletes an empty project.
-#[utoipa::path(delete, path = "/v1/projects/{id}", tag = "projects",
+#[utoipa::path(delete, operation_id = "projects_delete", path = "/v1/projects/{id}", tag = "projects",
     params(("id" = String, Path, description = "project id")),
     responses((status = 204), (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
@@ -187,7 +187,7 @@ pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 /// The project's members.
-#[utoipa::path(get, path = "/v1/projects/{id}/members", tag = "projects",
+#[utoipa::path(get, operation_id = "projects_list_members", path = "/v1/projects/{id}/members", tag = "projects",
     params(("id" = String, Path, description = "project id"), ("limit" = Option<u32>, Query),
         ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Paginated<Member>), (status = 404, body = super::error::ErrorBody)),
@@ -212,7 +212,7 @@ pub struct NewMember {
 }
 
 /// Adds a member, or changes the role of an existing one (200 then, 201 when added).
-#[utoipa::path(post, path = "/v1/projects/{id}/members", tag = "projects", request_body = NewMember,
+#[utoipa::path(post, operation_id = "projects_add_member", path = "/v1/projects/{id}/members", tag = "projects", request_body = NewMember,
     params(("id" = String, Path, description = "project id")),
     responses((status = 201, body = Member), (status = 200, body = Member),
         (status = 400, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
@@ -257,7 +257,7 @@ pub async fn add_member(
 }
 
 /// Removes a member.
-#[utoipa::path(delete, path = "/v1/projects/{id}/members/{user_id}", tag = "projects",
+#[utoipa::path(delete, operation_id = "projects_remove_member", path = "/v1/projects/{id}/members/{user_id}", tag = "projects",
     params(("id" = String, Path, description = "project id"), ("user_id" = String, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]

@@ -31,7 +31,7 @@ pub struct LoginResponse {
 }
 
 /// Creates the first super-admin with the one-time bootstrap token.
-#[utoipa::path(post, path = "/v1/bootstrap", tag = "auth", request_body = Credentials,
+#[utoipa::path(post, operation_id = "session_bootstrap", path = "/v1/bootstrap", tag = "auth", request_body = Credentials,
     responses((status = 201, body = User), (status = 400, body = super::error::ErrorBody),
         (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -76,7 +76,7 @@ pub async fn bootstrap(
 }
 
 /// Exchanges a username and password for a session token.
-#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
+#[utoipa::path(post, operation_id = "session_login", path = "/v1/auth/login", tag = "auth", request_body = Credentials,
     responses((status = 200, body = LoginResponse), (status = 401, body = super::error::ErrorBody),
         (status = 429, body = super::error::ErrorBody)))]
 pub async fn login(
@@ -134,7 +134,7 @@ pub async fn login(
 }
 
 /// Ends the session making the request.
-#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
+#[utoipa::path(post, operation_id = "session_logout", path = "/v1/auth/logout", tag = "auth",
     responses((status = 204), (status = 401, body = super::error::ErrorBody),
         (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -151,7 +151,7 @@ pub async fn logout(State(state): State<AppState>, Caller(p): Caller) -> ApiResu
 }
 
 /// Your own sessions.
-#[utoipa::path(get, path = "/v1/auth/sessions", tag = "auth",
+#[utoipa::path(get, operation_id = "session_list_sessions", path = "/v1/auth/sessions", tag = "auth",
     responses((status = 200, body = Vec<SessionInfo>), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_sessions(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Vec<SessionInfo>>> {
@@ -161,7 +161,7 @@ pub async fn list_sessions(State(state): State<AppState>, Caller(p): Caller) -> 
 }
 
 /// Revokes one of your sessions.
-#[utoipa::path(delete, path = "/v1/auth/sessions/{session_id}", tag = "auth",
+#[utoipa::path(delete, operation_id = "session_revoke_session", path = "/v1/auth/sessions/{session_id}", tag = "auth",
     params(("session_id" = String, Path, description = "session id")),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -186,7 +186,7 @@ pub struct Revoked {
 }
 
 /// Revokes all your sessions but the one making the request.
-#[utoipa::path(delete, path = "/v1/auth/sessions", tag = "auth",
+#[utoipa::path(delete, operation_id = "session_revoke_other_sessions", path = "/v1/auth/sessions", tag = "auth",
     responses((status = 200, body = Revoked)),
     security(("bearer" = [])))]
 pub async fn revoke_other_sessions(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Revoked>> {
@@ -215,7 +215,7 @@ pub struct Me {
 }
 
 /// The caller, the credential used, and their project memberships.
-#[utoipa::path(get, path = "/v1/me", tag = "auth",
+#[utoipa::path(get, operation_id = "session_me", path = "/v1/me", tag = "auth",
     responses((status = 200, body = Me), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Me>> {

@@ -31,7 +31,7 @@ pub struct CreatedToken {
 }
 
 /// Lists your API tokens (never their secrets).
-#[utoipa::path(get, path = "/v1/api-tokens", tag = "auth",
+#[utoipa::path(get, operation_id = "tokens_list", path = "/v1/api-tokens", tag = "auth",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Paginated<ApiToken>)),
     security(("bearer" = [])))]
@@ -75,7 +75,7 @@ fn resolve_scopes(requested: Option<Vec<String>>, caller: &Option<Vec<Scope>>) -
 }
 
 /// Mints an API token for yourself.
-#[utoipa::path(post, path = "/v1/api-tokens", tag = "auth", request_body = NewToken,
+#[utoipa::path(post, operation_id = "tokens_create", path = "/v1/api-tokens", tag = "auth", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -119,7 +119,7 @@ pub async fn create(
 }
 
 /// Revokes one of your API tokens, effective at once.
-#[utoipa::path(delete, path = "/v1/api-tokens/{token_id}", tag = "auth",
+#[utoipa::path(delete, operation_id = "tokens_revoke", path = "/v1/api-tokens/{token_id}", tag = "auth",
     params(("token_id" = String, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]

@@ -22,7 +22,7 @@ pub struct NewUser {
 }
 
 /// Lists users.
-#[utoipa::path(get, path = "/v1/users", tag = "users",
+#[utoipa::path(get, operation_id = "users_list", path = "/v1/users", tag = "users",
     params(("limit" = Option<u32>, Query, description = "1-100, default 20"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Paginated<User>), (status = 403, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -33,7 +33,7 @@ pub async fn list(State(state): State<AppState>, params: ListParams) -> ApiResul
 }
 
 /// Creates a user.
-#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = NewUser,
+#[utoipa::path(post, operation_id = "users_create", path = "/v1/users", tag = "users", request_body = NewUser,
     responses((status = 201, body = User), (status = 400, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -58,7 +58,7 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody<NewU
 }
 
 /// Deletes a user with their sessions, tokens and memberships (never the last super-admin).
-#[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "users",
+#[utoipa::path(delete, operation_id = "users_delete", path = "/v1/users/{user_id}", tag = "users",
     params(("user_id" = String, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody)),
