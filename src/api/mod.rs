@@ -46,7 +46,7 @@ pub struct Shared {
     pub hashing: Semaphore,
     pub started: Instant,
     pub host: crate::runtime::host::StaticFacts,
-    pub openapi: Vec<u8>,
+    pub openapi: axum::body::Bytes,
 }
 
 impl Deref for AppState {

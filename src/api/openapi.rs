@@ -57,8 +57,8 @@ impl utoipa::Modify for Bearer {
 }
 
 /// Renders the document once, at start-up.
-pub fn render() -> Vec<u8> {
-    ApiDoc::openapi().to_json().unwrap_or_default().into_bytes()
+pub fn render() -> axum::body::Bytes {
+    ApiDoc::openapi().to_json().unwrap_or_default().into()
 }
 
 /// This document.

@@ -219,7 +219,6 @@ pub struct NewMember {
     security(("bearer" = [])))]
 pub async fn add_member(
     State(state): State<AppState>,
-    Caller(_): Caller,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NewMember>,
 ) -> ApiResult<impl IntoResponse> {

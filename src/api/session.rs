@@ -63,8 +63,9 @@ pub async fn bootstrap(
         return Err(ApiError::new(Kind::InvalidToken, "the bootstrap token was already used"));
     }
     let file = state.config.data_dir.join("bootstrap-token");
-    if let Err(e) = std::fs::remove_file(&file) {
-        tracing::warn!(path = %file.display(), error = %e, "could not remove the used bootstrap token file");
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&file).map_err(|e| (file, e))).await;
+    if let Ok(Err((path, e))) = removed {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove the used bootstrap token file");
     }
     tracing::info!(user = user.username, "bootstrap complete; first super-admin created");
     let note = AuditNote {

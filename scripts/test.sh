@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Everything CI checks, in the order CI checks it.
+#
+#   sudo bash scripts/test.sh
+#
+# 1. installs the system packages the tests drive for real (apt-get, missing ones only)
+#    and the Python OpenAPI validator (in a venv at .venv-test, put first on PATH);
+# 2. cargo fmt --check;
+# 3. cargo clippy --all-targets -- -D warnings;
+# 4. cargo test --all-targets (unit tests and the integration binary tests/it);
+# 5. every benchmark in bench/ in smoke mode (short runs that check the benchmark
+#    works, not that targets are met), on the release build.
+#
+# Stops at the first failure. Root is needed: the integration tests run runc, create
+# network namespaces and nftables tables. Under CI=true a test whose tool is missing
+# fails instead of skipping; this script neither sets nor clears CI.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+PACKAGES=(
+    build-essential pkg-config ca-certificates curl jq sqlite3 wrk runc iproute2 nftables
+    python3 python3-pip python3-venv
+)
+VENV="$ROOT/.venv-test"
+STARTED=$SECONDS
+STEP="setup"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+finish() {
+    local rc=$?
+    local took=$((SECONDS - STARTED))
+    if [ "$rc" -eq 0 ]; then
+        printf '\ntest.sh: PASS (fmt, clippy, tests, benchmarks in smoke mode) in %ss\n' "$took"
+    else
+        printf '\ntest.sh: FAIL at step "%s" (exit %s) after %ss\n' "$STEP" "$rc" "$took" >&2
+    fi
+}
+trap finish EXIT
+
+step() {
+    STEP="$1"
+    log "$1"
+}
+
+missing_packages() {
+    local p
+    for p in "${PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            printf '%s\n' "$p"
+        fi
+    done
+}
+
+install_packages() {
+    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
+        log "no apt-get here; make sure these are installed yourself: ${PACKAGES[*]}"
+        return
+    fi
+    local missing
+    mapfile -t missing < <(missing_packages)
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "system packages already installed"
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run as root: sudo bash scripts/test.sh"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# The integration test validates /v1/openapi.json with `python3 -m openapi_spec_validator`
+# or the `openapi-spec-validator` command; both must resolve to an install that has it.
+venv_ok() { [ -x "$VENV/bin/python3" ] && "$VENV/bin/python3" -m pip --version >/dev/null 2>&1; }
+
+install_validator() {
+    if ! venv_ok; then
+        # Also replaces a venv whose base interpreter has gone or that lacks pip.
+        rm -rf "$VENV"
+        python3 -m venv "$VENV" >/dev/null 2>&1 || true
+    fi
+    if venv_ok; then
+        # Keep the venv out of git without touching the repository's .gitignore.
+        [ -f "$VENV/.gitignore" ] || printf '*\n' >"$VENV/.gitignore"
+        export PATH="$VENV/bin:$PATH"
+        export VIRTUAL_ENV="$VENV"
+        if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+            python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator
+        fi
+    else
+        log "python3 -m venv is unavailable; installing openapi-spec-validator for the system python3"
+        rm -rf "$VENV"
+        if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+            python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator 2>/dev/null ||
+                python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openapi-spec-validator
+        fi
+    fi
+    python3 -c 'import openapi_spec_validator' || die "openapi-spec-validator did not install"
+    command -v openapi-spec-validator >/dev/null || die "the openapi-spec-validator command is not on PATH"
+    log "openapi-spec-validator: $(command -v openapi-spec-validator)"
+}
+
+# Under sudo, PATH is reset and rustup lives in the invoking user's home; use that
+# toolchain (as root, since the tests need root).
+find_cargo() {
+    command -v cargo >/dev/null 2>&1 && return
+    if [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+        export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+        return
+    fi
+    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+        local home
+        home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        if [ -n "$home" ] && [ -x "$home/.cargo/bin/cargo" ]; then
+            export PATH="$home/.cargo/bin:$PATH"
+            export RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}"
+            export CARGO_HOME="${CARGO_HOME:-$home/.cargo}"
+            return
+        fi
+    fi
+    die "cargo not found. Install the Rust toolchain with rustup (see https://rustup.rs), open a new shell so ~/.cargo/bin is on PATH, then run this again"
+}
+
+step "system packages"
+install_packages
+step "python tools"
+install_validator
+step "toolchain"
+find_cargo
+cargo --version
+cargo fmt --version
+cargo clippy --version
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets
+
+step "cargo build --release (for the benchmarks)"
+cargo build --release --bin berth
+
+shopt -s nullglob
+benches=(bench/*.sh)
+[ "${#benches[@]}" -gt 0 ] || die "no benchmarks found in bench/"
+for b in "${benches[@]}"; do
+    step "BENCH_SMOKE=1 $b"
+    BENCH_SMOKE=1 bash "$b"
+done
+STEP="done"
