@@ -39,6 +39,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Container networking.
     pub network: NetworkConfig,
+    /// The hosted registry.
+    pub registry: RegistryConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
@@ -103,6 +105,23 @@ pub struct NetworkConfig {
     pub pool: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Unreferenced blobs and untagged manifests younger than this survive GC (pushes in flight).
+    pub gc_grace_seconds: u64,
+    /// Upload sessions idle this long are purged.
+    pub upload_ttl_seconds: u64,
+    /// How often GC runs by itself; 0 turns the periodic run off.
+    pub gc_interval_seconds: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { gc_grace_seconds: 3600, upload_ttl_seconds: 86_400, gc_interval_seconds: 86_400 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -113,6 +132,7 @@ impl Default for Config {
             acme: AcmeConfig::default(),
             dns: DnsConfig::default(),
             network: NetworkConfig::default(),
+            registry: RegistryConfig::default(),
             dev: false,
         }
     }
@@ -161,7 +181,7 @@ impl Default for NetworkConfig {
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network"];
+const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry"];
 /// Top-level keys a `BERTH_<KEY>` variable may name.
 const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
 /// `BERTH_*` variables that are not config keys.

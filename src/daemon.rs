@@ -50,6 +50,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let state = AppState::new(config.clone(), store.clone(), host);
+    state.registry.blobs.init()?;
     let app = api::router::build(state.clone());
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod workers;

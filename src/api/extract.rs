@@ -35,6 +35,12 @@ pub enum Auth {
     Principal(Arc<Principal>),
     /// A bearer that is not a session or API token (maybe the bootstrap token).
     Other(Arc<str>),
+    /// HTTP Basic with a password (not a token); verified only where accepted (`/v2`),
+    /// since checking a password costs an argon2 hash.
+    Basic {
+        username: Arc<str>,
+        password: Arc<str>,
+    },
     Failed(Arc<AuthError>),
 }
 

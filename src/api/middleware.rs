@@ -33,16 +33,26 @@ fn request_id_from(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| crate::ids::new_id("req"))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<Result<&str, ()>> {
+/// What the `Authorization` header holds.
+enum Presented<'a> {
+    Bearer(&'a str),
+    Basic(String, String),
+}
+
+fn presented(headers: &HeaderMap) -> Option<Result<Presented<'_>, ()>> {
+    use base64::Engine;
     let value = headers.get(header::AUTHORIZATION)?;
-    let value = match value.to_str() {
-        Ok(v) => v,
-        Err(_) => return Some(Err(())),
-    };
-    match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(Ok(token.trim())),
-        _ => Some(Err(())),
-    }
+    let Ok(value) = value.to_str() else { return Some(Err(())) };
+    Some(match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Presented::Bearer(token.trim())),
+        Some((scheme, b64)) if scheme.eq_ignore_ascii_case("basic") => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| pair.split_once(':').map(|(u, p)| Presented::Basic(u.to_string(), p.to_string())))
+            .ok_or(()),
+        _ => Err(()),
+    })
 }
 
 /// Outer layer: request id, authentication, rate limiting, headers, log line.
@@ -58,14 +68,26 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
     let path = req.uri().path().to_string();
     REQUEST_ID
         .scope(request_id.clone(), async move {
-            let auth = match bearer(req.headers()) {
+            let auth = match presented(req.headers()) {
                 None => Auth::Anonymous,
                 Some(Err(())) => Auth::Failed(Arc::new(AuthError::Malformed)),
-                Some(Ok(t)) if t.starts_with(BOOTSTRAP_PREFIX) => Auth::Other(Arc::from(t)),
-                Some(Ok(t)) => match state.auth.authenticate(t).await {
+                Some(Ok(Presented::Bearer(t))) if t.starts_with(BOOTSTRAP_PREFIX) => Auth::Other(Arc::from(t)),
+                Some(Ok(Presented::Bearer(t))) => match state.auth.authenticate(t).await {
                     Ok(p) => Auth::Principal(Arc::new(p)),
                     Err(e) => Auth::Failed(Arc::new(e)),
                 },
+                // `docker login` sends an API token as the password; it must belong to
+                // the user named.
+                Some(Ok(Presented::Basic(user, secret))) if crate::auth::parse_token(&secret).is_ok() => {
+                    match state.auth.authenticate(&secret).await {
+                        Ok(p) if p.user.username == user => Auth::Principal(Arc::new(p)),
+                        Ok(_) => Auth::Failed(Arc::new(AuthError::Invalid)),
+                        Err(e) => Auth::Failed(Arc::new(e)),
+                    }
+                }
+                Some(Ok(Presented::Basic(user, password))) => {
+                    Auth::Basic { username: Arc::from(user), password: Arc::from(password) }
+                }
             };
             let (key, limit) = match &auth {
                 Auth::Principal(p) => (format!("c:{}", p.credential_id()), state.config.api.rate_limit_per_minute),
@@ -85,6 +107,8 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
             let mut resp = if decision.allowed {
                 req.extensions_mut().insert(Ctx { request_id: request_id.clone(), source, user_agent, auth });
                 next.run(req).await
+            } else if path.starts_with("/v2/") {
+                crate::registry::error::RegistryError::TooManyRequests { retry_after: decision.reset }.into_response()
             } else {
                 ApiError::rate_limited(decision.reset).into_response()
             };
@@ -160,7 +184,7 @@ pub async fn authorize(
 /// The access decision for one request; `Err` is the response to send instead.
 async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&str>) -> Result<(), ApiError> {
     let principal = match (route.access, &ctx.auth) {
-        (Access::Public, _) => return Ok(()),
+        (Access::Public | Access::Registry, _) => return Ok(()),
         (Access::Bootstrap, Auth::Other(token)) => {
             return if state.auth.check_bootstrap(token).await? {
                 Ok(())
@@ -174,6 +198,9 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
         (_, Auth::Principal(p)) => p.clone(),
         (_, Auth::Anonymous) => return Err(ApiError::new(Kind::MissingToken, "this route needs a bearer token")),
         (_, Auth::Other(_)) => return Err(AuthError::Invalid.into()),
+        (_, Auth::Basic { .. }) => {
+            return Err(ApiError::new(Kind::MissingToken, "/v1 takes a bearer token; log in with POST /v1/auth/login"));
+        }
         (_, Auth::Failed(e)) => {
             return Err(match e.as_ref() {
                 AuthError::Malformed => AuthError::Malformed.into(),
@@ -186,7 +213,7 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
     let super_admin = principal.user.super_admin;
     let user_id = principal.user.id.clone();
     match route.access {
-        Access::Public | Access::Bootstrap | Access::Authenticated => {}
+        Access::Public | Access::Bootstrap | Access::Authenticated | Access::Registry => {}
         Access::SuperAdmin if super_admin => {}
         Access::SuperAdmin => return Err(ApiError::forbidden("this route is for super-admins")),
         Access::AnyMember | Access::AnyAdmin if super_admin => {}

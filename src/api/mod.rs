@@ -14,6 +14,7 @@ pub mod node;
 pub mod openapi;
 pub mod projects;
 pub mod ratelimit;
+pub mod registry;
 pub mod router;
 pub mod serve;
 pub mod session;
@@ -47,6 +48,7 @@ pub struct Shared {
     pub started: Instant,
     pub host: crate::runtime::host::StaticFacts,
     pub openapi: axum::body::Bytes,
+    pub registry: crate::registry::Registry,
 }
 
 impl Deref for AppState {
@@ -59,7 +61,14 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(config: Arc<Config>, store: Store, host: crate::runtime::host::StaticFacts) -> Self {
         let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let registry = crate::registry::Registry::new(
+            config.data_dir.join("registry"),
+            store.clone(),
+            std::time::Duration::from_secs(config.registry.gc_grace_seconds),
+            std::time::Duration::from_secs(config.registry.upload_ttl_seconds),
+        );
         AppState(Arc::new(Shared {
+            registry,
             config,
             auth: Authenticator::new(store.clone()),
             store,

@@ -38,6 +38,17 @@ use super::AppState;
         super::projects::add_member,
         super::projects::remove_member,
         super::audit::list,
+        super::registry::repositories,
+        super::registry::status,
+        super::registry::gc,
+        crate::registry::http::base,
+        crate::registry::http::token,
+        crate::registry::http::v2_get,
+        crate::registry::http::v2_head,
+        crate::registry::http::v2_post,
+        crate::registry::http::v2_put,
+        crate::registry::http::v2_patch,
+        crate::registry::http::v2_delete,
     ),
     modifiers(&Bearer)
 )]
@@ -51,6 +62,10 @@ impl utoipa::Modify for Bearer {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
         );
         openapi.info.version = env!("CARGO_PKG_VERSION").to_string();
     }

@@ -9,8 +9,9 @@ use axum::Router;
 use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
 
-use super::{AppState, audit, health, middleware, node, openapi, projects, session, tokens, users};
+use super::{AppState, audit, health, middleware, node, openapi, projects, registry, session, tokens, users};
 use crate::auth::{Role, Scope};
+use crate::registry::http as v2;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,10 @@ pub enum Access {
     Project(Role),
     /// Super-admins only.
     SuperAdmin,
+    /// The `/v2` registry: the handler authenticates (answering 401 with an OCI
+    /// challenge) and checks the repository's project role per request: pull needs
+    /// Viewer and `registry:pull`, push and delete Operator and `registry:push`.
+    Registry,
 }
 
 /// One row of the route table.
@@ -85,6 +90,17 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/projects/{id}/members", Project(Admin), Some(Scope::ProjectsWrite), projects::add_member),
     route!(DELETE "/v1/projects/{id}/members/{user_id}", Project(Admin), Some(Scope::ProjectsWrite), projects::remove_member),
     route!(GET "/v1/audit", AnyAdmin, Some(Scope::AuditRead), audit::list),
+    route!(GET "/v1/registry/repositories", Authenticated, Some(Scope::RegistryPull), registry::repositories),
+    route!(GET "/v1/registry/status", AnyMember, Some(Scope::RegistryPull), registry::status),
+    route!(POST "/v1/registry/gc", SuperAdmin, Some(Scope::RegistryPush), registry::gc),
+    route!(GET "/v2/", Registry, None, v2::base),
+    route!(GET "/v2/token", Registry, None, v2::token),
+    route!(GET "/v2/{*path}", Registry, None, v2::v2_get),
+    route!(HEAD "/v2/{*path}", Registry, None, v2::v2_head),
+    route!(POST "/v2/{*path}", Registry, None, v2::v2_post),
+    route!(PUT "/v2/{*path}", Registry, None, v2::v2_put),
+    route!(PATCH "/v2/{*path}", Registry, None, v2::v2_patch),
+    route!(DELETE "/v2/{*path}", Registry, None, v2::v2_delete),
 ];
 
 /// Operator is referenced by later routes; keep the import honest until then.
@@ -130,11 +146,12 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {
             assert!(seen.insert((r.method.clone(), r.path)), "duplicate {} {}", r.method, r.path);
-            assert!(r.path == "/healthz" || r.path.starts_with("/v1/"), "{}", r.path);
+            assert!(r.path == "/healthz" || r.path.starts_with("/v1/") || r.path.starts_with("/v2/"), "{}", r.path);
+            assert_eq!(r.access == Access::Registry, r.path.starts_with("/v2/"), "{}", r.path);
             if matches!(r.access, Access::Project(_)) {
                 assert!(r.path.contains("{id}"), "{} is project-scoped but has no {{id}}", r.path);
             }
-            if matches!(r.access, Access::Public | Access::Bootstrap) {
+            if matches!(r.access, Access::Public | Access::Bootstrap | Access::Registry) {
                 assert!(r.scope.is_none(), "{} is public but declares a scope", r.path);
             }
         }

@@ -85,24 +85,40 @@ pub async fn login(
     ctx: Ctx,
     JsonBody(body): JsonBody<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
+    let user = verify_login(&state, &ctx, &body.username, body.password).await?;
+    let (id, token, expires_at) = open_session(&state, &ctx, &user).await?;
+    let note =
+        AuditNote { target: Some(id), actor: Some((user.id.clone(), user.username.clone())), ..Default::default() };
+    Ok((Extension(note), Json(LoginResponse { token, expires_at, user })))
+}
+
+/// Checks a username and password, with the failed-login lockout per source address.
+pub async fn verify_login(state: &AppState, ctx: &Ctx, username: &str, password: String) -> ApiResult<User> {
     if let Some(retry) = state.logins.blocked(ctx.source, state.config.api.login_failures_per_minute) {
         return Err(ApiError::rate_limited(retry));
     }
-    if body.username.len() > 64 || body.password.len() > auth::password::MAX_LEN {
+    if username.len() > 64 || password.len() > auth::password::MAX_LEN {
         return Err(ApiError::invalid("username or password is too long"));
     }
-    let name = body.username.clone();
+    let name = username.to_string();
     let found = state.store.read(move |c| crate::store::users::by_username_with_hash(c, &name)).await?;
     let (user, phc) = match found {
         Some((u, h)) => (Some(u), Some(h)),
         None => (None, None),
     };
-    let ok = state.verify_password(body.password, phc).await?;
-    let Some(user) = user.filter(|_| ok) else {
-        state.logins.record_failure(ctx.source);
-        tracing::warn!(source = %ctx.source, username = body.username, "failed login");
-        return Err(ApiError::new(Kind::InvalidCredentials, "wrong username or password"));
-    };
+    let ok = state.verify_password(password, phc).await?;
+    match user.filter(|_| ok) {
+        Some(u) => Ok(u),
+        None => {
+            state.logins.record_failure(ctx.source);
+            tracing::warn!(source = %ctx.source, username, "failed login");
+            Err(ApiError::new(Kind::InvalidCredentials, "wrong username or password"))
+        }
+    }
+}
+
+/// Opens a session for `user`; returns its id, the token and its expiry.
+pub async fn open_session(state: &AppState, ctx: &Ctx, user: &User) -> ApiResult<(String, String, String)> {
     let id = crate::ids::new_id("ses");
     let secret = auth::new_secret();
     let hash = auth::hash_secret(&secret);
@@ -129,9 +145,7 @@ pub async fn login(
         })
         .await?;
     let token = auth::format_token(&CredentialKind::Session(id.clone()), &secret);
-    let note =
-        AuditNote { target: Some(id), actor: Some((user.id.clone(), user.username.clone())), ..Default::default() };
-    Ok((Extension(note), Json(LoginResponse { token, expires_at, user })))
+    Ok((id, token, expires_at))
 }
 
 /// Ends the session making the request.
@@ -225,6 +239,7 @@ pub async fn me(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<J
     let (kind, id) = match &p.credential {
         CredentialKind::Session(id) => ("session", id.clone()),
         CredentialKind::ApiToken(id) => ("api_token", id.clone()),
+        CredentialKind::Password => ("password", p.user.id.clone()),
     };
     let scopes = match &p.scopes {
         None => vec![auth::scopes::WILDCARD.to_string()],

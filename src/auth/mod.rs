@@ -70,6 +70,8 @@ pub const BOOTSTRAP_META_KEY: &str = "bootstrap_token_sha256";
 pub enum CredentialKind {
     Session(String),
     ApiToken(String),
+    /// A password sent with HTTP Basic to `/v2` (registry clients without the token flow).
+    Password,
 }
 
 /// The authenticated caller.
@@ -89,14 +91,14 @@ impl Principal {
     pub fn token_id(&self) -> Option<&str> {
         match &self.credential {
             CredentialKind::ApiToken(id) => Some(id),
-            CredentialKind::Session(_) => None,
+            CredentialKind::Session(_) | CredentialKind::Password => None,
         }
     }
 
     pub fn session_id(&self) -> Option<&str> {
         match &self.credential {
             CredentialKind::Session(id) => Some(id),
-            CredentialKind::ApiToken(_) => None,
+            CredentialKind::ApiToken(_) | CredentialKind::Password => None,
         }
     }
 
@@ -104,6 +106,7 @@ impl Principal {
     pub fn credential_id(&self) -> &str {
         match &self.credential {
             CredentialKind::Session(id) | CredentialKind::ApiToken(id) => id,
+            CredentialKind::Password => &self.user.id,
         }
     }
 }
@@ -159,6 +162,7 @@ pub fn format_token(kind: &CredentialKind, secret: &str) -> String {
     match kind {
         CredentialKind::Session(id) => format!("{SESSION_PREFIX}{id}_{secret}"),
         CredentialKind::ApiToken(id) => format!("{TOKEN_PREFIX}{id}_{secret}"),
+        CredentialKind::Password => String::new(),
     }
 }
 
@@ -196,6 +200,7 @@ impl Authenticator {
         let (kind, secret) = parse_token(token)?;
         let id = match &kind {
             CredentialKind::Session(id) | CredentialKind::ApiToken(id) => id.clone(),
+            CredentialKind::Password => return Err(AuthError::Malformed),
         };
         let presented = hash_secret(secret);
         let now = Instant::now();
@@ -265,6 +270,7 @@ impl Authenticator {
             CredentialKind::ApiToken(_) => {
                 self.store.write_detached(move |c| crate::store::auth::touch_token(c, &id, &at))
             }
+            CredentialKind::Password => {}
         }
     }
 

@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod auth;
 pub mod projects;
+pub mod registry;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -53,7 +54,8 @@ const MAX_BATCH: usize = 64;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 4;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/001_init.sql")), (2, include_str!("migrations/002_registry.sql"))];
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]

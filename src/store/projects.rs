@@ -66,6 +66,11 @@ pub fn get(c: &Connection, id: &str) -> Result<Option<Project>> {
         .optional()?)
 }
 
+/// The project with this name.
+pub fn id_by_name(c: &Connection, name: &str) -> Result<Option<String>> {
+    Ok(c.prepare_cached("SELECT id FROM projects WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()?)
+}
+
 /// Every project (super-admins see all).
 pub fn list_all(c: &Connection, page: &PageQuery) -> Result<Page<Project>> {
     let mut stmt =
@@ -117,7 +122,7 @@ pub fn update(c: &Connection, id: &str, u: ProjectUpdate) -> Result<Project> {
 
 /// Tables whose rows belong to a project and keep it from being deleted. Each later
 /// subsystem (services, jobs, repositories) adds its table here.
-const DEPENDENTS: &[(&str, &str)] = &[];
+const DEPENDENTS: &[(&str, &str)] = &[("repositories", "registry repositories")];
 
 /// Deletes an empty project (members go with it); 409 while anything still lives in it.
 pub fn delete(c: &Connection, id: &str) -> Result<()> {

@@ -54,5 +54,18 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         s.logins.prune();
         std::future::ready(())
     });
-    vec![sessions, limits]
+    let mut all = vec![sessions, limits];
+    let every = state.config.registry.gc_interval_seconds;
+    if every > 0 {
+        let s = state.clone();
+        all.push(spawn("registry-gc", Duration::from_secs(every), shutdown.clone(), move || {
+            let s = s.clone();
+            async move {
+                if let Err(e) = crate::registry::gc::run(&s.registry).await {
+                    tracing::warn!(error = %e, "registry garbage collection failed");
+                }
+            }
+        }));
+    }
+    all
 }

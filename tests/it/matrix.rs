@@ -52,6 +52,8 @@ fn expected(access: Access, caller: Caller) -> Expect {
     match (access, caller) {
         (Access::Public, _) => Allowed,
         (Access::Bootstrap, _) => Unauthorized,
+        (Access::Registry, Anonymous) => Unauthorized,
+        (Access::Registry, _) => Allowed,
         (_, Anonymous) => Unauthorized,
         (Access::Authenticated, _) => Allowed,
         (_, SuperAdmin) => Allowed,
@@ -164,7 +166,8 @@ fn every_route_by_every_caller() {
                 .replace("{id}", project.as_deref().unwrap_or(""))
                 .replace("{user_id}", "usr_00000000000000000000000000")
                 .replace("{session_id}", "ses_00000000000000000000000000")
-                .replace("{token_id}", "tok_00000000000000000000000000");
+                .replace("{token_id}", "tok_00000000000000000000000000")
+                .replace("{*path}", "nosuch/app/tags/list");
             let r = call(&client, route, &path);
             let want = expected(route.access, caller);
             let hidden_project = |r: &Resp| {
@@ -173,6 +176,11 @@ fn every_route_by_every_caller() {
             };
             let ok = match want {
                 Expect::Allowed => r.status != 401 && r.status != 403 && !hidden_project(&r) && r.status < 500,
+                Expect::Unauthorized if route.access == Access::Registry => {
+                    r.status == 401
+                        && r.header("www-authenticate")
+                            .is_some_and(|c| c.starts_with("Bearer realm=") || c.starts_with("Basic realm="))
+                }
                 Expect::Unauthorized => r.status == 401 && r.code().contains("token"),
                 Expect::Forbidden => r.status == 403 && r.code() == "forbidden",
                 Expect::Hidden => hidden_project(&r),

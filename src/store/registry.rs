@@ -1,0 +1,383 @@
+//! Registry metadata: repositories, blob links, manifests, tags, uploads.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Result, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub id: i64,
+    pub name: String,
+    pub project_id: String,
+}
+
+pub fn repo_get(c: &Connection, name: &str) -> Result<Option<Repo>> {
+    Ok(c.prepare_cached("SELECT id, name, project_id FROM repositories WHERE name = ?1")?
+        .query_row([name], |r| Ok(Repo { id: r.get(0)?, name: r.get(1)?, project_id: r.get(2)? }))
+        .optional()?)
+}
+
+/// The repository, created on first push.
+pub fn repo_ensure(c: &Connection, name: &str, project_id: &str, now: i64) -> Result<Repo> {
+    c.execute(
+        "INSERT INTO repositories (name, project_id, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING",
+        params![name, project_id, now],
+    )?;
+    repo_get(c, name)?.ok_or_else(|| StoreError::Corrupt(format!("repository {name} vanished")))
+}
+
+/// Size of a blob if it is linked into the repository.
+pub fn linked_blob_size(c: &Connection, repo_id: i64, digest: &str) -> Result<Option<i64>> {
+    Ok(c.prepare_cached(
+        "SELECT b.size FROM repo_blobs l JOIN blobs b ON b.digest = l.digest WHERE l.repo_id = ?1 AND l.digest = ?2",
+    )?
+    .query_row(params![repo_id, digest], |r| r.get(0))
+    .optional()?)
+}
+
+pub fn blob_size(c: &Connection, digest: &str) -> Result<Option<i64>> {
+    Ok(c.prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?.query_row([digest], |r| r.get(0)).optional()?)
+}
+
+/// Records a stored blob and links it into the repository (refreshing the link time).
+pub fn blob_commit(c: &Connection, repo_id: i64, digest: &str, size: i64, now: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(digest) DO NOTHING",
+        params![digest, size, now],
+    )?;
+    link_blob(c, repo_id, digest, now)
+}
+
+pub fn link_blob(c: &Connection, repo_id: i64, digest: &str, now: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO repo_blobs (repo_id, digest, linked_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(repo_id, digest) DO UPDATE SET linked_at = excluded.linked_at",
+        params![repo_id, digest, now],
+    )?;
+    Ok(())
+}
+
+pub fn unlink_blob(c: &Connection, repo_id: i64, digest: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2", params![repo_id, digest])? > 0)
+}
+
+/// A stored manifest's metadata.
+#[derive(Debug, Clone)]
+pub struct ManifestRow {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub artifact_type: Option<String>,
+    pub subject: Option<String>,
+    /// JSON object text.
+    pub annotations: Option<String>,
+}
+
+fn row_manifest(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
+    Ok(ManifestRow {
+        digest: r.get(0)?,
+        media_type: r.get(1)?,
+        size: r.get(2)?,
+        artifact_type: r.get(3)?,
+        subject: r.get(4)?,
+        annotations: r.get(5)?,
+    })
+}
+
+pub fn manifest_by_digest(c: &Connection, repo_id: i64, digest: &str) -> Result<Option<ManifestRow>> {
+    Ok(c.prepare_cached(
+        "SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
+         WHERE repo_id = ?1 AND digest = ?2",
+    )?
+    .query_row(params![repo_id, digest], row_manifest)
+    .optional()?)
+}
+
+pub fn manifest_by_tag(c: &Connection, repo_id: i64, tag: &str) -> Result<Option<ManifestRow>> {
+    Ok(c.prepare_cached(
+        "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations
+         FROM tags t JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
+         WHERE t.repo_id = ?1 AND t.name = ?2",
+    )?
+    .query_row(params![repo_id, tag], row_manifest)
+    .optional()?)
+}
+
+/// What a manifest points at.
+pub struct ManifestRef<'a> {
+    pub child: &'a str,
+    pub manifest: bool,
+}
+
+/// Stores a manifest's metadata and references and moves `tag` to it. The caller has
+/// checked that every referenced blob and child manifest exists in the repository.
+pub fn manifest_put(
+    c: &Connection,
+    repo_id: i64,
+    m: &ManifestRow,
+    refs: &[ManifestRef<'_>],
+    tag: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, annotations, pushed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(repo_id, digest) DO UPDATE SET pushed_at = excluded.pushed_at",
+        params![repo_id, m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, now],
+    )?;
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO manifest_refs (repo_id, manifest, child, kind) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+    )?;
+    for r in refs {
+        stmt.execute(params![repo_id, m.digest, r.child, if r.manifest { "manifest" } else { "blob" }])?;
+    }
+    if let Some(tag) = tag {
+        c.execute(
+            "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            params![repo_id, tag, m.digest, now],
+        )?;
+    }
+    Ok(())
+}
+
+/// Which of `digests` are manifests of the repository.
+pub fn manifests_present(c: &Connection, repo_id: i64, digest: &str) -> Result<bool> {
+    Ok(c.prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+        .exists(params![repo_id, digest])?)
+}
+
+/// Deletes a manifest and the tags pointing at it.
+pub fn manifest_delete(c: &Connection, repo_id: i64, digest: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2", params![repo_id, digest])? > 0)
+}
+
+pub fn tag_delete(c: &Connection, repo_id: i64, tag: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2", params![repo_id, tag])? > 0)
+}
+
+/// Tags in lexical order after `last`, at most `n` (plus whether more follow).
+pub fn tags_list(c: &Connection, repo_id: i64, last: Option<&str>, n: Option<u32>) -> Result<(Vec<String>, bool)> {
+    let limit = n.map(|n| i64::from(n) + 1).unwrap_or(-1);
+    let mut tags = c
+        .prepare_cached("SELECT name FROM tags WHERE repo_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3")?
+        .query_map(params![repo_id, last.unwrap_or(""), limit], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let more = n.is_some_and(|n| tags.len() > n as usize);
+    if let Some(n) = n {
+        tags.truncate(n as usize);
+    }
+    Ok((tags, more))
+}
+
+/// Manifests of the repository whose subject is `digest`.
+pub fn referrers(c: &Connection, repo_id: i64, digest: &str) -> Result<Vec<ManifestRow>> {
+    Ok(c.prepare_cached(
+        "SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
+         WHERE repo_id = ?1 AND subject = ?2 ORDER BY digest",
+    )?
+    .query_map(params![repo_id, digest], row_manifest)?
+    .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn upload_insert(c: &Connection, id: &str, repo_id: i64, now: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO uploads (id, repo_id, started_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+        params![id, repo_id, now],
+    )?;
+    Ok(())
+}
+
+/// The repository an upload belongs to.
+pub fn upload_repo(c: &Connection, id: &str) -> Result<Option<i64>> {
+    Ok(c.prepare_cached("SELECT repo_id FROM uploads WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?)
+}
+
+pub fn upload_touch(c: &Connection, id: &str, now: i64) -> Result<()> {
+    c.execute("UPDATE uploads SET updated_at = ?2 WHERE id = ?1", params![id, now])?;
+    Ok(())
+}
+
+pub fn upload_delete(c: &Connection, id: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM uploads WHERE id = ?1", [id])? > 0)
+}
+
+/// A repository as `/v1/registry/repositories` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RepositoryInfo {
+    pub name: String,
+    pub project_id: String,
+    pub tags: i64,
+    pub manifests: i64,
+    /// Sum of the sizes of the blobs linked into the repository.
+    pub size_bytes: i64,
+    pub created_at: String,
+}
+
+/// Repositories of the given projects (all when `None`), by name.
+pub fn repositories(c: &Connection, projects: Option<&[String]>) -> Result<Vec<RepositoryInfo>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT r.name, r.project_id, r.created_at,
+            (SELECT count(*) FROM tags t WHERE t.repo_id = r.id),
+            (SELECT count(*) FROM manifests m WHERE m.repo_id = r.id),
+            (SELECT coalesce(sum(b.size), 0) FROM repo_blobs l JOIN blobs b ON b.digest = l.digest WHERE l.repo_id = r.id)
+         FROM repositories r ORDER BY r.name",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            let created: i64 = r.get(2)?;
+            Ok(RepositoryInfo {
+                name: r.get(0)?,
+                project_id: r.get(1)?,
+                created_at: time::OffsetDateTime::from_unix_timestamp(created)
+                    .map(crate::ids::format_time)
+                    .unwrap_or_default(),
+                tags: r.get(3)?,
+                manifests: r.get(4)?,
+                size_bytes: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(match projects {
+        None => rows,
+        Some(p) => rows.into_iter().filter(|r| p.contains(&r.project_id)).collect(),
+    })
+}
+
+/// Counts for `/v1/registry/status`.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Counts {
+    pub repositories: i64,
+    pub blobs: i64,
+    pub blob_bytes: i64,
+    pub uploads_in_progress: i64,
+}
+
+pub fn counts(c: &Connection) -> Result<Counts> {
+    Ok(c.query_row(
+        "SELECT (SELECT count(*) FROM repositories), (SELECT count(*) FROM blobs),
+                (SELECT coalesce(sum(size), 0) FROM blobs), (SELECT count(*) FROM uploads)",
+        [],
+        |r| {
+            Ok(Counts {
+                repositories: r.get(0)?,
+                blobs: r.get(1)?,
+                blob_bytes: r.get(2)?,
+                uploads_in_progress: r.get(3)?,
+            })
+        },
+    )?)
+}
+
+/// The last garbage collection's report.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct GcReport {
+    pub finished_at: String,
+    pub duration_ms: i64,
+    pub manifests_deleted: i64,
+    pub blobs_deleted: i64,
+    pub bytes_freed: i64,
+    pub uploads_purged: i64,
+}
+
+pub fn last_gc(c: &Connection) -> Result<Option<GcReport>> {
+    Ok(c.query_row(
+        "SELECT finished_at, duration_ms, manifests_deleted, blobs_deleted, bytes_freed, uploads_purged
+         FROM registry_gc WHERE id = 1",
+        [],
+        |r| {
+            Ok(GcReport {
+                finished_at: r.get(0)?,
+                duration_ms: r.get(1)?,
+                manifests_deleted: r.get(2)?,
+                blobs_deleted: r.get(3)?,
+                bytes_freed: r.get(4)?,
+                uploads_purged: r.get(5)?,
+            })
+        },
+    )
+    .optional()?)
+}
+
+pub fn record_gc(c: &Connection, g: &GcReport) -> Result<()> {
+    c.execute(
+        "INSERT INTO registry_gc (id, finished_at, duration_ms, manifests_deleted, blobs_deleted, bytes_freed, uploads_purged)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+           manifests_deleted = excluded.manifests_deleted, blobs_deleted = excluded.blobs_deleted,
+           bytes_freed = excluded.bytes_freed, uploads_purged = excluded.uploads_purged",
+        params![g.finished_at, g.duration_ms, g.manifests_deleted, g.blobs_deleted, g.bytes_freed, g.uploads_purged],
+    )?;
+    Ok(())
+}
+
+/// What a GC sweep removed from the database; the caller deletes the files.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub manifests_deleted: i64,
+    pub blobs: Vec<(String, i64)>,
+    pub uploads: Vec<String>,
+}
+
+/// The database half of garbage collection, in one transaction:
+/// 1. live manifests: tagged ones, those pushed after `cutoff`, and, transitively,
+///    the children of live indexes and the referrers of live manifests; delete the rest;
+/// 2. drop blob links older than `cutoff` that no remaining manifest of that
+///    repository references;
+/// 3. delete blobs older than `cutoff` that no repository links any more;
+/// 4. forget uploads idle since `upload_cutoff`.
+pub fn gc_sweep(c: &Connection, cutoff: i64, upload_cutoff: i64) -> Result<Sweep> {
+    let manifests_deleted = c.execute(
+        "WITH RECURSIVE live(repo_id, digest) AS (
+             SELECT repo_id, digest FROM tags
+             UNION SELECT repo_id, digest FROM manifests WHERE pushed_at > ?1
+             UNION SELECT r.repo_id, r.child FROM manifest_refs r
+                   JOIN live l ON r.repo_id = l.repo_id AND r.manifest = l.digest WHERE r.kind = 'manifest'
+             UNION SELECT m.repo_id, m.digest FROM manifests m
+                   JOIN live l ON m.repo_id = l.repo_id AND m.subject = l.digest
+         )
+         DELETE FROM manifests WHERE (repo_id, digest) NOT IN (SELECT repo_id, digest FROM live)",
+        [cutoff],
+    )? as i64;
+    c.execute(
+        "DELETE FROM repo_blobs WHERE linked_at <= ?1
+           AND NOT EXISTS (SELECT 1 FROM manifest_refs r WHERE r.repo_id = repo_blobs.repo_id AND r.child = repo_blobs.digest)
+           AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = repo_blobs.repo_id AND m.digest = repo_blobs.digest)",
+        [cutoff],
+    )?;
+    let blobs = c
+        .prepare(
+            "SELECT digest, size FROM blobs WHERE created_at <= ?1
+               AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = blobs.digest)",
+        )?
+        .query_map([cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut del = c.prepare("DELETE FROM blobs WHERE digest = ?1")?;
+    for (d, _) in &blobs {
+        del.execute([d])?;
+    }
+    let uploads = c
+        .prepare("SELECT id FROM uploads WHERE updated_at <= ?1")?
+        .query_map([upload_cutoff], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut del = c.prepare("DELETE FROM uploads WHERE id = ?1")?;
+    for u in &uploads {
+        del.execute([u])?;
+    }
+    Ok(Sweep { manifests_deleted, blobs, uploads })
+}
+
+/// Every blob digest and upload id known to the database (for the orphan scan).
+pub fn known_files(c: &Connection) -> Result<(std::collections::HashSet<String>, std::collections::HashSet<String>)> {
+    let blobs = c
+        .prepare("SELECT digest FROM blobs")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let uploads = c
+        .prepare("SELECT id FROM uploads")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((blobs, uploads))
+}
