@@ -22,7 +22,8 @@ where
     Fut: Future<Output = ()> + Send,
 {
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
+        // The first run waits a whole interval: start-up is busy enough.
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -146,6 +146,11 @@ impl Berth {
         self.login("admin", ADMIN_PASSWORD)
     }
 
+    /// A fresh session for the bootstrapped admin.
+    pub fn admin_session(&self) -> Client {
+        self.login("admin", ADMIN_PASSWORD)
+    }
+
     pub fn login(&self, username: &str, password: &str) -> Client {
         let r = self.client().post("/v1/auth/login", &json!({"username": username, "password": password}));
         assert_eq!(r.status, 200, "login {username}: {}", r.text());

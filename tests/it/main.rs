@@ -10,4 +10,6 @@ mod lifecycle;
 mod matrix;
 mod openapi;
 mod ratelimit;
+mod registry;
 mod secrets;
+mod tools;
