@@ -45,6 +45,7 @@ else
     BLOB_MIB=${BLOB_MIB:-1024}
 fi
 LAYERS=4
+ROUNDS=${ROUNDS:-$([ "$SMOKE" = 1 ] && echo 1 || echo 3)}
 TARGET_PUSH_RATIO=0.8
 TARGET_PULL_RATIO=0.8
 TARGET_MONO_RATIO=1.5
@@ -114,7 +115,7 @@ le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 IMAGE_MIB=$((LAYER_MIB * LAYERS))
 
 # ---------------------------------------------------------------------------------
-step "write a ${IMAGE_MIB} MiB OCI layout (${LAYERS} x ${LAYER_MIB} MiB random uncompressed tar layers)"
+step "write the layout generator (${LAYERS} x ${LAYER_MIB} MiB random uncompressed tar layers per image)"
 cat >"$T/mklayout.py" <<'EOF'
 # mklayout.py DIR TAG LAYER_BYTES...: an OCI image layout with one image, one
 # uncompressed tar layer (a single random file) per size.
@@ -170,9 +171,15 @@ with open(os.path.join(out, "oci-layout"), "w") as f:
     f.write('{"imageLayoutVersion":"1.0.0"}')
 EOF
 LAYER_BYTES=$((LAYER_MIB * 1024 * 1024))
-python3 "$T/mklayout.py" "$T/layout" "$TAG" $(for _ in $(seq "$LAYERS"); do echo "$LAYER_BYTES"; done) \
-    || fail "could not write the OCI layout"
-MANIFEST_DIGEST=$(jq -er '.manifests[0].digest' "$T/layout/index.json") || fail "no manifest in the layout"
+# make_layout: a fresh random image for each round, so no round can reuse (or have
+# skopeo's blob-info cache mount) the blobs of another.
+make_layout() {
+    rm -rf "$T/layout"
+    python3 "$T/mklayout.py" "$T/layout" "$TAG" $(for _ in $(seq "$LAYERS"); do echo "$LAYER_BYTES"; done) \
+        || fail "could not write the OCI layout"
+    MANIFEST_DIGEST=$(jq -er '.manifests[0].digest' "$T/layout/index.json") || fail "no manifest in the layout"
+}
+make_layout
 
 step "write a ${BLOB_MIB} MiB random blob"
 BLOB="$T/blob.bin"
@@ -288,37 +295,6 @@ pull() {
     rm -rf "$T/pull"
 }
 
-step "distribution: push ${IMAGE_MIB} MiB"
-push distribution "$DIST"
-DIST_PUSH_S=$PUSH_S
-MEASURED+=" distribution_push=${DIST_PUSH_S}s"
-step "distribution: pull ${IMAGE_MIB} MiB"
-pull distribution "$DIST"
-DIST_PULL_S=$PULL_S
-MEASURED+=" distribution_pull=${DIST_PULL_S}s"
-stop_pid "$DIST_PID"
-DIST_PID=""
-
-# ---------------------------------------------------------------------------------
-step "physical limit: openssl dgst -sha256 of the ${BLOB_MIB} MiB blob"
-sync
-t0=$(now)
-BLOB_HEX=$(openssl dgst -sha256 -r "$BLOB" | awk '{ print $1 }')
-t1=$(now)
-DGST_S=$(elapsed "$t0" "$t1")
-[ "${#BLOB_HEX}" = 64 ] || fail "openssl dgst printed no digest"
-
-step "physical limit: dd conv=fsync of the ${BLOB_MIB} MiB blob"
-sync
-t0=$(now)
-dd if="$BLOB" of="$T/ddcopy" bs=4M conv=fsync status=none || fail "dd failed"
-t1=$(now)
-DD_S=$(elapsed "$t0" "$t1")
-rm -f "$T/ddcopy"
-LIMIT_S=$(awk -v a="$DGST_S" -v b="$DD_S" 'BEGIN { printf "%.2f", (a > b ? a : b) }')
-MEASURED+=" sha256=${DGST_S}s dd_fsync=${DD_S}s"
-
-# ---------------------------------------------------------------------------------
 step "berth: GET /v2/"
 V2_STATUS=$(curl -sS -o "$T/resp" -D "$T/v2.headers" -w '%{http_code}' "$BASE/v2/") || fail "GET /v2/: curl failed"
 case "$V2_STATUS" in
@@ -326,8 +302,7 @@ case "$V2_STATUS" in
     *) cat "$T/resp" >&2; fail "berth's GET /v2/ answered $V2_STATUS (expected 401 with a challenge, or 200): no registry?" ;;
 esac
 
-step "berth: push ${IMAGE_MIB} MiB (sampling VmRSS every 0.2 s)"
-# The sampler keeps the largest VmRSS (KiB) seen in $T/rss.max.
+# The sampler keeps the largest VmRSS (KiB) seen in $T/rss.max, over every round.
 echo 0 >"$T/rss.max"
 (
     max=0
@@ -342,21 +317,62 @@ echo 0 >"$T/rss.max"
     done
 ) &
 SAMPLER_PID=$!
-push berth "$BERTH" "bench:$TOKEN"
-BERTH_PUSH_S=$PUSH_S
-MEASURED+=" berth_push=${BERTH_PUSH_S}s"
-sleep 0.3
+
+# Timings on this shared 2-core machine swing by tens of percent from one run to the
+# next, so each figure is the median of ROUNDS rounds, and the two registries take
+# turns going first.
+DIST_PUSH=() DIST_PULL=() BERTH_PUSH=() BERTH_PULL=() DGST=() DD=() MONO=()
+measure_dist() {
+    step "round $r: distribution push ${IMAGE_MIB} MiB"
+    push distribution "$DIST"
+    DIST_PUSH+=("$PUSH_S")
+    step "round $r: distribution pull ${IMAGE_MIB} MiB"
+    pull distribution "$DIST"
+    DIST_PULL+=("$PULL_S")
+}
+measure_berth() {
+    step "round $r: berth push ${IMAGE_MIB} MiB"
+    push berth "$BERTH" "bench:$TOKEN"
+    BERTH_PUSH+=("$PUSH_S")
+    kill -0 "$BERTH_PID" 2>/dev/null || { tail -50 "$T/berth.log" >&2; fail "berth died during the push"; }
+    step "round $r: berth pull ${IMAGE_MIB} MiB"
+    pull berth "$BERTH" "bench:$TOKEN"
+    BERTH_PULL+=("$PULL_S")
+}
+for r in $(seq 1 "$ROUNDS"); do
+    REPO="bench/big$r"
+    [ "$r" = 1 ] || { step "round $r: write a fresh ${IMAGE_MIB} MiB layout"; make_layout; }
+    if [ $((r % 2)) = 1 ]; then measure_dist; measure_berth; else measure_berth; measure_dist; fi
+    MEASURED+=" round${r}:dist=${DIST_PUSH[-1]}/${DIST_PULL[-1]}s,berth=${BERTH_PUSH[-1]}/${BERTH_PULL[-1]}s"
+
+    step "round $r: physical limit: openssl dgst -sha256 of the ${BLOB_MIB} MiB blob"
+    sync
+    t0=$(now)
+    BLOB_HEX=$(openssl dgst -sha256 -r "$BLOB" | awk '{ print $1 }')
+    t1=$(now)
+    DGST+=("$(elapsed "$t0" "$t1")")
+    [ "${#BLOB_HEX}" = 64 ] || fail "openssl dgst printed no digest"
+    step "round $r: physical limit: dd conv=fsync of the ${BLOB_MIB} MiB blob"
+    sync
+    t0=$(now)
+    dd if="$BLOB" of="$T/ddcopy" bs=4M conv=fsync status=none || fail "dd failed"
+    t1=$(now)
+    DD+=("$(elapsed "$t0" "$t1")")
+    rm -f "$T/ddcopy"
+done
 stop_pid "$SAMPLER_PID"
 SAMPLER_PID=""
 PEAK_RSS_KIB=$(cat "$T/rss.max")
-MEASURED+=" berth_peak_rss_kib=$PEAK_RSS_KIB"
 HWM_KIB=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$BERTH_PID/status")
-kill -0 "$BERTH_PID" 2>/dev/null || { tail -50 "$T/berth.log" >&2; fail "berth died during the push"; }
-
-step "berth: pull ${IMAGE_MIB} MiB"
-pull berth "$BERTH" "bench:$TOKEN"
-BERTH_PULL_S=$PULL_S
-MEASURED+=" berth_pull=${BERTH_PULL_S}s"
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+DIST_PUSH_S=$(median "${DIST_PUSH[@]}")
+DIST_PULL_S=$(median "${DIST_PULL[@]}")
+BERTH_PUSH_S=$(median "${BERTH_PUSH[@]}")
+BERTH_PULL_S=$(median "${BERTH_PULL[@]}")
+DGST_S=$(median "${DGST[@]}")
+DD_S=$(median "${DD[@]}")
+LIMIT_S=$(awk -v a="$DGST_S" -v b="$DD_S" 'BEGIN { printf "%.2f", (a > b ? a : b) }')
+REPO=bench/big
 
 step "berth: monolithic upload of the ${BLOB_MIB} MiB blob"
 # The registry's auth: a Bearer challenge is answered the way docker and skopeo do
@@ -381,15 +397,18 @@ esac
 # `-T` streams the file (`--data-binary @FILE` would first read all of it into
 # memory); `--request-target` keeps curl from appending the file name to a URL that
 # ends in `/`; `Expect:` turns off the 100-continue round trip.
-sync
-t0=$(now)
-STATUS=$(curl -sS -o "$T/resp" -D "$T/mono.headers" -w '%{http_code}' -X POST -T "$BLOB" -H 'Expect:' \
-    -H 'Content-Type: application/octet-stream' "${MONO_AUTH[@]}" \
-    --request-target "/v2/$REPO/blobs/uploads/?digest=sha256:$BLOB_HEX" "$BASE/") || fail "monolithic upload: curl failed"
-t1=$(now)
-MONO_S=$(elapsed "$t0" "$t1")
-[ "$STATUS" = 201 ] || { cat "$T/resp" >&2; fail "monolithic upload answered $STATUS, expected 201"; }
-MEASURED+=" berth_monolithic=${MONO_S}s"
+for r in $(seq 1 "$ROUNDS"); do
+    sync
+    t0=$(now)
+    STATUS=$(curl -sS -o "$T/resp" -D "$T/mono.headers" -w '%{http_code}' -X POST -T "$BLOB" -H 'Expect:' \
+        -H 'Content-Type: application/octet-stream' "${MONO_AUTH[@]}" \
+        --request-target "/v2/$REPO/blobs/uploads/?digest=sha256:$BLOB_HEX" "$BASE/") || fail "monolithic upload: curl failed"
+    t1=$(now)
+    MONO+=("$(elapsed "$t0" "$t1")")
+    [ "$STATUS" = 201 ] || { cat "$T/resp" >&2; fail "monolithic upload answered $STATUS, expected 201"; }
+done
+MONO_S=$(median "${MONO[@]}")
+MEASURED+=" berth_monolithic=${MONO[*]}"
 STATUS=$(curl -sS -o /dev/null -I -w '%{http_code} %header{content-length}' "${MONO_AUTH[@]}" \
     "$BASE/v2/$REPO/blobs/sha256:$BLOB_HEX") || fail "HEAD of the uploaded blob: curl failed"
 [ "$STATUS" = "200 $((BLOB_MIB * 1024 * 1024))" ] \
@@ -409,12 +428,12 @@ MODE=""
 
 cat <<EOF
 
-berth registry benchmark (${MODE}${IMAGE_MIB} MiB image as ${LAYERS} x ${LAYER_MIB} MiB uncompressed layers, ${BLOB_MIB} MiB blob, skopeo $(skopeo --version | awk '{ print $3 }'))
+berth registry benchmark (${MODE}medians of ${ROUNDS} rounds; ${IMAGE_MIB} MiB image as ${LAYERS} x ${LAYER_MIB} MiB uncompressed layers, ${BLOB_MIB} MiB blob, skopeo $(skopeo --version | awk '{ print $3 }'))
   push          distribution ${DIST_PUSH_S}s ($(mibps "$IMAGE_MIB" "$DIST_PUSH_S") MiB/s)   berth ${BERTH_PUSH_S}s ($(mibps "$IMAGE_MIB" "$BERTH_PUSH_S") MiB/s)   ratio ${PUSH_RATIO} (target <= ${TARGET_PUSH_RATIO})
   pull          distribution ${DIST_PULL_S}s ($(mibps "$IMAGE_MIB" "$DIST_PULL_S") MiB/s)   berth ${BERTH_PULL_S}s ($(mibps "$IMAGE_MIB" "$BERTH_PULL_S") MiB/s)   ratio ${PULL_RATIO} (target <= ${TARGET_PULL_RATIO})
   limit         openssl dgst -sha256 ${DGST_S}s ($(mibps "$BLOB_MIB" "$DGST_S") MiB/s)   dd conv=fsync ${DD_S}s ($(mibps "$BLOB_MIB" "$DD_S") MiB/s)   limit ${LIMIT_S}s
   monolithic    berth ${MONO_S}s ($(mibps "$BLOB_MIB" "$MONO_S") MiB/s)   ratio ${MONO_RATIO} of the limit (target <= ${TARGET_MONO_RATIO})
-  berth RSS     peak ${PEAK_RSS_MIB} MiB sampled during the push (budget < ${BUDGET_RSS_MIB} MiB); VmHWM $(mib "$HWM_KIB") MiB after it
+  berth RSS     peak ${PEAK_RSS_MIB} MiB sampled during every push and pull (budget < ${BUDGET_RSS_MIB} MiB); VmHWM $(mib "$HWM_KIB") MiB after it
 EOF
 
 MISSED=()

@@ -22,6 +22,8 @@ ROOT=$(pwd)
 PACKAGES=(
     build-essential pkg-config ca-certificates curl jq sqlite3 wrk runc iproute2 nftables
     python3 python3-pip python3-venv
+    # real registry clients and the reference registry the benchmark compares against
+    docker.io skopeo docker-registry busybox-static openssl
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS

@@ -21,8 +21,9 @@ use super::error::{RegistryError, RegistryResult};
 use super::names::Digest;
 use crate::error::PathError;
 
-/// Chunk size for reading blobs out.
-const READ_CHUNK: usize = 1 << 20;
+/// Chunk size for reading blobs out: below the allocator's mmap threshold (see
+/// `main.rs`), so freed chunks are reused from the heap without page faults.
+const READ_CHUNK: usize = 512 << 10;
 /// Chunks queued between the network and the disk writer.
 const PIPELINE_DEPTH: usize = 16;
 
@@ -154,8 +155,16 @@ impl BlobStore {
             let mut left = len;
             while left > 0 {
                 let want = left.min(READ_CHUNK as u64) as usize;
-                let mut buf = vec![0u8; want];
-                let r = f.read_exact(&mut buf).map(|_| Bytes::from(buf));
+                // read_to_end fills spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want);
+                let r = match (&mut f).take(want as u64).read_to_end(&mut buf) {
+                    Ok(n) if n == want => Ok(Bytes::from(buf)),
+                    Ok(n) => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("blob ended {n} bytes into a {want}-byte read"),
+                    )),
+                    Err(e) => Err(e),
+                };
                 let failed = r.is_err();
                 if tx.blocking_send(r).is_err() || failed {
                     return;

@@ -3,6 +3,7 @@
 #![expect(clippy::disallowed_methods, reason = "the tests drive real processes: berth, curl, python")]
 
 mod bad_input;
+mod clients;
 mod durability;
 mod flow;
 mod harness;
