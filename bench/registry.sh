@@ -409,6 +409,34 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 MONO_S=$(median "${MONO[@]}")
 MEASURED+=" berth_monolithic=${MONO[*]}"
+
+# Server-side speed on its own: skopeo's hashing and writing bound the end-to-end
+# pull, so a plain GET of the same blob from each registry shows what the server does.
+step "raw blob GET: the ${BLOB_MIB} MiB blob from each registry"
+LOC=$(curl -sS -D - -o /dev/null -X POST "http://$DIST/v2/$REPO/blobs/uploads/" | awk 'tolower($1) == "location:" { print $2 }' | tr -d '\r')
+case "$LOC" in http*) ;; *) LOC="http://$DIST$LOC" ;; esac
+SEP='?'
+case "$LOC" in *\?*) SEP='&' ;; esac
+STATUS=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT -T "$BLOB" -H 'Expect:' "$LOC${SEP}digest=sha256:$BLOB_HEX") \
+    || fail "uploading the blob to distribution: curl failed"
+[ "$STATUS" = 201 ] || fail "uploading the blob to distribution answered $STATUS"
+GET_DIST=() GET_BERTH=()
+get_blob() {
+    local t0 t1 got
+    t0=$(now)
+    got=$(curl -sS -o /dev/null -w '%{size_download}' "$@") || fail "raw GET: curl failed"
+    t1=$(now)
+    [ "$got" = $((BLOB_MIB * 1024 * 1024)) ] || fail "raw GET returned $got bytes"
+    GET_S=$(elapsed "$t0" "$t1")
+}
+for r in $(seq 1 "$ROUNDS"); do
+    get_blob "http://$DIST/v2/$REPO/blobs/sha256:$BLOB_HEX"
+    GET_DIST+=("$GET_S")
+    get_blob "${MONO_AUTH[@]}" "$BASE/v2/$REPO/blobs/sha256:$BLOB_HEX"
+    GET_BERTH+=("$GET_S")
+done
+GET_DIST_S=$(median "${GET_DIST[@]}")
+GET_BERTH_S=$(median "${GET_BERTH[@]}")
 STATUS=$(curl -sS -o /dev/null -I -w '%{http_code} %header{content-length}' "${MONO_AUTH[@]}" \
     "$BASE/v2/$REPO/blobs/sha256:$BLOB_HEX") || fail "HEAD of the uploaded blob: curl failed"
 [ "$STATUS" = "200 $((BLOB_MIB * 1024 * 1024))" ] \
@@ -432,6 +460,7 @@ berth registry benchmark (${MODE}medians of ${ROUNDS} rounds; ${IMAGE_MIB} MiB i
   push          distribution ${DIST_PUSH_S}s ($(mibps "$IMAGE_MIB" "$DIST_PUSH_S") MiB/s)   berth ${BERTH_PUSH_S}s ($(mibps "$IMAGE_MIB" "$BERTH_PUSH_S") MiB/s)   ratio ${PUSH_RATIO} (target <= ${TARGET_PUSH_RATIO})
   pull          distribution ${DIST_PULL_S}s ($(mibps "$IMAGE_MIB" "$DIST_PULL_S") MiB/s)   berth ${BERTH_PULL_S}s ($(mibps "$IMAGE_MIB" "$BERTH_PULL_S") MiB/s)   ratio ${PULL_RATIO} (target <= ${TARGET_PULL_RATIO})
   limit         openssl dgst -sha256 ${DGST_S}s ($(mibps "$BLOB_MIB" "$DGST_S") MiB/s)   dd conv=fsync ${DD_S}s ($(mibps "$BLOB_MIB" "$DD_S") MiB/s)   limit ${LIMIT_S}s
+  raw GET       distribution ${GET_DIST_S}s ($(mibps "$BLOB_MIB" "$GET_DIST_S") MiB/s)   berth ${GET_BERTH_S}s ($(mibps "$BLOB_MIB" "$GET_BERTH_S") MiB/s)   ratio $(ratio "$GET_BERTH_S" "$GET_DIST_S") (no target; the server alone)
   monolithic    berth ${MONO_S}s ($(mibps "$BLOB_MIB" "$MONO_S") MiB/s)   ratio ${MONO_RATIO} of the limit (target <= ${TARGET_MONO_RATIO})
   berth RSS     peak ${PEAK_RSS_MIB} MiB sampled during every push and pull (budget < ${BUDGET_RSS_MIB} MiB); VmHWM $(mib "$HWM_KIB") MiB after it
 EOF
@@ -448,8 +477,9 @@ else
 fi
 [ "$SMOKE" = 1 ] && TARGETS="$TARGETS(smoke: not enforced)"
 
-printf 'registry: push=%ss (%s of distribution %ss) pull=%ss (%s of distribution %ss) monolithic=%ss (%s of limit %ss) peak_rss_mib=%s (%s of %s) %s\n' \
+printf 'registry: push=%ss (%s of distribution %ss) pull=%ss (%s of distribution %ss) raw_get=%ss (%s of distribution %ss) monolithic=%ss (%s of limit %ss) peak_rss_mib=%s (%s of %s) %s\n' \
     "$BERTH_PUSH_S" "$PUSH_RATIO" "$DIST_PUSH_S" "$BERTH_PULL_S" "$PULL_RATIO" "$DIST_PULL_S" \
+    "$GET_BERTH_S" "$(ratio "$GET_BERTH_S" "$GET_DIST_S")" "$GET_DIST_S" \
     "$MONO_S" "$MONO_RATIO" "$LIMIT_S" "$PEAK_RSS_MIB" "$RSS_RATIO" "$BUDGET_RSS_MIB" "$TARGETS"
 
 if [ "$SMOKE" != 1 ] && [ "${#MISSED[@]}" -gt 0 ]; then
