@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod ids;
+pub mod images;
 pub mod registry;
 pub mod runtime;
 pub mod store;

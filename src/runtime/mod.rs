@@ -5,4 +5,5 @@
 //! the shim, OCI spec, cgroups and networks arrive with the runtime work.
 
 pub mod host;
+pub mod network;
 pub mod runc;

@@ -1,0 +1,1 @@
+//! Images: unpacking OCI layers into read-only snapshots, safely.

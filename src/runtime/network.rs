@@ -1,0 +1,1 @@
+//! Container networks: a bridge per project, veth pairs, IPAM, NAT and isolation.
