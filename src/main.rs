@@ -20,6 +20,27 @@ enum Command {
     Serve(ServeArgs),
     /// Print the version.
     Version,
+    /// Supervise one container (started by the daemon, not by hand).
+    #[command(hide = true)]
+    Shim(ShimCli),
+}
+
+#[derive(clap::Args)]
+struct ShimCli {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long)]
+    runc_root: PathBuf,
+    #[arg(long)]
+    state_dir: PathBuf,
+    #[arg(long)]
+    oom_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 10 << 20)]
+    log_max_bytes: u64,
+    #[arg(long, default_value_t = 3)]
+    log_files: u32,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +102,18 @@ fn main() -> anyhow::Result<()> {
     tune_allocator();
     let cli = Cli::parse();
     match cli.command {
+        Command::Shim(a) => {
+            let code = berth::runtime::shim::run(berth::runtime::shim::ShimArgs {
+                id: a.id,
+                bundle: a.bundle,
+                runc_root: a.runc_root,
+                state_dir: a.state_dir,
+                oom_file: a.oom_file,
+                log_max_bytes: a.log_max_bytes,
+                log_files: a.log_files,
+            });
+            std::process::exit(code);
+        }
         Command::Version => {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
             Ok(())

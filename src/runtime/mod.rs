@@ -1,9 +1,39 @@
-//! The container runtime's seams to the kernel and to runc.
+//! The container runtime: the only module that touches the kernel or spawns
+//! processes (`clippy.toml` forbids `Command::new` elsewhere).
 //!
-//! Only this module spawns processes (`clippy.toml` forbids `Command::new`
-//! elsewhere). For now it holds host facts (`host`) and runc discovery (`runc`);
-//! the shim, OCI spec, cgroups and networks arrive with the runtime work.
+//! - `spec`: the OCI runtime config for a container.
+//! - `cgroups`: where berth's cgroups live (v2, or v1 on hybrid hosts), project
+//!   limits, metrics.
+//! - `runc`: the `runc` command line.
+//! - `shim`: `berth shim`, the per-container supervisor that owns the container's
+//!   stdio, logs and exit status, so containers outlive the daemon.
+//! - `network`: bridges, veth pairs, IPAM, NAT and isolation.
+//! - `host`: facts about the machine.
 
+pub mod cgroups;
+pub mod container;
 pub mod host;
 pub mod network;
+pub mod rootfs;
 pub mod runc;
+pub mod shim;
+pub mod spec;
+
+use crate::error::PathError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container cannot be built as asked (bad limits, no command, bad paths).
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("cgroup: {0}")]
+    Cgroup(String),
+    #[error("{command}: {message}")]
+    Command { command: String, message: String },
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("shim for {id}: {message}")]
+    Shim { id: String, message: String },
+    #[error(transparent)]
+    Path(#[from] PathError),
+}

@@ -1,11 +1,13 @@
-//! runc discovery.
+//! The `runc` command line.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// `runc --version`'s first line's version, or `None` when runc is not installed.
+use super::RuntimeError;
+
+/// `runc --version`'s version, or `None` when runc is not installed.
 pub fn version() -> Option<String> {
-    #[expect(clippy::disallowed_methods, reason = "runtime is the module that runs processes")]
-    let out = Command::new("runc").arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    let out = command("runc").arg("--version").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -14,6 +16,75 @@ pub fn version() -> Option<String> {
 
 fn parse_version(text: &str) -> Option<String> {
     text.lines().next()?.strip_prefix("runc version ").map(|v| v.trim().to_string())
+}
+
+/// Builds a command; the one place in berth where processes are created.
+#[expect(clippy::disallowed_methods, reason = "runtime is the module that runs processes")]
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    Command::new(program)
+}
+
+/// runc with berth's state root.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Runc {
+    pub fn new(root: PathBuf) -> Self {
+        Self { binary: PathBuf::from("runc"), root }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = command(&self.binary);
+        c.arg("--root").arg(&self.root);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, RuntimeError> {
+        let out = self.cmd().args(args).stdin(Stdio::null()).output().map_err(|e| RuntimeError::Command {
+            command: format!("runc {}", args.join(" ")),
+            message: e.to_string(),
+        })?;
+        if !out.status.success() {
+            return Err(RuntimeError::Command {
+                command: format!("runc {}", args.join(" ")),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sends a signal to the container's init.
+    pub fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        self.run(&["kill", id, signal]).map(|_| ())
+    }
+
+    /// Removes the container's runc state (and its cgroup), killing it if needed.
+    pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.run(&["delete", "--force", id]) {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Command { message, .. }) if message.contains("does not exist") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// runc's view of the container (`runc state`): status and pid.
+    pub fn state(&self, id: &str) -> Result<Option<(String, i32)>, RuntimeError> {
+        match self.run(&["state", id]) {
+            Ok(json) => {
+                let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+                Ok(Some((v["status"].as_str().unwrap_or("").to_string(), v["pid"].as_i64().unwrap_or(0) as i32)))
+            }
+            Err(RuntimeError::Command { message, .. }) if message.contains("does not exist") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
 }
 
 #[cfg(test)]

@@ -12,5 +12,6 @@ mod matrix;
 mod openapi;
 mod ratelimit;
 mod registry;
+mod runtime;
 mod secrets;
 mod tools;

@@ -1,0 +1,223 @@
+//! Containers as the engine sees them: create (rootfs, spec, shim), stop, status,
+//! logs, metrics, delete. Each container's state lives in `<containers>/<id>/`:
+//! `bundle/config.json`, `rootfs` (the overlay mount point), `upper`, `work`, and
+//! the shim's files (see `shim`).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::RuntimeError;
+use super::cgroups::{Layout, Metrics};
+use super::host::CgroupVersion;
+use super::runc::{Runc, command};
+use super::shim::{self, LogLine, ShimArgs, State, Status};
+use super::spec::{self, ContainerSpec};
+use crate::error::PathError;
+
+/// Defaults for container logs: 10 MiB per file, 3 rotated files kept.
+pub const LOG_MAX_BYTES: u64 = 10 << 20;
+pub const LOG_FILES: u32 = 3;
+
+pub struct Runtime {
+    pub runc: Runc,
+    pub layout: Layout,
+    pub containers_dir: PathBuf,
+    /// The `berth` binary, run as `berth shim`.
+    pub shim_exe: PathBuf,
+    pub log_max_bytes: u64,
+    pub log_files: u32,
+}
+
+impl Runtime {
+    pub fn new(runc_root: PathBuf, layout: Layout, containers_dir: PathBuf, shim_exe: PathBuf) -> Self {
+        Self {
+            runc: Runc::new(runc_root),
+            layout,
+            containers_dir,
+            shim_exe,
+            log_max_bytes: LOG_MAX_BYTES,
+            log_files: LOG_FILES,
+        }
+    }
+
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir.join(id)
+    }
+
+    fn oom_file(&self, cgroup: &str) -> PathBuf {
+        let rel = cgroup.trim_start_matches('/');
+        match self.layout.version {
+            CgroupVersion::V2 => self.layout.mount.join(rel).join("memory.events"),
+            CgroupVersion::V1 => self.layout.mount.join("memory").join(rel).join("memory.oom_control"),
+        }
+    }
+
+    /// Creates and starts a container. `lowers` are the image's layer snapshots,
+    /// topmost first; when empty, `c.rootfs` is used as it is. On failure nothing
+    /// is left behind: no mount, no state directory, no runc state.
+    pub fn create(&self, project: &str, c: &ContainerSpec, lowers: &[PathBuf]) -> Result<shim::Started, RuntimeError> {
+        if !crate::ids::has_shape(&c.id, "rep") && !c.id.starts_with("rep_") {
+            return Err(RuntimeError::InvalidSpec(format!("{} is not a replica id", c.id)));
+        }
+        let dir = self.state_dir(&c.id);
+        if dir.exists() {
+            return Err(RuntimeError::InvalidSpec(format!("container {} already exists", c.id)));
+        }
+        let result = self.create_in(project, c, lowers, &dir);
+        if result.is_err() {
+            let _ = self.runc.delete(&c.id);
+            let _ = super::rootfs::unmount(&dir.join("rootfs"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.layout.remove(&self.layout.container_path(project, &c.id));
+        }
+        result
+    }
+
+    fn create_in(
+        &self,
+        project: &str,
+        c: &ContainerSpec,
+        lowers: &[PathBuf],
+        dir: &Path,
+    ) -> Result<shim::Started, RuntimeError> {
+        c.limits.validate()?;
+        std::fs::create_dir_all(dir.join("bundle")).map_err(|e| PathError::new("create", dir, e))?;
+        let mut c = c.clone();
+        if !lowers.is_empty() {
+            let rootfs = dir.join("rootfs");
+            super::rootfs::mount_overlay(lowers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+            c.rootfs = rootfs;
+        }
+        c.cgroups_path = self.layout.container_path(project, &c.id);
+        for (_, d) in self.layout.dirs(&self.layout.project_path(project)) {
+            std::fs::create_dir_all(&d).map_err(|e| PathError::new("create cgroup", &d, e))?;
+        }
+        let spec = spec::build(&c)?;
+        let config = dir.join("bundle").join("config.json");
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        std::fs::write(&config, json).map_err(|e| PathError::new("write", &config, e))?;
+        let args = ShimArgs {
+            id: c.id.clone(),
+            bundle: dir.join("bundle"),
+            runc_root: self.runc.root.clone(),
+            state_dir: dir.to_path_buf(),
+            oom_file: Some(self.oom_file(&c.cgroups_path)),
+            log_max_bytes: self.log_max_bytes,
+            log_files: self.log_files,
+        };
+        self.spawn_shim(&args)?;
+        // Wait for the shim to report the container running (or failed).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(b) = std::fs::read(dir.join("started.json")) {
+                if let Ok(s) = serde_json::from_slice::<shim::Started>(&b) {
+                    return Ok(s);
+                }
+            }
+            let st = shim::status(dir);
+            if let Some(exit) = st.exit {
+                if let Some(e) = exit.error {
+                    return Err(RuntimeError::Shim { id: c.id.clone(), message: e });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Shim { id: c.id.clone(), message: "did not start within 30 s".into() });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn spawn_shim(&self, args: &ShimArgs) -> Result<(), RuntimeError> {
+        let log_path = args.state_dir.join("shim.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| PathError::new("open", &log_path, e))?;
+        let err = log.try_clone().map_err(|e| PathError::new("open", &log_path, e))?;
+        let mut cmd = command(&self.shim_exe);
+        cmd.arg("shim").args(args.to_args()).stdin(Stdio::null()).stdout(log).stderr(err).current_dir("/");
+        // SAFETY: setsid is async-signal-safe and touches only the new child, which
+        // then runs in a session of its own, detached from the daemon's.
+        unsafe {
+            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        let mut child =
+            cmd.spawn().map_err(|e| RuntimeError::Command { command: "berth shim".into(), message: e.to_string() })?;
+        // Reap the shim when it ends while we live; after a daemon restart its new
+        // parent (init or systemd) does.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok(())
+    }
+
+    pub fn status(&self, id: &str) -> Status {
+        shim::status(&self.state_dir(id))
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`; returns its status.
+    pub fn stop(&self, id: &str, grace: Duration) -> Result<Status, RuntimeError> {
+        let dir = self.state_dir(id);
+        if !dir.exists() {
+            return Err(RuntimeError::NotFound(id.into()));
+        }
+        if shim::status(&dir).state != State::Running {
+            return Ok(shim::status(&dir));
+        }
+        let _ = shim::kill(&dir, libc::SIGTERM);
+        if let Some(s) = wait_exit(&dir, grace) {
+            return Ok(s);
+        }
+        let _ = shim::kill(&dir, libc::SIGKILL);
+        Ok(wait_exit(&dir, Duration::from_secs(10)).unwrap_or_else(|| shim::status(&dir)))
+    }
+
+    pub fn logs(&self, id: &str, tail: usize) -> Vec<LogLine> {
+        shim::logs(&self.state_dir(id), tail, self.log_files)
+    }
+
+    pub fn metrics(&self, project: &str, id: &str) -> Metrics {
+        self.layout.metrics(&self.layout.container_path(project, id))
+    }
+
+    /// Removes everything of a container: its process, runc state, cgroup, rootfs
+    /// mount, upper layer, logs.
+    pub fn delete(&self, project: &str, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.state_dir(id);
+        if dir.exists() && shim::status(&dir).state == State::Running {
+            self.stop(id, Duration::from_secs(0))?;
+        }
+        self.runc.delete(id)?;
+        super::rootfs::unmount(&dir.join("rootfs"))?;
+        self.layout.remove(&self.layout.container_path(project, id))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PathError::new("remove", &dir, e).into()),
+        }
+    }
+
+    /// Ids of the containers with state on disk (to re-adopt after a restart).
+    pub fn list(&self) -> Vec<String> {
+        std::fs::read_dir(&self.containers_dir)
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn wait_exit(dir: &Path, within: Duration) -> Option<Status> {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = shim::status(dir);
+        if s.state == State::Exited && dir.join("exit.json").exists() && !dir.join("shim.sock").exists() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

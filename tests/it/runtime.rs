@@ -1,0 +1,281 @@
+//! Containers for real: runc through `berth shim`, cgroup limits enforced by the
+//! kernel, logs and exit statuses, and complete cleanup.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth::runtime::cgroups::{Layout, Limits};
+use berth::runtime::container::Runtime;
+use berth::runtime::shim::State;
+use berth::runtime::spec::ContainerSpec;
+
+use crate::harness::{TempDir, require_tool};
+
+/// A runtime in a temp dir with its own runc root and cgroup subtree; Drop removes
+/// every container, the cgroups and the dir, even when the test fails.
+pub struct Fixture {
+    pub rt: Runtime,
+    /// Holds the temp dir (runc root, containers, rootfs) until the fixture drops.
+    pub _dir: TempDir,
+    pub rootfs: PathBuf,
+    pub project: String,
+}
+
+/// Whether this machine can run containers (root, runc, busybox); fails under CI.
+pub fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "container tests need root under CI");
+        eprintln!("skipping: not root");
+        return false;
+    }
+    require_tool("runc", &["--version"]) && Path::new("/bin/busybox").exists()
+}
+
+/// A minimal root filesystem: static busybox and the directories runc needs.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n").unwrap();
+    root
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = TempDir::new("rt");
+        let tag = berth::ids::new_id("t").to_lowercase();
+        let prefix = format!("berth-it-{}", &tag[tag.len() - 10..]);
+        let layout = Layout::for_self(&prefix).expect("cgroup layout");
+        layout.prepare().expect("prepare cgroups");
+        let rootfs = busybox_rootfs(dir.path());
+        let rt = Runtime::new(
+            dir.path().join("runc"),
+            layout,
+            dir.path().join("containers"),
+            PathBuf::from(env!("CARGO_BIN_EXE_berth")),
+        );
+        Fixture { rt, _dir: dir, rootfs, project: "prj_test".into() }
+    }
+
+    pub fn spec(&self, id: &str, script: &str, limits: Limits) -> ContainerSpec {
+        ContainerSpec {
+            id: id.into(),
+            hostname: "box".into(),
+            args: vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            rootfs: self.rootfs.clone(),
+            hosts_file: None,
+            resolv_file: None,
+            volumes: vec![],
+            netns: None,
+            limits,
+            cgroups_path: String::new(),
+        }
+    }
+
+    pub fn wait_exit(&self, id: &str, within: Duration) -> berth::runtime::shim::Status {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.rt.status(id);
+            if s.state == State::Exited && !self.rt.state_dir(id).join("shim.sock").exists() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{id} did not exit: {s:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every cgroup directory of this fixture's subtree, in every hierarchy.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let base = self.rt.layout.base.trim_start_matches('/').to_string();
+        let mut out = Vec::new();
+        let mount = &self.rt.layout.mount;
+        let roots: Vec<PathBuf> = if mount.join("cgroup.controllers").exists() {
+            vec![mount.clone()]
+        } else {
+            std::fs::read_dir(mount).unwrap().flatten().map(|e| e.path()).collect()
+        };
+        for r in roots {
+            let p = r.join(&base);
+            if p.is_dir() {
+                collect_dirs(&p, &mut out);
+            }
+        }
+        out
+    }
+}
+
+fn collect_dirs(p: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            collect_dirs(&e.path(), out);
+        }
+    }
+    out.push(p.to_path_buf());
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for id in self.rt.list() {
+            let _ = self.rt.delete(&self.project, &id);
+        }
+        // Deepest first; cgroups must be empty to go.
+        for d in self.cgroup_dirs() {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+#[test]
+fn a_container_runs_through_the_shim_with_logs_and_exit_code() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000001";
+    let started =
+        f.rt.create(&f.project, &f.spec(id, "echo hello; echo oops >&2; echo $$; exit 3", Limits::default()), &[])
+            .unwrap();
+    assert!(started.pid > 0);
+    let s = f.wait_exit(id, Duration::from_secs(20));
+    let exit = s.exit.unwrap();
+    assert_eq!((exit.exit_code, exit.signal, exit.oom_killed), (Some(3), None, false));
+    let logs = f.rt.logs(id, 100);
+    let lines: Vec<(&str, &str)> = logs.iter().map(|l| (l.stream.as_str(), l.log.as_str())).collect();
+    assert!(lines.contains(&("stdout", "hello")), "{lines:?}");
+    assert!(lines.contains(&("stderr", "oops")), "{lines:?}");
+    assert!(lines.contains(&("stdout", "1")), "the command is pid 1 of its own pid namespace: {lines:?}");
+    assert!(logs.iter().all(|l| l.time.ends_with('Z')));
+
+    // Deleting removes everything.
+    f.rt.delete(&f.project, id).unwrap();
+    assert!(!f.rt.state_dir(id).exists());
+    assert!(f.rt.runc.state(id).unwrap().is_none(), "runc forgot it");
+    let container_cgroups: Vec<_> = f.cgroup_dirs().into_iter().filter(|d| d.ends_with(id)).collect();
+    assert!(container_cgroups.is_empty(), "{container_cgroups:?}");
+}
+
+#[test]
+fn memory_limit_oom_kills_and_is_reported() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000002";
+    let limits = Limits { memory_bytes: Some(32 << 20), ..Default::default() };
+    f.rt.create(&f.project, &f.spec(id, "exec /bin/busybox dd if=/dev/zero of=/dev/null bs=100M count=1", limits), &[])
+        .unwrap();
+    let exit = f.wait_exit(id, Duration::from_secs(30)).exit.unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "{exit:?}");
+    assert!(exit.oom_killed, "reported as an OOM kill: {exit:?}");
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000003";
+    let limits = Limits { pids: Some(10), ..Default::default() };
+    let bomb = "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done; echo spawned; sleep 30";
+    f.rt.create(&f.project, &f.spec(id, bomb, limits), &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(f.rt.metrics(&f.project, id).pids);
+        if f.rt.logs(id, 500).iter().any(|l| l.log.contains("fork")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = f.rt.logs(id, 500);
+    assert!(logs.iter().any(|l| l.log.contains("fork")), "forks beyond the limit fail: {logs:?}");
+    peak = peak.max(f.rt.metrics(&f.project, id).pids);
+    assert!((5..=10).contains(&peak), "pids stayed at the limit: {peak}");
+    let s = f.rt.stop(id, Duration::from_secs(1)).unwrap();
+    assert_eq!(s.state, State::Exited);
+}
+
+#[test]
+fn half_a_cpu_quota_holds_and_metrics_match() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000004";
+    let limits = Limits { cpus: Some(0.5), memory_bytes: Some(64 << 20), ..Default::default() };
+    f.rt.create(&f.project, &f.spec(id, "while :; do :; done", limits), &[]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, c0) = (Instant::now(), f.rt.metrics(&f.project, id).cpu_usage_ns);
+    std::thread::sleep(Duration::from_secs(3));
+    let (t1, m) = (Instant::now(), f.rt.metrics(&f.project, id));
+    let used = (m.cpu_usage_ns - c0) as f64 / (t1 - t0).as_nanos() as f64;
+    assert!((0.4..=0.6).contains(&used), "0.5 CPU ± 20%, used {used:.3}");
+    assert_eq!(m.memory_limit_bytes, Some(64 << 20), "metrics read the cgroup's limit");
+    assert!(m.memory_bytes > 0 && m.pids >= 1);
+    // SIGTERM is ignored by a busy shell as pid 1; the grace runs out and SIGKILL ends it.
+    let s = f.rt.stop(id, Duration::from_millis(500)).unwrap();
+    assert_eq!(s.exit.unwrap().signal, Some(libc::SIGKILL));
+}
+
+#[test]
+fn impossible_limits_and_missing_commands_leave_nothing_behind() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000005";
+    let tiny = Limits { memory_bytes: Some(1 << 20), ..Default::default() };
+    assert!(f.rt.create(&f.project, &f.spec(id, "true", tiny), &[]).is_err());
+    assert!(!f.rt.state_dir(id).exists());
+    let mut spec = f.spec(id, "true", Limits::default());
+    spec.args = vec!["/bin/does-not-exist".into()];
+    let err = f.rt.create(&f.project, &spec, &[]).unwrap_err().to_string();
+    assert!(err.contains("does-not-exist") || err.contains("no such file"), "{err}");
+    assert!(!f.rt.state_dir(id).exists(), "a failed start leaves no state");
+    assert!(f.rt.runc.state(id).unwrap().is_none());
+}
+
+/// Shim memory stays small (the budget is 4 MiB per shim).
+#[test]
+fn the_shim_is_small() {
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000006";
+    f.rt.create(&f.project, &f.spec(id, "sleep 30", Limits::default()), &[]).unwrap();
+    let shim_pid = find_shim(&f.rt.state_dir(id)).expect("shim process");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{shim_pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap()))
+        .unwrap();
+    eprintln!("shim RSS: {rss_kib} KiB");
+    assert!(rss_kib > 0);
+    f.rt.stop(id, Duration::from_secs(0)).unwrap();
+}
+
+/// The pid of the shim serving a state dir (from /proc).
+pub fn find_shim(state_dir: &Path) -> Option<i32> {
+    let needle = state_dir.display().to_string();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" shim ") && cmd.contains(&needle) {
+            return Some(pid);
+        }
+    }
+    None
+}
