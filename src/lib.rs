@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod images;

@@ -98,12 +98,32 @@ impl Runtime {
         let config = dir.join("bundle").join("config.json");
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
         std::fs::write(&config, json).map_err(|e| PathError::new("write", &config, e))?;
+        self.launch(&c.id, &c.cgroups_path)
+    }
+
+    /// Starts an exited container again with the same bundle, writable layer and
+    /// log files (a restart, as a restart policy does it).
+    pub fn restart(&self, project: &str, id: &str) -> Result<shim::Started, RuntimeError> {
+        let dir = self.state_dir(id);
+        let st = shim::status(&dir);
+        if !matches!(st.state, State::Exited | State::Lost) {
+            return Err(RuntimeError::InvalidSpec(format!("container {id} is {:?}, not exited", st.state)));
+        }
+        self.runc.delete(id)?;
+        for f in ["exit.json", "started.json", "init.pid"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        self.launch(id, &self.layout.container_path(project, id))
+    }
+
+    fn launch(&self, id: &str, cgroups_path: &str) -> Result<shim::Started, RuntimeError> {
+        let dir = self.state_dir(id);
         let args = ShimArgs {
-            id: c.id.clone(),
+            id: id.to_string(),
             bundle: dir.join("bundle"),
             runc_root: self.runc.root.clone(),
             state_dir: dir.to_path_buf(),
-            oom_file: Some(self.oom_file(&c.cgroups_path)),
+            oom_file: Some(self.oom_file(cgroups_path)),
             log_max_bytes: self.log_max_bytes,
             log_files: self.log_files,
         };
@@ -116,14 +136,14 @@ impl Runtime {
                     return Ok(s);
                 }
             }
-            let st = shim::status(dir);
+            let st = shim::status(&dir);
             if let Some(exit) = st.exit {
                 if let Some(e) = exit.error {
-                    return Err(RuntimeError::Shim { id: c.id.clone(), message: e });
+                    return Err(RuntimeError::Shim { id: id.to_string(), message: e });
                 }
             }
             if Instant::now() > deadline {
-                return Err(RuntimeError::Shim { id: c.id.clone(), message: "did not start within 30 s".into() });
+                return Err(RuntimeError::Shim { id: id.to_string(), message: "did not start within 30 s".into() });
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod projects;
 pub mod registry;
+pub mod replicas;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -54,8 +55,11 @@ const MAX_BATCH: usize = 64;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 4;
 
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/001_init.sql")), (2, include_str!("migrations/002_registry.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/001_init.sql")),
+    (2, include_str!("migrations/002_registry.sql")),
+    (3, include_str!("migrations/003_replicas.sql")),
+];
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]

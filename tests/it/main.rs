@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod clients;
+mod engine;
 mod durability;
 mod flow;
 mod harness;
