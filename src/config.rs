@@ -41,6 +41,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The hosted registry.
     pub registry: RegistryConfig,
+    /// Running containers.
+    pub runtime: RuntimeConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
@@ -116,6 +118,21 @@ pub struct RegistryConfig {
     pub gc_interval_seconds: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Whether the daemon runs containers at all (needs root and runc).
+    pub enabled: bool,
+    /// Name of berth's cgroup subtree beneath the daemon's own cgroup.
+    pub cgroup_prefix: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { enabled: true, cgroup_prefix: "berth".into() }
+    }
+}
+
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self { gc_grace_seconds: 3600, upload_ttl_seconds: 86_400, gc_interval_seconds: 86_400 }
@@ -133,6 +150,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             network: NetworkConfig::default(),
             registry: RegistryConfig::default(),
+            runtime: RuntimeConfig::default(),
             dev: false,
         }
     }
@@ -181,7 +199,7 @@ impl Default for NetworkConfig {
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry"];
+const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime"];
 /// Top-level keys a `BERTH_<KEY>` variable may name.
 const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
 /// `BERTH_*` variables that are not config keys.
@@ -291,6 +309,9 @@ impl Config {
             if !crate::api::validate::is_hostname(d) {
                 return invalid("ingress.control_domain", "must be a hostname");
             }
+        }
+        if !crate::api::validate::is_dns_label(&self.runtime.cgroup_prefix) {
+            return invalid("runtime.cgroup_prefix", "must be a DNS label");
         }
         if self.acme.enabled && !self.acme.directory_url.starts_with("https://") {
             return invalid("acme.directory_url", "must be an https:// url");

@@ -49,7 +49,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let host = tokio::task::spawn_blocking(crate::runtime::host::StaticFacts::probe)
         .await
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let state = AppState::new(config.clone(), store.clone(), host);
+    let engine = start_engine(&config, &store, &host).await;
+    let state = AppState::new(config.clone(), store.clone(), host, engine);
     state.registry.blobs.init()?;
     let app = api::router::build(state.clone());
 
@@ -90,6 +91,45 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The container engine, when this daemon can run containers: re-adopts what
+/// survived the last run before the API opens.
+async fn start_engine(
+    config: &Config,
+    store: &Store,
+    host: &crate::runtime::host::StaticFacts,
+) -> Option<std::sync::Arc<crate::engine::Engine>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !config.runtime.enabled || !root || host.runc_version.is_none() {
+        tracing::warn!(
+            enabled = config.runtime.enabled,
+            root,
+            runc = host.runc_version.is_some(),
+            "not running containers: the runtime needs root and runc"
+        );
+        return None;
+    }
+    let layout = match crate::runtime::cgroups::Layout::for_self(&config.runtime.cgroup_prefix) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "not running containers: no usable cgroup layout");
+            return None;
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| "berth".into());
+    let runtime = crate::runtime::container::Runtime::new(
+        config.run_dir.join("runc"),
+        layout,
+        config.data_dir.join("containers"),
+        exe,
+    );
+    let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), std::sync::Arc::new(runtime)));
+    if let Err(e) = engine.reconcile().await {
+        tracing::error!(error = %e, "re-adopting containers failed");
+    }
+    Some(engine)
 }
 
 /// On a node with no users, writes a fresh one-time bootstrap token to

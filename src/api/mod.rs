@@ -49,6 +49,8 @@ pub struct Shared {
     pub host: crate::runtime::host::StaticFacts,
     pub openapi: axum::body::Bytes,
     pub registry: crate::registry::Registry,
+    /// `None` when this daemon does not run containers (no runc, not root, or off).
+    pub engine: Option<Arc<crate::engine::Engine>>,
 }
 
 impl Deref for AppState {
@@ -59,7 +61,12 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, store: Store, host: crate::runtime::host::StaticFacts) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        host: crate::runtime::host::StaticFacts,
+        engine: Option<Arc<crate::engine::Engine>>,
+    ) -> Self {
         let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let registry = crate::registry::Registry::new(
             config.data_dir.join("registry"),
@@ -68,6 +75,7 @@ impl AppState {
             std::time::Duration::from_secs(config.registry.upload_ttl_seconds),
         );
         AppState(Arc::new(Shared {
+            engine,
             registry,
             config,
             auth: Authenticator::new(store.clone()),

@@ -21,6 +21,8 @@ pub const LOG_MAX_BYTES: u64 = 10 << 20;
 pub const LOG_FILES: u32 = 3;
 
 pub struct Runtime {
+    /// Set once berth's cgroup subtree is prepared (on the first create).
+    prepared: std::sync::OnceLock<()>,
     pub runc: Runc,
     pub layout: Layout,
     pub containers_dir: PathBuf,
@@ -33,6 +35,7 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(runc_root: PathBuf, layout: Layout, containers_dir: PathBuf, shim_exe: PathBuf) -> Self {
         Self {
+            prepared: std::sync::OnceLock::new(),
             runc: Runc::new(runc_root),
             layout,
             containers_dir,
@@ -83,6 +86,10 @@ impl Runtime {
         dir: &Path,
     ) -> Result<shim::Started, RuntimeError> {
         c.limits.validate()?;
+        if self.prepared.get().is_none() {
+            self.layout.prepare()?;
+            let _ = self.prepared.set(());
+        }
         std::fs::create_dir_all(dir.join("bundle")).map_err(|e| PathError::new("create", dir, e))?;
         let mut c = c.clone();
         if !lowers.is_empty() {

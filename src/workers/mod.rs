@@ -56,6 +56,16 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         std::future::ready(())
     });
     let mut all = vec![sessions, limits];
+    if let Some(engine) = state.engine.clone() {
+        all.push(spawn("replica-supervisor", Duration::from_secs(1), shutdown.clone(), move || {
+            let engine = engine.clone();
+            async move {
+                if let Err(e) = engine.tick().await {
+                    tracing::warn!(error = %e, "replica supervision failed");
+                }
+            }
+        }));
+    }
     let every = state.config.registry.gc_interval_seconds;
     if every > 0 {
         let s = state.clone();
