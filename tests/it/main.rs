@@ -4,15 +4,17 @@
 
 mod bad_input;
 mod clients;
-mod engine;
 mod durability;
+mod engine;
 mod flow;
 mod harness;
 mod lifecycle;
 mod matrix;
+mod network;
 mod openapi;
 mod ratelimit;
 mod registry;
+mod replicas;
 mod runtime;
 mod secrets;
 mod tools;

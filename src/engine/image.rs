@@ -1,0 +1,65 @@
+//! From a pushed image to what a replica runs: the manifest (an index resolves to
+//! its linux/amd64 entry), the config, and each layer unpacked once into a snapshot
+//! straight from the registry's blob files, checked against the config's diff_ids.
+
+use std::path::PathBuf;
+
+use crate::images::config::{ImageConfig, ImageManifest};
+use crate::images::snapshots::SnapshotStore;
+use crate::registry::blobs::BlobStore;
+use crate::registry::names::Digest;
+
+use super::EngineError;
+
+/// An image ready to run.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub config: ImageConfig,
+    /// Layer snapshots, topmost first (overlayfs `lowerdir` order).
+    pub layers: Vec<PathBuf>,
+}
+
+fn image_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Image(e.to_string())
+}
+
+fn blob_bytes(blobs: &BlobStore, digest: &str, max: u64) -> Result<Vec<u8>, EngineError> {
+    let d = Digest::parse(digest).map_err(|_| image_err(format!("{digest} is not a sha256 digest")))?;
+    blobs.read_small(&d, max).map_err(image_err)
+}
+
+/// Picks the manifest to run from a manifest or an index.
+fn single_platform(blobs: &BlobStore, bytes: Vec<u8>) -> Result<Vec<u8>, EngineError> {
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(image_err)?;
+    let Some(list) = v["manifests"].as_array() else { return Ok(bytes) };
+    let pick = list
+        .iter()
+        .find(|m| {
+            m["platform"]["os"] == "linux"
+                && m["platform"]["architecture"]
+                    == std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")
+        })
+        .or_else(|| list.iter().find(|m| m["platform"].is_null()))
+        .ok_or_else(|| image_err("the image index has no entry for this machine's platform"))?;
+    let digest = pick["digest"].as_str().ok_or_else(|| image_err("an index entry has no digest"))?;
+    blob_bytes(blobs, digest, crate::registry::manifests::MAX_MANIFEST_BYTES as u64)
+}
+
+/// Parses the manifest and config and makes sure every layer is unpacked.
+pub fn prepare(blobs: &BlobStore, snapshots: &SnapshotStore, manifest: Vec<u8>) -> Result<Prepared, EngineError> {
+    let manifest = single_platform(blobs, manifest)?;
+    let manifest = ImageManifest::parse(&manifest).map_err(image_err)?;
+    let config = ImageConfig::parse(&blob_bytes(blobs, &manifest.config.digest, 16 << 20)?).map_err(image_err)?;
+    let mut layers = Vec::new();
+    for (layer, diff_id) in manifest.layers_with_diff_ids(&config).map_err(image_err)? {
+        let d = &layer.descriptor;
+        let digest = Digest::parse(&d.digest).map_err(|_| image_err(format!("{} is not a sha256 digest", d.digest)))?;
+        let path = blobs.blob_path(&digest);
+        let snapshot = snapshots
+            .ensure(&d.digest, &d.media_type, Some(diff_id), || std::fs::File::open(&path))
+            .map_err(image_err)?;
+        layers.push(snapshot);
+    }
+    layers.reverse();
+    Ok(Prepared { config, layers })
+}

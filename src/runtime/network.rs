@@ -1,1 +1,0 @@
-//! Container networks: a bridge per project, veth pairs, IPAM, NAT and isolation.
