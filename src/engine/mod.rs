@@ -16,6 +16,8 @@
 //! Limits: images are given as layer snapshot directories or a plain rootfs; the
 //! image store and network attachment are wired in by the callers that have them.
 
+pub mod image;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("engine task: {0}")]
     Task(String),
+    #[error("image: {0}")]
+    Image(String),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
