@@ -8,7 +8,9 @@
 # 2. cargo fmt --check;
 # 3. cargo clippy --all-targets -- -D warnings;
 # 4. cargo test --all-targets (unit tests and the integration binary tests/it);
-# 5. every benchmark in bench/ in smoke mode (short runs that check the benchmark
+# 5. the runtime and engine integration tests again, inside a pure cgroup v2 VM under
+#    qemu (scripts/cgroup-v2-vm.sh; this host is cgroup v1 hybrid);
+# 6. every benchmark in bench/ in smoke mode (short runs that check the benchmark
 #    works, not that targets are met), on the release build.
 #
 # Stops at the first failure. Root is needed: the integration tests run runc, create
@@ -24,6 +26,8 @@ PACKAGES=(
     python3 python3-pip python3-venv
     # real registry clients and the reference registry the benchmark compares against
     docker.io skopeo docker-registry busybox-static openssl
+    # the pure cgroup v2 VM the runtime tests also run in (scripts/cgroup-v2-vm.sh)
+    qemu-system-x86 linux-image-amd64 cpio
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS
@@ -145,6 +149,9 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets"
 cargo test --all-targets
+
+step "cgroup v2 VM: runtime tests"
+bash scripts/cgroup-v2-vm.sh
 
 step "cargo build --release (for the benchmarks)"
 cargo build --release --bin berth

@@ -122,7 +122,14 @@ impl Layout {
                 deepest
             }
         };
-        let own = own.trim_end_matches('/');
+        let mut own = own.trim_end_matches('/').to_string();
+        // On v2 `prepare` moves the daemon into `<own>/daemon`; seen from there, berth's
+        // subtree still belongs next to that leaf, not inside it.
+        if version == CgroupVersion::V2 {
+            if let Some(parent) = own.strip_suffix("/daemon") {
+                own = parent.to_string();
+            }
+        }
         Ok(Layout { version, mount: mount.to_path_buf(), base: format!("{own}/{prefix}") })
     }
 
@@ -365,6 +372,9 @@ mod tests {
         std::fs::write(dir.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
         let l = Layout::detect(&dir, "0::/svc\n", "berth").unwrap();
         assert_eq!(l.version, CgroupVersion::V2);
+        let again = Layout::detect(&dir, "0::/svc/daemon\n", "berth").unwrap();
+        assert_eq!(again.base, "/svc/berth", "a daemon already in its leaf keeps the same subtree");
+        assert_eq!(Layout::detect(&dir, "0::/daemon\n", "berth").unwrap().base, "/berth");
         let d = dir.join("svc/berth/prj");
         std::fs::write(d.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         let limits = Limits { memory_bytes: Some(64 << 20), cpus: Some(0.5), pids: Some(50) };

@@ -86,10 +86,7 @@ impl Runtime {
         dir: &Path,
     ) -> Result<shim::Started, RuntimeError> {
         c.limits.validate()?;
-        if self.prepared.get().is_none() {
-            self.layout.prepare()?;
-            let _ = self.prepared.set(());
-        }
+        self.ensure_prepared()?;
         std::fs::create_dir_all(dir.join("bundle")).map_err(|e| PathError::new("create", dir, e))?;
         let mut c = c.clone();
         if !lowers.is_empty() {
@@ -123,7 +120,17 @@ impl Runtime {
         self.launch(id, &self.layout.container_path(project, id))
     }
 
+    /// Prepares berth's cgroup subtree once, before the first container of this process.
+    fn ensure_prepared(&self) -> Result<(), RuntimeError> {
+        if self.prepared.get().is_none() {
+            self.layout.prepare()?;
+            let _ = self.prepared.set(());
+        }
+        Ok(())
+    }
+
     fn launch(&self, id: &str, cgroups_path: &str) -> Result<shim::Started, RuntimeError> {
+        self.ensure_prepared()?;
         let dir = self.state_dir(id);
         let args = ShimArgs {
             id: id.to_string(),
