@@ -760,9 +760,8 @@ fn ip_batch(netns: Option<&str>, script: &str) -> Result<()> {
     }
 }
 
-#[expect(clippy::disallowed_methods, reason = "runtime is the module that runs processes")]
 fn command(program: &str) -> Command {
-    Command::new(program)
+    super::runc::command(program)
 }
 
 /// Runs a command to completion; a failure carries the command line (with its
