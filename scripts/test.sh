@@ -153,6 +153,9 @@ cargo test --all-targets
 step "cgroup v2 VM: runtime tests"
 bash scripts/cgroup-v2-vm.sh
 
+step "nothing left behind by the tests (mounts, netns, links, nftables, cgroups, processes)"
+bash scripts/check-leftovers.sh
+
 step "cargo build --release (for the benchmarks)"
 cargo build --release --bin berth
 
