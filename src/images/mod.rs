@@ -35,7 +35,8 @@
 //! layer; entries of 8 GiB and over (whose size only a PAX record can carry) are
 //! refused unless the caps are raised; xattrs other than `user.*` and
 //! `security.capability` are dropped; a layer whose parent path runs through a
-//! symlink in the same archive is refused rather than resolved.
+//! symlink in the same archive is refused rather than resolved; zstd frames may
+//! use libzstd's default maximum window (128 MiB of memory per unpack).
 
 pub mod config;
 pub mod error;

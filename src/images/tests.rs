@@ -714,6 +714,40 @@ fn gzip_zstd_and_plain_unpack_identically() {
     assert_eq!(s.unpack_checked(&multi, &Limits::default()).unwrap().diff_id, sha256(&tar));
 }
 
+/// A reader that hands out one byte per call, like a slow pipe.
+struct Trickle<'a>(&'a [u8]);
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some((first, rest)) = self.0.split_first() else { return Ok(0) };
+        match out.first_mut() {
+            Some(o) => *o = *first,
+            None => return Ok(0),
+        }
+        self.0 = rest;
+        Ok(1)
+    }
+}
+
+#[test]
+fn short_reads_do_not_confuse_the_sniffer() {
+    if !is_root() {
+        return;
+    }
+    let tar = Tar::default().file("a", b"trickled").finish();
+    for (blob, kind) in
+        [(gzip(&tar), Compression::Gzip), (zstd(&tar), Compression::Zstd), (tar.clone(), Compression::None)]
+    {
+        let s = Scratch::new("trickle");
+        let stats = unpack_layer(Trickle(&blob), &s.root(), &small_limits()).unwrap();
+        assert_eq!((stats.compression, stats.diff_id.as_str()), (kind, sha256(&tar).as_str()));
+        assert_eq!(std::fs::read(s.root().join("a")).unwrap(), b"trickled");
+    }
+    let s = Scratch::new("empty");
+    let stats = unpack_layer(&b""[..], &s.root(), &small_limits()).unwrap();
+    assert_eq!((stats.entries, stats.diff_id), (0, sha256(b"")));
+}
+
 #[test]
 fn big_files_stream_through_intact() {
     if !is_root() {

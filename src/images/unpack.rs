@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -186,14 +186,19 @@ fn feed(
     let poison = |tx: &SyncSender<io::Result<Vec<u8>>>| {
         let _ = tx.send(Err(io::Error::other("the layer stream failed")));
     };
-    let mut src = BufReader::with_capacity(INPUT_BUFFER, src);
-    let compression = match src.fill_buf() {
-        Ok(head) => Compression::sniff(head),
+    // The magic numbers are read whole even from a source that returns short reads,
+    // then put back in front of the rest.
+    let mut src = src;
+    let mut magic = [0u8; 4];
+    let head = match read_full(&mut src, &mut magic) {
+        Ok(n) => n,
         Err(e) => {
             poison(&tx);
             return Err(FeedError::Stream(ImageError::Read { source: e }));
         }
     };
+    let compression = Compression::sniff(&magic[..head]);
+    let src = BufReader::with_capacity(INPUT_BUFFER, io::Cursor::new(magic).take(head as u64).chain(src));
     let mut decoder: Box<dyn Read> = match compression {
         Compression::None => Box::new(src),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(src)),

@@ -8,6 +8,7 @@ mod durability;
 mod engine;
 mod flow;
 mod harness;
+mod images;
 mod lifecycle;
 mod matrix;
 mod network;
