@@ -31,7 +31,9 @@ ROOT=$(pwd)
 TIMEOUT=${BERTH_VM_TIMEOUT:-600}
 MEM=${BERTH_VM_MEM:-1024}
 SMP=${BERTH_VM_SMP:-2}
-if [ "$#" -gt 0 ]; then TEST_ARGS=("$@"); else TEST_ARGS=(runtime:: engine::); fi
+# The image-and-network engine test needs a daemon, ip and nft, which the VM does not
+# carry; what it adds (networks, images) does not depend on the cgroup version.
+if [ "$#" -gt 0 ]; then TEST_ARGS=("$@"); else TEST_ARGS=(runtime:: engine:: --skip engine::a_replica_runs_from_a_pushed_image); fi
 STARTED=$SECONDS
 
 say() { printf 'cgroup-v2-vm: %s\n' "$*"; }

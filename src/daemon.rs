@@ -125,11 +125,40 @@ async fn start_engine(
         config.data_dir.join("containers"),
         exe,
     );
-    let engine = std::sync::Arc::new(crate::engine::Engine::new(store.clone(), std::sync::Arc::new(runtime)));
+    let mut engine = crate::engine::Engine::new(store.clone(), std::sync::Arc::new(runtime)).with_images(
+        crate::registry::blobs::BlobStore::new(config.data_dir.join("registry")),
+        crate::images::snapshots::SnapshotStore::new(config.data_dir.join("images").join("snapshots")),
+    );
+    match networks(config, store).await {
+        Ok(nets) => engine = engine.with_networks(nets, config.run_dir.join("hosts")),
+        Err(e) => tracing::warn!(error = %e, "containers get no project networks"),
+    }
+    let engine = std::sync::Arc::new(engine);
     if let Err(e) = engine.reconcile().await {
         tracing::error!(error = %e, "re-adopting containers failed");
     }
     Some(engine)
+}
+
+/// Project networks with their addresses in berth's database. Recovery (which
+/// removes berth netns and bridges nothing leases) runs only when leases exist, so
+/// a fresh node never touches the host's networking before its first container.
+async fn networks(config: &Config, store: &Store) -> Result<std::sync::Arc<crate::runtime::network::Networks>, String> {
+    use crate::runtime::network::{NetOptions, Networks};
+    let opts = NetOptions::from_config(&config.network).map_err(|e| e.to_string())?;
+    let ipam = std::sync::Arc::new(crate::engine::ipam::StoreIpam::new(store.clone()));
+    let nets = std::sync::Arc::new(Networks::new(opts, ipam.clone()).map_err(|e| e.to_string())?);
+    let n = nets.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        if ipam.has_leases().map_err(|e| e.to_string())? {
+            let r = n.recover().map_err(|e| e.to_string())?;
+            tracing::info!(live = r.live.len(), missing = r.missing.len(), "project networks recovered");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(nets)
 }
 
 /// On a node with no users, writes a fresh one-time bootstrap token to

@@ -17,6 +17,7 @@
 //! image store and network attachment are wired in by the callers that have them.
 
 pub mod image;
+pub mod ipam;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +25,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::images::snapshots::SnapshotStore;
+use crate::registry::blobs::BlobStore;
 use crate::runtime::RuntimeError;
 use crate::runtime::cgroups::{Limits, Metrics};
 use crate::runtime::container::Runtime;
+use crate::runtime::network::{NetError, Networks};
 use crate::runtime::shim::{LogLine, State};
 use crate::runtime::spec::ContainerSpec;
 use crate::store::replicas::{self, Replica};
@@ -44,6 +48,10 @@ pub enum EngineError {
     Task(String),
     #[error("image: {0}")]
     Image(String),
+    #[error(transparent)]
+    Network(#[from] NetError),
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +71,8 @@ pub enum RootSource {
     Layers(Vec<PathBuf>),
     /// A plain directory used as it is.
     Rootfs(PathBuf),
+    /// An image in the hosted registry, by manifest digest; unpacked into snapshots.
+    Image { manifest: String },
 }
 
 /// Everything needed to (re)create a replica; stored with it.
@@ -80,6 +90,9 @@ pub struct ReplicaConfig {
     pub cpus: Option<f64>,
     pub pids: Option<i64>,
     pub restart: RestartPolicy,
+    /// Attach to the project's network (an address, service names, isolation).
+    #[serde(default)]
+    pub network: bool,
     pub netns: Option<PathBuf>,
     pub hosts_file: Option<PathBuf>,
     pub resolv_file: Option<PathBuf>,
@@ -96,11 +109,82 @@ pub struct Engine {
     runtime: Arc<Runtime>,
     /// The first restart delay in seconds (doubling after); tests set 0.
     pub backoff_start_s: i64,
+    networks: Option<(Arc<Networks>, PathBuf)>,
+    images: Option<Arc<(BlobStore, SnapshotStore)>>,
 }
 
 impl Engine {
     pub fn new(store: Store, runtime: Arc<Runtime>) -> Self {
-        Self { store, runtime, backoff_start_s: BACKOFF_START }
+        Self { store, runtime, backoff_start_s: BACKOFF_START, networks: None, images: None }
+    }
+
+    /// Project networks; replicas' generated hosts files go in `hosts_dir`.
+    pub fn with_networks(mut self, networks: Arc<Networks>, hosts_dir: PathBuf) -> Self {
+        self.networks = Some((networks, hosts_dir));
+        self
+    }
+
+    /// Images from the registry's blob store, unpacked into `snapshots`.
+    pub fn with_images(mut self, blobs: BlobStore, snapshots: SnapshotStore) -> Self {
+        self.images = Some(Arc::new((blobs, snapshots)));
+        self
+    }
+
+    /// Turns an image reference into layers, filling the process from the image's
+    /// config where the replica does not say otherwise.
+    async fn resolve_image(&self, cfg: &mut ReplicaConfig) -> Result<Vec<PathBuf>, EngineError> {
+        let manifest = match &cfg.root {
+            RootSource::Layers(l) => return Ok(l.clone()),
+            RootSource::Rootfs(_) => return Ok(Vec::new()),
+            RootSource::Image { manifest } => manifest.clone(),
+        };
+        let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
+        let prepared = tokio::task::spawn_blocking(move || {
+            let d = crate::registry::names::Digest::parse(&manifest)
+                .map_err(|_| EngineError::Image(format!("{manifest} is not a sha256 digest")))?;
+            let bytes = images
+                .0
+                .read_small(&d, crate::registry::manifests::MAX_MANIFEST_BYTES as u64)
+                .map_err(|e| EngineError::Image(e.to_string()))?;
+            image::prepare(&images.0, &images.1, bytes)
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))??;
+        if cfg.args.is_empty() {
+            cfg.args = prepared.config.command(None).map_err(|e| EngineError::Image(e.to_string()))?;
+        }
+        let mut env = prepared.config.env.clone();
+        for kv in &cfg.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        cfg.env = env;
+        if cfg.cwd.is_empty() {
+            cfg.cwd = prepared.config.working_dir.clone().unwrap_or_else(|| "/".into());
+        }
+        Ok(prepared.layers)
+    }
+
+    /// Rewrites, in place, the hosts files of every attached replica of a project
+    /// (they are bind-mounted, so the inode must stay).
+    async fn refresh_hosts(&self, project: &str) -> Result<(), EngineError> {
+        let Some((nets, dir)) = self.networks.clone() else { return Ok(()) };
+        let project = project.to_string();
+        let ids: Vec<String> =
+            self.list().await?.into_iter().filter(|r| r.project_id == project).map(|r| r.id).collect();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            let text = nets.hosts_file(&project)?;
+            for id in ids {
+                let path = dir.join(format!("{id}.hosts"));
+                if path.exists() {
+                    std::fs::write(&path, &text).map_err(|e| EngineError::Task(format!("{}: {e}", path.display())))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?
     }
 
     pub fn runtime(&self) -> &Arc<Runtime> {
@@ -132,6 +216,7 @@ impl Engine {
             created_at: crate::ids::now_rfc3339(),
             started_at: None,
             finished_at: None,
+            address: None,
             next_restart_at: None,
             window_start: None,
             window_restarts: 0,
@@ -139,11 +224,22 @@ impl Engine {
         let json = serde_json::to_string(&cfg).map_err(|e| EngineError::Task(e.to_string()))?;
         let row = r.clone();
         self.store.write(move |c| replicas::insert(c, &row, &json)).await?;
-        let spec = container_spec(&r.id, &cfg);
-        let lowers = match &cfg.root {
-            RootSource::Layers(l) => l.clone(),
-            RootSource::Rootfs(_) => Vec::new(),
+        let mut cfg = cfg;
+        let prepared = match self.resolve_image(&mut cfg).await {
+            Ok(layers) => self.attach(&mut cfg, &mut r).await.map(|()| layers),
+            Err(e) => Err(e),
         };
+        let lowers = match prepared {
+            Ok(l) => l,
+            Err(e) => {
+                r.state = "failed".into();
+                r.error = Some(e.to_string());
+                self.detach(&r).await;
+                self.save(&r).await?;
+                return Ok(r);
+            }
+        };
+        let spec = container_spec(&r.id, &cfg);
         let project = cfg.project_id.clone();
         let started = self.blocking(move |rt| rt.create(&project, &spec, &lowers)).await?;
         match started {
@@ -155,10 +251,45 @@ impl Engine {
             Err(e) => {
                 r.state = "failed".into();
                 r.error = Some(e.to_string());
+                self.detach(&r).await;
             }
         }
         self.save(&r).await?;
         Ok(r)
+    }
+
+    /// Puts the replica on its project's network and writes its hosts file.
+    async fn attach(&self, cfg: &mut ReplicaConfig, r: &mut Replica) -> Result<(), EngineError> {
+        if !cfg.network {
+            return Ok(());
+        }
+        let (nets, dir) = self.networks.clone().ok_or(EngineError::Unavailable("this engine has no networks"))?;
+        let (project, id, service) = (cfg.project_id.clone(), r.id.clone(), cfg.service.clone());
+        let (att, hosts) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+            let att = nets.attach(&project, &id, &service)?;
+            std::fs::create_dir_all(&dir).map_err(|e| EngineError::Task(format!("{}: {e}", dir.display())))?;
+            let hosts = dir.join(format!("{id}.hosts"));
+            std::fs::write(&hosts, nets.hosts_file(&project)?)
+                .map_err(|e| EngineError::Task(format!("{}: {e}", hosts.display())))?;
+            Ok((att, hosts))
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))??;
+        cfg.netns = Some(att.netns_path);
+        cfg.hosts_file = Some(hosts);
+        r.address = Some(att.address.to_string());
+        self.refresh_hosts(&cfg.project_id).await
+    }
+
+    /// Takes a replica off its network (harmless when it was never on one).
+    async fn detach(&self, r: &Replica) {
+        let Some((nets, dir)) = self.networks.clone() else { return };
+        let id = r.id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(dir.join(format!("{id}.hosts")));
+            nets.detach(&id)
+        })
+        .await;
     }
 
     async fn save(&self, r: &Replica) -> Result<(), EngineError> {
@@ -191,9 +322,10 @@ impl Engine {
         let r = self.get(id).await?;
         let (project, rid) = (r.project_id.clone(), id.to_string());
         self.blocking(move |rt| rt.delete(&project, &rid)).await??;
+        self.detach(&r).await;
         let rid = id.to_string();
         self.store.write(move |c| replicas::delete(c, &rid)).await?;
-        Ok(())
+        self.refresh_hosts(&r.project_id).await
     }
 
     pub async fn logs(&self, id: &str, tail: usize) -> Result<Vec<LogLine>, EngineError> {
@@ -233,6 +365,7 @@ impl Engine {
                     r.error = Some("its supervisor went away without recording an exit".into());
                     let (project, rid) = (r.project_id.clone(), r.id.clone());
                     let _ = self.blocking(move |rt| rt.delete(&project, &rid)).await;
+                    self.detach(&r).await;
                 }
             }
             self.save(&r).await?;
@@ -353,7 +486,7 @@ fn container_spec(id: &str, cfg: &ReplicaConfig) -> ContainerSpec {
         additional_gids: vec![],
         rootfs: match &cfg.root {
             RootSource::Rootfs(p) => p.clone(),
-            RootSource::Layers(_) => PathBuf::new(),
+            RootSource::Layers(_) | RootSource::Image { .. } => PathBuf::new(),
         },
         hosts_file: cfg.hosts_file.clone(),
         resolv_file: cfg.resolv_file.clone(),

@@ -59,6 +59,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/001_init.sql")),
     (2, include_str!("migrations/002_registry.sql")),
     (3, include_str!("migrations/003_replicas.sql")),
+    (4, crate::runtime::network::ipam::sql::MIGRATION),
+    (5, include_str!("migrations/004_network.sql")),
 ];
 
 /// Handle to the database; cheap to clone.
@@ -117,6 +119,25 @@ impl Store {
         });
         self.submit(job)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Store::write`], for callers on a blocking thread (never on the executor).
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = f(conn);
+            let ok = outcome.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let _ = tx.send(commit.and(outcome));
+            });
+            (ok, reply)
+        });
+        self.submit(job)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Queues a write whose result nobody waits for (e.g. `last_used_at` updates).

@@ -23,6 +23,8 @@ pub struct Replica {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The replica's address on its project network, if attached.
+    pub address: Option<String>,
     #[serde(skip)]
     pub next_restart_at: Option<i64>,
     #[serde(skip)]
@@ -32,7 +34,7 @@ pub struct Replica {
 }
 
 const COLUMNS: &str = "id, project_id, service, state, pid, restarts, exit_code, signal, oom_killed, error, created_at,
-    started_at, finished_at, next_restart_at, window_start, window_restarts";
+    started_at, finished_at, next_restart_at, window_start, window_restarts, address";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Replica> {
     Ok(Replica {
@@ -52,6 +54,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Replica> {
         next_restart_at: r.get(13)?,
         window_start: r.get(14)?,
         window_restarts: r.get(15)?,
+        address: r.get(16)?,
     })
 }
 
@@ -82,7 +85,7 @@ pub fn update(c: &Connection, r: &Replica) -> Result<()> {
     c.execute(
         "UPDATE replicas SET state = ?2, pid = ?3, restarts = ?4, exit_code = ?5, signal = ?6, oom_killed = ?7,
             error = ?8, started_at = ?9, finished_at = ?10, next_restart_at = ?11, window_start = ?12,
-            window_restarts = ?13 WHERE id = ?1",
+            window_restarts = ?13, address = ?14 WHERE id = ?1",
         params![
             r.id,
             r.state,
@@ -96,7 +99,8 @@ pub fn update(c: &Connection, r: &Replica) -> Result<()> {
             r.finished_at,
             r.next_restart_at,
             r.window_start,
-            r.window_restarts
+            r.window_restarts,
+            r.address
         ],
     )?;
     Ok(())

@@ -23,6 +23,7 @@ fn config(f: &Fixture, script: &str, restart: RestartPolicy) -> ReplicaConfig {
         cpus: None,
         pids: Some(64),
         restart,
+        network: false,
         netns: None,
         hosts_file: None,
         resolv_file: None,
@@ -130,6 +131,96 @@ fn restart_policies_back_off_and_detect_crash_loops() {
         for r in [&crashing, &done, &never] {
             engine.delete(&r.id).await.unwrap();
         }
+        store.close();
+    });
+}
+
+/// A one-layer busybox httpd image pushed through the registry's HTTP API.
+fn push_web_image(c: &crate::harness::Client) -> String {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, path, data).unwrap();
+    };
+    add("bin/busybox", &std::fs::read("/bin/busybox").unwrap(), 0o755);
+    add("www/index.html", b"served by the engine\n", 0o644);
+    let layer = tar.into_inner().unwrap();
+    let diff_id = crate::registry::digest(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    })
+    .to_string()
+    .into_bytes();
+    crate::registry::push_image(c, "alpha/web", "v1", &config, &[&layer]);
+    crate::registry::digest(&crate::registry::image_manifest(&config, &[&layer]))
+}
+
+#[test]
+fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
+    if !can_run() {
+        return;
+    }
+    let (b, pat) = crate::registry::setup("");
+    let manifest = push_web_image(&pat);
+    let mut f = Fixture::new();
+    let runtime = shared(&mut f);
+    let work = crate::harness::TempDir::new("eng-img");
+    let tag = berth::ids::new_id("t").to_lowercase();
+    let tag = tag[tag.len() - 4..].to_string();
+    rt().block_on(async {
+        let store = Store::open(&work.path().join("state.db")).unwrap();
+        let mut opts = berth::runtime::network::NetOptions::new(
+            format!("10.{}.0.0/16", 200 + tag.bytes().map(u32::from).sum::<u32>() % 50).parse().unwrap(),
+        );
+        opts.link_prefix = format!("e{tag}");
+        opts.netns_prefix = format!("berth-it-{tag}-");
+        opts.nft_table = format!("berth_it_{tag}");
+        let ipam = Arc::new(berth::engine::ipam::StoreIpam::new(store.clone()));
+        let nets = Arc::new(berth::runtime::network::Networks::new(opts, ipam).unwrap());
+        struct Teardown(Arc<berth::runtime::network::Networks>);
+        impl Drop for Teardown {
+            fn drop(&mut self) {
+                let _ = self.0.teardown_all();
+            }
+        }
+        let _guard = Teardown(nets.clone());
+        let engine = Engine::new(store.clone(), runtime.clone())
+            .with_networks(nets.clone(), work.path().join("hosts"))
+            .with_images(
+                berth::registry::blobs::BlobStore::new(b.data_dir().join("registry")),
+                berth::images::snapshots::SnapshotStore::new(work.path().join("snapshots")),
+            );
+        let mut cfg = config(&f, "", RestartPolicy::Always);
+        cfg.root = RootSource::Image { manifest };
+        cfg.args = vec![];
+        cfg.network = true;
+        let r = engine.create(cfg).await.unwrap();
+        assert_eq!(r.state, "running", "{r:?}");
+        let address: std::net::Ipv4Addr = r.address.as_deref().expect("an address").parse().unwrap();
+        let client = crate::harness::Client { addr: std::net::SocketAddr::from((address, 8080)), token: None };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.try_send("GET", "/index.html", None, &[]) {
+                Ok(resp) if resp.status == 200 => {
+                    assert_eq!(resp.text(), "served by the engine\n");
+                    break;
+                }
+                _ => assert!(Instant::now() < deadline, "no answer at {address}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let netns = nets.netns_path(&r.id);
+        assert!(netns.exists());
+        engine.delete(&r.id).await.unwrap();
+        assert!(!netns.exists(), "delete takes the replica off its network");
+        let leases: i64 =
+            store.read(|c| Ok(c.query_row("SELECT count(*) FROM net_leases", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(leases, 0, "the address went back to the pool");
         store.close();
     });
 }
