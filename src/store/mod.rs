@@ -108,21 +108,12 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let outcome = f(conn);
-            let ok = outcome.is_ok();
-            let reply: Reply = Box::new(move |commit| {
-                let _ = tx.send(commit.and(outcome));
-            });
-            (ok, reply)
-        });
-        self.submit(job)?;
+        let rx = self.submit_with_reply(f)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Like [`Store::write`], for callers on a blocking thread (never on the executor).
-    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    /// Queues `f` on the writer; the receiver gets its result once committed.
+    fn submit_with_reply<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -137,6 +128,16 @@ impl Store {
             (ok, reply)
         });
         self.submit(job)?;
+        Ok(rx)
+    }
+
+    /// Like [`Store::write`], for callers on a blocking thread (never on the executor).
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let rx = self.submit_with_reply(f)?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
