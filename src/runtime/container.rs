@@ -159,7 +159,7 @@ impl Runtime {
             if Instant::now() > deadline {
                 return Err(RuntimeError::Shim { id: id.to_string(), message: "did not start within 30 s".into() });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

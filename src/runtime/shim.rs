@@ -1,8 +1,8 @@
 //! `berth shim`: one small supervisor per container.
 //!
-//! The daemon starts it in its own session; it makes itself a child subreaper, runs
-//! `runc create` with the container's stdout and stderr on pipes it owns, then
-//! `runc start`. When `runc create` exits, the container's init is reparented to the
+//! The daemon starts it in its own session; it makes itself a child subreaper and
+//! runs `runc run --detach` with the container's stdout and stderr on pipes it owns.
+//! When runc exits, the container's init is reparented to the
 //! shim, which reaps it and so learns its exit status. Meanwhile it writes the
 //! output as JSON lines with timestamps and stream tags into size-capped, rotated
 //! log files, and answers `status` and `kill <signal>` on a unix socket. When the
@@ -83,7 +83,7 @@ pub struct Exit {
     /// The kernel's OOM killer ended it.
     pub oom_killed: bool,
     pub finished_at: String,
-    /// Set when the container never started (runc create or start failed).
+    /// Set when the container never started (runc run failed).
     pub error: Option<String>,
 }
 
@@ -114,6 +114,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(|e| PathError::new("create", &tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| PathError::new("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| PathError::new("rename", path, e))
+}
+
+/// Atomic for readers (rename) but not flushed to disk.
+fn write_renamed(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| PathError::new("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| PathError::new("rename", path, e))
 }
 
@@ -230,9 +237,13 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
     let runc = Runc::new(a.runc_root.clone());
     let pid_file = a.state_dir.join("init.pid");
     let oom_before = oom_kills(a.oom_file.as_deref());
+    // One `runc run --detach` creates and starts the container (a separate create and
+    // start would cost a second runc process on every start); the container's init
+    // is then reparented to this shim.
     let created = runc
         .cmd()
-        .arg("create")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(&a.bundle)
         .arg("--pid-file")
@@ -242,29 +253,25 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
         .stdout(out_w)
         .stderr(err_w)
         .status()
-        .map_err(|e| shim_err(format!("run runc create: {e}")))?;
+        .map_err(|e| shim_err(format!("run runc run: {e}")))?;
     if !created.success() {
         // runc's own error went to the stderr pipe; let the pump finish writing it.
         for p in pumps {
             let _ = p.join();
         }
         let tail = tail_lines(&a.state_dir.join("container.log"), 5).join(" | ");
-        return Err(shim_err(format!("runc create failed ({created}): {tail}")));
+        return Err(shim_err(format!("runc run failed ({created}): {tail}")));
     }
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| shim_err("runc create wrote no pid".into()))?;
+        .ok_or_else(|| shim_err("runc run wrote no pid".into()))?;
     let started = Started { pid, started_at: now() };
-    write_atomic(&a.state_dir.join("started.json"), &serde_json::to_vec(&started).unwrap_or_default())?;
     let exit: Arc<Mutex<Option<Exit>>> = Arc::new(Mutex::new(None));
     serve_socket(a, started.clone(), exit.clone())?;
-    let start = runc.cmd().arg("start").arg(&a.id).stdin(std::process::Stdio::null()).output();
-    if let Ok(o) = &start {
-        if !o.status.success() {
-            log.lock().unwrap_or_else(|e| e.into_inner()).line("stderr", &o.stderr);
-        }
-    }
+    // Not fsynced: after a power cut the container is gone anyway; exit.json is the
+    // record that must last.
+    write_renamed(&a.state_dir.join("started.json"), &serde_json::to_vec(&started).unwrap_or_default())?;
     // Reap until the container's init is gone.
     let mut status = 0;
     let recorded = loop {

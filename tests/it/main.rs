@@ -3,6 +3,7 @@
 #![expect(clippy::disallowed_methods, reason = "the tests drive real processes: berth, curl, python")]
 
 mod bad_input;
+mod bench_start;
 mod clients;
 mod durability;
 mod engine;
