@@ -189,19 +189,19 @@ fn pids_limit_stops_a_fork_bomb() {
     let limits = Limits { pids: Some(10), ..Default::default() };
     let bomb = "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done; echo spawned; sleep 30";
     f.rt.create(&f.project, &f.spec(id, bomb, limits), &[]).unwrap();
+    // The shell exits once a fork fails, so the plateau at the limit can be brief:
+    // sample tightly, and check what matters: forks were refused, and the count never
+    // went past the limit.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut peak = 0;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && f.rt.status(id).state == State::Running {
         peak = peak.max(f.rt.metrics(&f.project, id).pids);
-        if f.rt.logs(id, 500).iter().any(|l| l.log.contains("fork")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(2));
     }
     let logs = f.rt.logs(id, 500);
-    assert!(logs.iter().any(|l| l.log.contains("fork")), "forks beyond the limit fail: {logs:?}");
-    peak = peak.max(f.rt.metrics(&f.project, id).pids);
-    assert!((5..=10).contains(&peak), "pids stayed at the limit: {peak}");
+    assert!(logs.iter().any(|l| l.log.contains("can't fork")), "forks beyond the limit fail: {logs:?}");
+    assert!(!logs.iter().any(|l| l.log == "spawned"), "the bomb never got all its processes: {logs:?}");
+    assert!(peak <= 10, "pids never passed the limit: {peak}");
     let s = f.rt.stop(id, Duration::from_secs(1)).unwrap();
     assert_eq!(s.state, State::Exited);
 }
