@@ -367,18 +367,20 @@ impl Networks {
         let ns = self.netns_name(&lease.container_id);
         let veth = &a.host_ifname;
         self.fault("netns")?;
+        // One `ip -batch` makes the netns, the veth pair and the bridge port: each
+        // process spawned here is paid on every container start.
+        let mut host = String::new();
         if !netns_alive(&a.netns_path) {
             made.netns = true;
-            // A file left without its mount by a crash would make `ip netns add` fail.
+            // A file left without its mount by a crash would make `netns add` fail.
             del_netns(&ns)?;
-            run("ip", &["netns", "add", &ns], None)?;
+            host.push_str(&format!("netns add {ns}\n"));
         }
         self.fault("veth")?;
         if made.netns {
             // The peer of a leftover host end lives in some other namespace.
             del_link(veth)?;
         }
-        let mut host = String::new();
         if !link_exists(veth) {
             made.veth = true;
             host.push_str(&format!(
