@@ -117,6 +117,27 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
     std::fs::rename(&tmp, path).map_err(|e| PathError::new("rename", path, e))
 }
 
+/// Drops this process's mappings of the code pages start-up touched (argument
+/// parsing, spawning runc) so the shim's resident set is what it keeps running: the
+/// pages stay in the page cache, shared with the daemon, and fault back in if used
+/// again. Only `r-xp` file mappings (code, never written) are touched; data mappings
+/// hold relocated, private pages and must keep them.
+fn release_code_pages() {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || fields[1] != "r-xp" || !fields[5].starts_with('/') {
+            continue;
+        }
+        let Some((start, end)) = fields[0].split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else { continue };
+        // SAFETY: the range is one of this process's own private, read-only, executable
+        // file mappings (from /proc/self/maps); MADV_DONTNEED only drops its page-table
+        // entries, and the unchanged file contents fault back in on the next access.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 /// Atomic for readers (rename) but not flushed to disk.
 fn write_renamed(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
     let tmp = path.with_extension("tmp");
@@ -272,6 +293,7 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
     // Not fsynced: after a power cut the container is gone anyway; exit.json is the
     // record that must last.
     write_renamed(&a.state_dir.join("started.json"), &serde_json::to_vec(&started).unwrap_or_default())?;
+    release_code_pages();
     // Reap until the container's init is gone.
     let mut status = 0;
     let recorded = loop {
