@@ -17,34 +17,8 @@ PACKAGES=(build-essential pkg-config curl jq runc iproute2 nftables ca-certifica
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-missing_packages() {
-    local p
-    for p in "${PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            printf '%s\n' "$p"
-        fi
-    done
-}
-
-install_packages() {
-    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
-        log "no apt-get here; make sure these are installed yourself: ${PACKAGES[*]}"
-        return
-    fi
-    local missing
-    mapfile -t missing < <(missing_packages)
-    if [ "${#missing[@]}" -eq 0 ]; then
-        log "system packages already installed"
-        return
-    fi
-    if [ "$(id -u)" -ne 0 ]; then
-        die "missing packages: ${missing[*]}; run as root: sudo bash scripts/dev.sh"
-    fi
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # Finds cargo. Under sudo, PATH is reset and rustup lives in the invoking user's
 # home, so look there too. Sets CARGO (the binary) and BUILD_AS (a user to build as,

@@ -52,32 +52,8 @@ step() {
     log "$1"
 }
 
-missing_packages() {
-    local p
-    for p in "${PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            printf '%s\n' "$p"
-        fi
-    done
-}
-
-install_packages() {
-    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
-        log "no apt-get here; make sure these are installed yourself: ${PACKAGES[*]}"
-        return
-    fi
-    local missing
-    mapfile -t missing < <(missing_packages)
-    if [ "${#missing[@]}" -eq 0 ]; then
-        log "system packages already installed"
-        return
-    fi
-    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run as root: sudo bash scripts/test.sh"
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # The integration test validates /v1/openapi.json with `python3 -m openapi_spec_validator`
 # or the `openapi-spec-validator` command; both must resolve to an install that has it.
