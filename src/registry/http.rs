@@ -281,7 +281,7 @@ async fn dispatch(state: &AppState, ctx: &Ctx, req: Request) -> RegistryResult<R
                 .blob_size(&repo, &d)
                 .await?
                 .ok_or_else(|| RegistryError::BlobUnknown(format!("blob {d} is not in {name}")))?;
-            get_blob(state, &d, size, req.headers(), m == Method::HEAD)
+            get_blob(state, &d, size, req.headers(), m == Method::HEAD).await
         }
         (m @ (Method::GET | Method::HEAD), Target::Manifest { reference, .. }) => {
             let reference = match parse_reference(&reference) {
@@ -525,7 +525,13 @@ fn content_range_start(h: &HeaderMap) -> RegistryResult<Option<u64>> {
 }
 
 /// A blob body, whole or the one range asked for.
-fn get_blob(state: &AppState, d: &Digest, size: u64, headers: &HeaderMap, head: bool) -> RegistryResult<Response> {
+async fn get_blob(
+    state: &AppState,
+    d: &Digest,
+    size: u64,
+    headers: &HeaderMap,
+    head: bool,
+) -> RegistryResult<Response> {
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (status, start, len) = match range {
         None => (StatusCode::OK, 0, size),
@@ -536,7 +542,13 @@ fn get_blob(state: &AppState, d: &Digest, size: u64, headers: &HeaderMap, head: 
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
     };
-    let body = if head || len == 0 { Body::empty() } else { state.registry.blobs.stream(d, start, len)? };
+    let body = if head || len == 0 {
+        Body::empty()
+    } else {
+        // Opening and seeking the file are blocking calls.
+        let (blobs, digest) = (state.registry.blobs.clone(), d.clone());
+        super::blocking(move || blobs.stream(&digest, start, len)).await??
+    };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -88,9 +88,11 @@ impl Registry {
 
     /// Size of a blob visible in the repository.
     pub async fn blob_size(&self, repo: &Repo, digest: &Digest) -> RegistryResult<Option<u64>> {
-        let (id, d) = (repo.id, digest.to_string());
-        let size = self.store.read(move |c| sql::linked_blob_size(c, id, &d)).await?;
-        Ok(size.map(|s| s as u64).filter(|_| self.blobs.exists(digest)))
+        let (id, d, blobs, digest) = (repo.id, digest.to_string(), self.blobs.clone(), digest.clone());
+        // The read closure runs on a blocking thread, so the stat goes there too.
+        let size =
+            self.store.read(move |c| Ok(sql::linked_blob_size(c, id, &d)?.filter(|_| blobs.exists(&digest)))).await?;
+        Ok(size.map(|s| s as u64))
     }
 
     /// Opens an upload session.

@@ -61,8 +61,12 @@ impl Runtime {
     /// topmost first; when empty, `c.rootfs` is used as it is. On failure nothing
     /// is left behind: no mount, no state directory, no runc state.
     pub fn create(&self, project: &str, c: &ContainerSpec, lowers: &[PathBuf]) -> Result<shim::Started, RuntimeError> {
-        if !crate::ids::has_shape(&c.id, "rep") && !c.id.starts_with("rep_") {
-            return Err(RuntimeError::InvalidSpec(format!("{} is not a replica id", c.id)));
+        // The id names a directory and a runc container: `rep_` and word characters only.
+        let id_ok = c.id.starts_with("rep_")
+            && c.id.len() <= 64
+            && c.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !id_ok {
+            return Err(RuntimeError::InvalidSpec(format!("{:?} is not a replica id", c.id)));
         }
         let dir = self.state_dir(&c.id);
         if dir.exists() {

@@ -244,6 +244,11 @@ fn impossible_limits_and_missing_commands_leave_nothing_behind() {
     assert!(err.contains("does-not-exist") || err.contains("no such file"), "{err}");
     assert!(!f.rt.state_dir(id).exists(), "a failed start leaves no state");
     assert!(f.rt.runc.state(id).unwrap().is_none());
+    // An id names a directory: nothing that could climb out of the containers dir.
+    let escape = "rep_../../escaped";
+    let err = f.rt.create(&f.project, &f.spec(escape, "true", Limits::default()), &[]).unwrap_err().to_string();
+    assert!(err.contains("not a replica id"), "{err}");
+    assert!(!f.rt.containers_dir.join("..").join("..").join("escaped").exists());
 }
 
 /// Shim memory stays small (the budget is 4 MiB per shim).
