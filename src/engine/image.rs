@@ -1,6 +1,8 @@
 //! From a pushed image to what a replica runs: the manifest (an index resolves to
 //! its linux/amd64 entry), the config, and each layer unpacked once into a snapshot
-//! straight from the registry's blob files, checked against the config's diff_ids.
+//! straight from the registry's blob files, checked against the config's diff_ids;
+//! an image with more layers than one overlay mount names has its bottom layers
+//! flattened into one snapshot.
 
 use std::path::PathBuf;
 
@@ -50,16 +52,14 @@ pub fn prepare(blobs: &BlobStore, snapshots: &SnapshotStore, manifest: Vec<u8>) 
     let manifest = single_platform(blobs, manifest)?;
     let manifest = ImageManifest::parse(&manifest).map_err(image_err)?;
     let config = ImageConfig::parse(&blob_bytes(blobs, &manifest.config.digest, 16 << 20)?).map_err(image_err)?;
-    let mut layers = Vec::new();
+    let mut digests = Vec::new();
     for (layer, diff_id) in manifest.layers_with_diff_ids(&config).map_err(image_err)? {
         let d = &layer.descriptor;
         let digest = Digest::parse(&d.digest).map_err(|_| image_err(format!("{} is not a sha256 digest", d.digest)))?;
         let path = blobs.blob_path(&digest);
-        let snapshot = snapshots
-            .ensure(&d.digest, &d.media_type, Some(diff_id), || std::fs::File::open(&path))
-            .map_err(image_err)?;
-        layers.push(snapshot);
+        snapshots.ensure(&d.digest, &d.media_type, Some(diff_id), || std::fs::File::open(&path)).map_err(image_err)?;
+        digests.push(d.digest.as_str());
     }
-    layers.reverse();
+    let layers = snapshots.lowers(&digests, crate::runtime::rootfs::LOWERDIR_BUDGET).map_err(image_err)?;
     Ok(Prepared { config, layers })
 }

@@ -9,7 +9,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -161,4 +161,95 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let (f, t) = (cstring(from.as_os_str().as_bytes())?, cstring(to.as_os_str().as_bytes())?);
     // SAFETY: both strings are valid for the call; AT_FDCWD makes them ordinary paths.
     check(unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) })
+}
+
+/// The names in an open directory, without `.` and `..`.
+pub(crate) fn read_dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    // SAFETY: `dir` is an open descriptor; the duplicate belongs to the DIR stream
+    // from here on and `closedir` closes it.
+    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor of a directory opened for reading.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    // The duplicate shares the file offset: start from the beginning.
+    // SAFETY: `stream` is a valid DIR pointer until closedir below.
+    unsafe { libc::rewinddir(stream) };
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; zeroing it tells end-of-stream from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is valid; the entry it returns lives until the next call.
+        let entry = unsafe { libc::readdir64(stream) };
+        if entry.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(e) };
+        }
+        // SAFETY: `d_name` is a NUL-terminated string inside the entry.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    };
+    // SAFETY: `stream` came from fdopendir and is closed exactly once.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
+}
+
+/// Every extended attribute of an open file or directory, as (name, value).
+pub(crate) fn fxattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(CString, Vec<u8>)>> {
+    // SAFETY: a null buffer of size 0 asks for the size the list needs.
+    let size = unsafe { libc::flistxattr(fd.as_raw_fd(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut list = vec![0u8; size as usize];
+    // SAFETY: `list` is writable for its whole length.
+    let size = unsafe { libc::flistxattr(fd.as_raw_fd(), list.as_mut_ptr().cast(), list.len()) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    list.truncate(size as usize);
+    let mut out = Vec::new();
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = cstring(name)?;
+        // SAFETY: as above, a size query for this attribute.
+        let len = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; len as usize];
+        // SAFETY: `value` is writable for its whole length.
+        let len = unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(len as usize);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Removes `name` from `dir`, a directory with everything in it, never following
+/// a symlink; a name that is not there is fine.
+pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let st = match stat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if is_dir(&st) {
+        let sub = open_dir_at(dir, name)?;
+        for child in read_dir_names(sub.as_fd())? {
+            remove_all_at(sub.as_fd(), &child)?;
+        }
+    }
+    unlink_at(dir, name, is_dir(&st))
 }

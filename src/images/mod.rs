@@ -40,6 +40,7 @@
 
 pub mod config;
 pub mod error;
+pub mod flatten;
 mod fs;
 pub mod snapshots;
 pub mod unpack;

@@ -2,7 +2,10 @@
 //!
 //! Layout under `<data_dir>/images/snapshots/`:
 //! - `<64 hex>/`: a complete snapshot, the overlayfs lowerdir for that layer.
-//! - `<64 hex>.tmp-<16 hex>/`: an unpack in progress, or left by a crash.
+//! - `flat-<64 hex>/`: several layers merged into one, for images with more layers
+//!   than one overlay mount can name ([`SnapshotStore::lowers`]); the hex is a hash
+//!   of the layer digests, bottom first.
+//! - `<name>.tmp-<16 hex>/`: an unpack or a merge in progress, or left by a crash.
 //!
 //! A snapshot appears only by `renameat2(RENAME_NOREPLACE)` of a fully unpacked,
 //! diff_id-verified, `syncfs`ed directory, so a half-unpacked tree is never used,
@@ -20,12 +23,16 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
+
 use super::digest_hex;
 use super::error::ImageError;
 use super::fs;
 use super::unpack::{Compression, Limits, unpack_layer};
 
 const TMP_MARK: &str = ".tmp-";
+/// Directory name prefix of flattened snapshots (`flat-<64 hex>`).
+const FLAT_PREFIX: &str = "flat-";
 
 /// What [`SnapshotStore::gc`] deleted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -115,23 +122,139 @@ impl SnapshotStore {
         if let Some(d) = expected_diff_id {
             digest_hex("diff_id", d)?;
         }
-        if let Some(path) = self.get(digest)? {
+        self.single_flight(hex, || self.get(digest), || self.unpack(digest, hex, declared, expected_diff_id, open_blob))
+    }
+
+    /// Runs `make` unless `existing` finds the result, with callers in this process
+    /// that ask for the same `name` at once serialised: the later ones find the
+    /// first one's result.
+    fn single_flight(
+        &self,
+        name: &str,
+        existing: impl Fn() -> Result<Option<PathBuf>, ImageError>,
+        make: impl FnOnce() -> Result<PathBuf, ImageError>,
+    ) -> Result<PathBuf, ImageError> {
+        if let Some(path) = existing()? {
             return Ok(path);
         }
-        let lock = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(hex.to_string()).or_default().clone();
+        let lock =
+            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default().clone();
         let result = {
             let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
-            match self.get(digest)? {
-                Some(path) => Ok(path),
-                None => self.unpack(digest, hex, declared, expected_diff_id, open_blob),
+            match existing() {
+                Ok(Some(path)) => Ok(path),
+                Ok(None) => make(),
+                Err(e) => Err(e),
             }
         };
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's reference and ours: nobody else is waiting for this digest.
+        // The map's reference and ours: nobody else is waiting for this name.
         if Arc::strong_count(&lock) == 2 {
-            in_flight.remove(hex);
+            in_flight.remove(name);
         }
         result
+    }
+
+    /// A complete directory named `name` in the root, if there is one.
+    fn existing(&self, name: &str) -> Option<PathBuf> {
+        let path = self.root.join(name);
+        path.symlink_metadata().is_ok_and(|m| m.is_dir()).then_some(path)
+    }
+
+    /// Syncs the finished `tmp` and renames it to `name`; when another process
+    /// got there first, its identical result is used and `tmp` is discarded.
+    fn commit(&self, tmp: &Path, name: &str) -> Result<PathBuf, ImageError> {
+        let synced = fs::open_dir_path(tmp).and_then(|dir| fs::syncfs(dir.as_fd()));
+        if let Err(e) = synced {
+            discard(tmp);
+            return Err(ImageError::io("sync", tmp, e));
+        }
+        let target = self.root.join(name);
+        match fs::rename_noreplace(tmp, &target) {
+            Ok(()) => {
+                File::open(&self.root)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| ImageError::io("fsync", &self.root, e))?;
+                Ok(target)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
+                // Another process finished the same work first; its result is
+                // identical by construction.
+                discard(tmp);
+                Ok(target)
+            }
+            Err(e) => {
+                discard(tmp);
+                Err(ImageError::io("rename into place", &target, e))
+            }
+        }
+    }
+
+    /// One snapshot holding what the overlay of `digests` (unpacked layers, bottom
+    /// first) shows, made once per list of digests (see [`super::flatten`]).
+    /// Its id, for [`Self::gc`]'s keep set, is `flat:<hex>` of its directory name.
+    pub fn flatten(&self, digests: &[&str]) -> Result<PathBuf, ImageError> {
+        let mut chain = Sha256::new();
+        chain.update(b"berth flattened snapshot v1\n");
+        let mut layers = Vec::with_capacity(digests.len());
+        for d in digests {
+            chain.update(digest_hex("layer digest", d)?);
+            chain.update(b"\n");
+            let path = self.get(d)?.ok_or_else(|| {
+                ImageError::io("flatten", self.path(d).unwrap_or_default(), io::ErrorKind::NotFound.into())
+            })?;
+            layers.push(path);
+        }
+        let name = format!("{FLAT_PREFIX}{:x}", chain.finalize());
+        self.single_flight(
+            &name,
+            || Ok(self.existing(&name)),
+            || {
+                let tmp = self.root.join(format!("{name}{TMP_MARK}{:016x}", rand::random::<u64>()));
+                std::fs::create_dir(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
+                match super::flatten::merge(&layers, &tmp) {
+                    Ok(stats) => {
+                        tracing::info!(layers = layers.len(), linked = stats.linked, "flattened layers");
+                        self.commit(&tmp, &name)
+                    }
+                    Err(e) => {
+                        discard(&tmp);
+                        Err(e)
+                    }
+                }
+            },
+        )
+    }
+
+    /// The overlay lowerdirs, topmost first, for an image whose layers (`digests`,
+    /// bottom first) are all unpacked: their snapshots when the paths joined with
+    /// `:` take at most `budget` bytes, otherwise as many top layers as fit plus
+    /// one flattened snapshot of all the layers below them.
+    pub fn lowers(&self, digests: &[&str], budget: usize) -> Result<Vec<PathBuf>, ImageError> {
+        let paths = digests.iter().map(|d| self.path(d)).collect::<Result<Vec<_>, _>>()?;
+        let cost = |p: &PathBuf| p.as_os_str().len() + 1;
+        if paths.iter().map(cost).sum::<usize>() <= budget + 1 {
+            return Ok(paths.into_iter().rev().collect());
+        }
+        let flat_cost = self.root.as_os_str().len() + 1 + FLAT_PREFIX.len() + 64;
+        let mut keep = 0;
+        let mut used = flat_cost;
+        for p in paths.iter().rev() {
+            if used + cost(p) > budget {
+                break;
+            }
+            used += cost(p);
+            keep += 1;
+        }
+        if flat_cost > budget {
+            return Err(ImageError::Unsupported {
+                entry: self.root.display().to_string(),
+                what: format!("a snapshot path longer than the {budget}-byte overlay budget"),
+            });
+        }
+        let split = digests.len() - keep;
+        let flat = self.flatten(&digests[..split])?;
+        Ok(paths[split..].iter().rev().cloned().chain([flat]).collect())
     }
 
     fn unpack(
@@ -165,8 +288,6 @@ impl SnapshotStore {
                     actual: stats.diff_id,
                 });
             }
-            let dir = fs::open_dir_path(&tmp).map_err(|e| ImageError::io("open", &tmp, e))?;
-            fs::syncfs(dir.as_fd()).map_err(|e| ImageError::io("sync", &tmp, e))?;
             tracing::info!(digest, entries = stats.entries, bytes = stats.bytes, "unpacked layer");
             Ok(())
         })();
@@ -174,33 +295,18 @@ impl SnapshotStore {
             discard(&tmp);
             return Err(e);
         }
-        let target = self.root.join(hex);
-        match fs::rename_noreplace(&tmp, &target) {
-            Ok(()) => {
-                File::open(&self.root)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| ImageError::io("fsync", &self.root, e))?;
-                Ok(target)
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
-                // Another unpack of the same digest finished first; its result is
-                // identical by construction.
-                discard(&tmp);
-                Ok(target)
-            }
-            Err(e) => {
-                discard(&tmp);
-                Err(ImageError::io("rename into place", &target, e))
-            }
-        }
+        self.commit(&tmp, hex)
     }
 
     /// Deletes a layer's snapshot; false if there was none. The directory is
     /// renamed away first so no reader sees it half deleted.
     pub fn remove(&self, digest: &str) -> Result<bool, ImageError> {
-        let hex = digest_hex("layer digest", digest)?;
-        let path = self.root.join(hex);
-        let doomed = self.root.join(tmp_name(hex));
+        self.remove_dir(digest_hex("layer digest", digest)?)
+    }
+
+    fn remove_dir(&self, name: &str) -> Result<bool, ImageError> {
+        let path = self.root.join(name);
+        let doomed = self.root.join(tmp_name(name));
         match std::fs::rename(&path, &doomed) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -241,7 +347,7 @@ impl SnapshotStore {
     }
 
     /// Deletes every snapshot whose digest is not in `keep` (`sha256:<hex>`
-    /// strings), and unfinished unpack directories. Digests being unpacked right
+    /// strings, `flat:<hex>` for flattened ones), and unfinished unpack directories. Digests being unpacked right
     /// now are left alone; deciding that no container still uses a snapshot is
     /// the caller's job.
     pub fn gc(&self, keep: &HashSet<String>) -> Result<GcReport, ImageError> {
@@ -264,6 +370,11 @@ impl SnapshotStore {
                 let digest = format!("sha256:{name}");
                 if !keep.contains(&digest) && self.remove(&digest)? {
                     report.removed.push(digest);
+                }
+            } else if let Some(hex) = name.strip_prefix(FLAT_PREFIX).filter(|h| is_snapshot_name(h)) {
+                let id = format!("flat:{hex}");
+                if !busy.contains(&name) && !keep.contains(&id) && self.remove_dir(&name)? {
+                    report.removed.push(id);
                 }
             }
         }

@@ -947,6 +947,170 @@ fn gc_keeps_what_it_is_told_and_sweeps_leftovers() {
     assert_eq!(store.gc(&keep).unwrap(), snapshots::GcReport::default());
 }
 
+// ---------------------------------------------------------------- flattening
+
+/// A read-only overlay of snapshots (topmost first), detached on drop.
+struct ReadOnlyOverlay(PathBuf);
+
+impl ReadOnlyOverlay {
+    fn mount(lowers: &[PathBuf], target: &Path) -> ReadOnlyOverlay {
+        std::fs::create_dir_all(target).unwrap();
+        let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+        let data = CString::new(format!("lowerdir={}", lower.join(":"))).unwrap();
+        let t = CString::new(target.as_os_str().as_bytes()).unwrap();
+        // SAFETY: every pointer is a valid C string that outlives the call.
+        let r = unsafe { libc::mount(c"overlay".as_ptr(), t.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast()) };
+        assert_eq!(r, 0, "mount overlay: {}", io::Error::last_os_error());
+        ReadOnlyOverlay(target.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnlyOverlay {
+    fn drop(&mut self) {
+        let t = CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `t` is a valid C string; MNT_DETACH never blocks on busy files.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn dir_with_mode(name: &str, mode: u32) -> Header {
+    let mut h = header(name.as_bytes(), EntryType::Directory, 0);
+    h.set_mode(mode);
+    h
+}
+
+/// Five layers exercising every way a higher layer changes a lower one.
+fn stacked_layers() -> Vec<Vec<u8>> {
+    vec![
+        Tar::default()
+            .dir("etc/")
+            .file("etc/a", b"a1")
+            .file("etc/b", b"b1")
+            .hardlink("etc/b2", "etc/b")
+            .symlink("etc/link", "a")
+            .dir("data/")
+            .dir("data/old/")
+            .file("data/old/x", b"x")
+            .file("data/y", b"y")
+            .dir("var/")
+            .file("var/log", b"log")
+            .file("swap", b"a file that becomes a directory")
+            .dir("dirgone/")
+            .file("dirgone/inner", b"i")
+            .dir("todir/")
+            .file("todir/f", b"a directory that becomes a file")
+            .finish(),
+        Tar::default()
+            .dir("etc/")
+            .file("etc/.wh.a", b"")
+            .dir("data/")
+            .file("data/.wh..wh..opq", b"")
+            .file("data/z", b"z")
+            .raw(dir_with_mode("swap/", 0o750), b"")
+            .file("swap/inner", b"s")
+            .file(".wh.dirgone", b"")
+            .file("todir", b"now a file")
+            .finish(),
+        Tar::default()
+            .file("etc/a", b"a3")
+            .file("var/.wh.log", b"")
+            .file("dirgone", b"a file where a directory was")
+            .pax(&[("SCHILY.xattr.user.note", b"kept")])
+            .file("etc/noted", b"n")
+            .finish(),
+        Tar::default().dir("deep/").dir("deep/er/").file("deep/er/f", b"d").symlink("etc/link", "b").finish(),
+        Tar::default().dir("data/old/").file("data/old/new", b"back").file("deep/.wh.er", b"").finish(),
+    ]
+}
+
+/// Unpacks `tars` into `store`; their digests, bottom first.
+fn unpack_all(s: &Scratch, store: &SnapshotStore, tars: &[Vec<u8>]) -> Vec<String> {
+    tars.iter()
+        .map(|t| {
+            let b = blob(s, t);
+            store.ensure(&b.digest, LAYER_TYPE, Some(&b.diff_id), || File::open(&b.path)).unwrap();
+            b.digest
+        })
+        .collect()
+}
+
+#[test]
+fn a_flattened_snapshot_shows_what_overlayfs_shows() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new("flatten");
+    let store = SnapshotStore::new(s.dir.join("snapshots"));
+    let digests = unpack_all(&s, &store, &stacked_layers());
+    let refs: Vec<&str> = digests.iter().map(String::as_str).collect();
+    let flat = store.flatten(&refs).unwrap();
+
+    let snapshots: Vec<PathBuf> = refs.iter().rev().map(|d| store.get(d).unwrap().unwrap()).collect();
+    let mnt = s.dir.join("mnt");
+    let overlay = ReadOnlyOverlay::mount(&snapshots, &mnt);
+    let seen = tree(&mnt);
+    drop(overlay);
+    assert_eq!(tree(&flat), seen, "the flattened snapshot differs from the overlay of its layers");
+
+    // Spot checks, so the comparison above cannot pass on two empty trees.
+    assert_eq!(std::fs::read(flat.join("etc/a")).unwrap(), b"a3");
+    assert!(!flat.join("var/log").exists() && !flat.join("data/y").exists() && !flat.join("data/old/x").exists());
+    assert_eq!(std::fs::read(flat.join("data/old/new")).unwrap(), b"back");
+    assert_eq!(std::fs::read(flat.join("dirgone")).unwrap(), b"a file where a directory was");
+    assert_eq!(std::fs::read(flat.join("swap/inner")).unwrap(), b"s");
+    assert_eq!(std::fs::read_link(flat.join("etc/link")).unwrap(), Path::new("b"));
+    assert_eq!(lstat(&flat.join("swap")).mode() & 0o7777, 0o750);
+    assert!(lstat(&flat.join("deep")).is_dir() && !flat.join("deep/er").exists());
+    assert_eq!(lstat(&flat.join("etc/b")).ino(), lstat(&flat.join("etc/b2")).ino(), "a hardlink pair came apart");
+    assert_eq!(getxattr(&flat.join("etc/noted"), "user.note").as_deref(), Some(&b"kept"[..]));
+    // Nothing below a flattened snapshot: no whiteouts, no opaque markers.
+    assert_eq!(getxattr(&flat.join("data"), "trusted.overlay.opaque"), None);
+    assert!(seen.values().all(|(mode, ..)| mode & libc::S_IFMT != libc::S_IFCHR));
+    assert!(tree(&flat).values().all(|(mode, ..)| mode & libc::S_IFMT != libc::S_IFCHR));
+
+    // Made once: a second call reuses the directory.
+    let ino = lstat(&flat).ino();
+    assert_eq!(store.flatten(&refs).unwrap(), flat);
+    assert_eq!(lstat(&flat).ino(), ino);
+}
+
+#[test]
+fn lowers_flatten_the_bottom_layers_only_when_the_paths_do_not_fit() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new("lowers");
+    let store = SnapshotStore::new(s.dir.join("snapshots"));
+    let tars: Vec<Vec<u8>> = (0..6).map(|i| Tar::default().file(&format!("f{i}"), b"x").finish()).collect();
+    let digests = unpack_all(&s, &store, &tars);
+    let refs: Vec<&str> = digests.iter().map(String::as_str).collect();
+    let path_len = store.path(refs[0]).unwrap().as_os_str().len();
+
+    let all = store.lowers(&refs, 6 * (path_len + 1)).unwrap();
+    let expected: Vec<PathBuf> = refs.iter().rev().map(|d| store.path(d).unwrap()).collect();
+    assert_eq!(all, expected, "everything fits: the snapshots themselves, topmost first");
+
+    // Room for three paths: the top two layers plus one flattened snapshot of four.
+    let three = store.lowers(&refs, 3 * (path_len + 1) + 10).unwrap();
+    assert_eq!(three.len(), 3, "{three:?}");
+    assert_eq!(three[..2], expected[..2]);
+    let flat = &three[2];
+    let name = flat.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("flat-"), "{name}");
+    assert_eq!(names(flat), ["f0", "f1", "f2", "f3"]);
+    assert_eq!(store.lowers(&refs, 3 * (path_len + 1) + 10).unwrap(), three);
+
+    // gc treats a flattened snapshot like any other: kept when named, else swept.
+    let mut keep: HashSet<String> = digests.iter().cloned().collect();
+    let flat_id = name.replace("flat-", "flat:");
+    keep.insert(flat_id.clone());
+    assert_eq!(store.gc(&keep).unwrap(), snapshots::GcReport::default());
+    keep.remove(&flat_id);
+    assert_eq!(store.gc(&keep).unwrap().removed, [flat_id]);
+    assert!(!flat.exists());
+    assert_eq!(store.list().unwrap().len(), 6, "the layers themselves are untouched");
+}
+
 /// `BERTH_BENCH_LAYER=<blob> cargo test --release --lib images::tests::unpack_speed -- --ignored --nocapture`
 /// unpacks a real layer blob into a temp dir and prints the time taken.
 #[test]

@@ -8,9 +8,14 @@ use std::path::{Path, PathBuf};
 use super::RuntimeError;
 use crate::error::PathError;
 
-/// The kernel takes mount options up to a page; beyond that the layers would have
-/// to be flattened into one snapshot first.
+/// The kernel takes mount options up to a page.
 const MAX_OPTIONS: usize = 4000;
+
+/// Bytes of the options the `lowerdir` paths may take; the rest of the page is
+/// left for `upperdir` and `workdir`. Images whose layers need more are mounted
+/// with their bottom layers flattened into one snapshot
+/// ([`crate::images::SnapshotStore::lowers`]).
+pub const LOWERDIR_BUDGET: usize = 3000;
 
 /// Mounts `lowers` (topmost first) with `upper`/`work` at `target`.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), RuntimeError> {
@@ -26,7 +31,7 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     let opts = format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display());
     if opts.len() > MAX_OPTIONS {
         return Err(RuntimeError::InvalidSpec(format!(
-            "{} layers are more than one overlay mount takes; the image must be flattened",
+            "{} layers with these paths are more than one overlay mount takes (flatten them first)",
             lowers.len()
         )));
     }

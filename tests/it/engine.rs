@@ -135,29 +135,42 @@ fn restart_policies_back_off_and_detect_crash_loops() {
     });
 }
 
-/// A one-layer busybox httpd image pushed through the registry's HTTP API.
+/// Layers in the image below: more than one overlay mount of this test's snapshot
+/// paths can name, so the engine has to flatten the bottom ones.
+const WEB_LAYERS: usize = 48;
+
+/// A busybox httpd image of [`WEB_LAYERS`] layers pushed through the registry's
+/// HTTP API: busybox, then one page per layer, then a layer deleting page 1 (which
+/// ends up in the flattened part) and one adding the index.
 fn push_web_image(c: &crate::harness::Client) -> String {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8], mode: u32| {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, data).unwrap();
+    let layer = |files: &[(&str, &[u8], u32)]| {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data, mode) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, path, *data).unwrap();
+        }
+        tar.into_inner().unwrap()
     };
-    add("bin/busybox", &std::fs::read("/bin/busybox").unwrap(), 0o755);
-    add("www/index.html", b"served by the engine\n", 0o644);
-    let layer = tar.into_inner().unwrap();
-    let diff_id = crate::registry::digest(&layer);
+    let mut layers = vec![layer(&[("bin/busybox", &std::fs::read("/bin/busybox").unwrap(), 0o755)])];
+    for i in 1..WEB_LAYERS - 2 {
+        layers.push(layer(&[(&format!("www/page{i}.html"), format!("page {i}\n").as_bytes(), 0o644)]));
+    }
+    layers.push(layer(&[("www/.wh.page1.html", b"", 0o644)]));
+    layers.push(layer(&[("www/index.html", b"served by the engine\n", 0o644)]));
+    let diff_ids: Vec<String> = layers.iter().map(|l| crate::registry::digest(l)).collect();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     })
     .to_string()
     .into_bytes();
-    crate::registry::push_image(c, "alpha/web", "v1", &config, &[&layer]);
-    crate::registry::digest(&crate::registry::image_manifest(&config, &[&layer]))
+    let refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+    crate::registry::push_image(c, "alpha/web", "v1", &config, &refs);
+    crate::registry::digest(&crate::registry::image_manifest(&config, &refs))
 }
 
 #[test]
@@ -214,6 +227,22 @@ fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Pages from the flattened bottom layers and from the layers mounted as they
+        // are; the page a higher layer deleted stays deleted.
+        for (path, status, body) in
+            [("/page2.html", 200, "page 2\n"), ("/page45.html", 200, "page 45\n"), ("/page1.html", 404, "")]
+        {
+            let resp = client.send("GET", path, None, &[]);
+            assert_eq!(resp.status, status, "GET {path}");
+            if status == 200 {
+                assert_eq!(resp.text(), body, "GET {path}");
+            }
+        }
+        let flattened = std::fs::read_dir(work.path().join("snapshots"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("flat-"))
+            .count();
+        assert_eq!(flattened, 1, "the bottom layers were flattened into one snapshot");
         let netns = nets.netns_path(&r.id);
         assert!(netns.exists());
         engine.delete(&r.id).await.unwrap();
