@@ -105,6 +105,12 @@ pub struct DnsConfig {
 pub struct NetworkConfig {
     /// IPv4 pool container addresses are taken from.
     pub pool: String,
+    /// Start of the names of the bridges and veths berth makes (at most 6 characters).
+    pub link_prefix: String,
+    /// Start of the names of the network namespaces berth makes.
+    pub netns_prefix: String,
+    /// Name of berth's own nftables table (family `inet`).
+    pub nft_table: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,7 +200,12 @@ impl Default for AcmeConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { pool: "10.213.0.0/16".into() }
+        Self {
+            pool: "10.213.0.0/16".into(),
+            link_prefix: "berth-".into(),
+            netns_prefix: "berth-".into(),
+            nft_table: "berth".into(),
+        }
     }
 }
 
@@ -310,6 +321,9 @@ impl Config {
                 return invalid("ingress.control_domain", "must be a hostname");
             }
         }
+        if let Err(e) = crate::runtime::network::NetOptions::from_config(&self.network) {
+            return invalid("network", &e.to_string());
+        }
         if !crate::api::validate::is_dns_label(&self.runtime.cgroup_prefix) {
             return invalid("runtime.cgroup_prefix", "must be a DNS label");
         }
@@ -423,6 +437,11 @@ mod tests {
         let p = write(&d, "[ingress]\napps_domain = \"not a host\"\n");
         let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("ingress.apps_domain"), "{e}");
+        for bad in ["pool = \"10.0.0.0/31\"", "link_prefix = \"toolongname\"", "nft_table = \"a;b\""] {
+            let p = write(&d, &format!("[network]\n{bad}\n"));
+            let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err();
+            assert!(e.to_string().contains("network"), "{bad}: {e}");
+        }
         assert!(Config::load(Some(&d.join("missing.toml")), vec![], &Overrides::default()).is_err());
         std::fs::remove_dir_all(d).unwrap();
     }

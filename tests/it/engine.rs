@@ -253,3 +253,198 @@ fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
         store.close();
     });
 }
+
+/// A daemon on a state dir of its own with names of its own (cgroup subtree,
+/// links, netns, nftables table, address pool), plus what the test needs to act
+/// on the same state outside it. Dropping it kills the daemon and removes every
+/// replica, network and cgroup it made, even when the test failed.
+struct Node {
+    b: crate::harness::Berth,
+    work: crate::harness::TempDir,
+    runtime: Arc<berth::runtime::container::Runtime>,
+    net: berth::runtime::network::NetOptions,
+}
+
+impl Node {
+    fn start() -> Node {
+        let work = crate::harness::TempDir::new("adopt");
+        let tag = berth::ids::new_id("t").to_lowercase();
+        let tag = tag[tag.len() - 4..].to_string();
+        let pool: berth::runtime::network::Ipv4Net =
+            format!("10.{}.0.0/16", 200 + (tag.bytes().map(u32::from).sum::<u32>() + 17) % 50).parse().unwrap();
+        let net = berth::runtime::network::NetOptions {
+            link_prefix: format!("a{tag}"),
+            netns_prefix: format!("berth-it-{tag}-"),
+            nft_table: format!("berth_it_{tag}"),
+            ..berth::runtime::network::NetOptions::new(pool)
+        };
+        let cgroup_prefix = format!("berth-it-{tag}");
+        let run_dir = work.path().join("run");
+        let config = format!(
+            "run_dir = \"{}\"\n[runtime]\ncgroup_prefix = \"{cgroup_prefix}\"\n[network]\npool = \"{pool}\"\n\
+             link_prefix = \"{}\"\nnetns_prefix = \"{}\"\nnft_table = \"{}\"\n",
+            run_dir.display(),
+            net.link_prefix,
+            net.netns_prefix,
+            net.nft_table
+        );
+        let b = crate::harness::Berth::start(&config);
+        let layout = berth::runtime::cgroups::Layout::for_self(&cgroup_prefix).expect("cgroup layout");
+        layout.prepare().expect("prepare cgroups");
+        let runtime = Arc::new(berth::runtime::container::Runtime::new(
+            run_dir.join("runc"),
+            layout,
+            b.data_dir().join("containers"),
+            std::path::PathBuf::from(env!("CARGO_BIN_EXE_berth")),
+        ));
+        Node { b, work, runtime, net }
+    }
+
+    /// An engine over the daemon's state, as the daemon builds its own; only while
+    /// the daemon is not running (one writer per database).
+    fn engine(&self) -> (Store, Engine, Arc<berth::runtime::network::Networks>) {
+        let store = Store::open(&self.b.data_dir().join("state.db")).unwrap();
+        let ipam = Arc::new(berth::engine::ipam::StoreIpam::new(store.clone()));
+        let nets = Arc::new(berth::runtime::network::Networks::new(self.net.clone(), ipam).unwrap());
+        let engine = Engine::new(store.clone(), self.runtime.clone())
+            .with_networks(nets.clone(), self.work.path().join("run").join("hosts"));
+        (store, engine, nets)
+    }
+
+    /// (state, pid, exit_code, restarts) of a replica as the daemon recorded it,
+    /// read from its database while it runs.
+    fn recorded(&self, id: &str) -> (String, Option<i32>, Option<i64>, i64) {
+        let c = rusqlite::Connection::open_with_flags(
+            self.b.data_dir().join("state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.query_row("SELECT state, pid, exit_code, restarts FROM replicas WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.b.kill9();
+        rt().block_on(async {
+            let (store, engine, nets) = self.engine();
+            for r in engine.list().await.unwrap_or_default() {
+                let _ = engine.delete(&r.id).await;
+            }
+            let _ = nets.teardown_all();
+            store.close();
+        });
+        for d in crate::runtime::cgroup_dirs(&self.runtime.layout) {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+fn answers(address: std::net::Ipv4Addr, within: Duration) -> Option<String> {
+    let client = crate::harness::Client { addr: std::net::SocketAddr::from((address, 8080)), token: None };
+    let deadline = Instant::now() + within;
+    loop {
+        match client.try_send("GET", "/index.html", None, &[]) {
+            Ok(resp) if resp.status == 200 => return Some(resp.text()),
+            _ if Instant::now() > deadline => return None,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `kill -9` of the real daemon: its replicas keep serving; the next daemon
+/// re-adopts them (same processes, no duplicates), the logs written meanwhile are
+/// there, the exit of one that ended meanwhile is recorded, and it supervises the
+/// adopted ones (restarts one whose process dies, by its policy).
+#[test]
+fn the_daemon_re_adopts_its_replicas_after_kill_9() {
+    if !can_run() {
+        return;
+    }
+    let mut node = Node::start();
+    node.b.stop();
+    let rootfs = crate::runtime::busybox_rootfs(node.work.path());
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), "adopted\n").unwrap();
+    let replica = |script: &str, restart, network| ReplicaConfig {
+        project_id: "prj_adopt".into(),
+        service: "web".into(),
+        root: RootSource::Rootfs(rootfs.clone()),
+        args: vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        memory_bytes: Some(64 << 20),
+        cpus: None,
+        pids: Some(64),
+        restart,
+        network,
+        netns: None,
+        hosts_file: None,
+        resolv_file: None,
+        volumes: vec![],
+    };
+    // Replicas made on the daemon's state while it is stopped, as a previous run of it would have.
+    let (web, ticker, quitter) = rt().block_on(async {
+        let (store, engine, _nets) = node.engine();
+        let web = engine.create(replica("exec httpd -f -p 8080 -h /www", RestartPolicy::Always, true)).await.unwrap();
+        let ticker =
+            engine.create(replica("while :; do echo tick; sleep 0.1; done", RestartPolicy::No, false)).await.unwrap();
+        let quitter = engine
+            .create(replica("while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7", RestartPolicy::No, false))
+            .await
+            .unwrap();
+        store.close();
+        (web, ticker, quitter)
+    });
+    let address: std::net::Ipv4Addr = web.address.as_deref().expect("an address").parse().unwrap();
+
+    node.b.spawn();
+    assert_eq!(answers(address, Duration::from_secs(20)).as_deref(), Some("adopted\n"));
+    for r in [&web, &ticker, &quitter] {
+        let (state, pid, ..) = node.recorded(&r.id);
+        assert_eq!((state.as_str(), pid), ("running", r.pid), "{} after the first adoption", r.id);
+    }
+
+    node.b.kill9();
+    let gone_at = berth::ids::now_rfc3339();
+    assert_eq!(answers(address, Duration::from_secs(5)).as_deref(), Some("adopted\n"), "serving without the daemon");
+    std::fs::write(rootfs.join("tmp/go"), b"").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(answers(address, Duration::from_secs(5)).as_deref(), Some("adopted\n"));
+
+    node.b.spawn();
+    let (state, pid, exit_code, _) = node.recorded(&quitter.id);
+    assert_eq!((state.as_str(), exit_code), ("exited", Some(7)), "the exit while the daemon was away");
+    assert_eq!(pid, quitter.pid);
+    for r in [&web, &ticker] {
+        let (state, pid, _, restarts) = node.recorded(&r.id);
+        assert_eq!((state.as_str(), pid, restarts), ("running", r.pid, 0), "{} re-adopted as it was", r.id);
+    }
+    let logs = node.runtime.logs(&ticker.id, 1000);
+    let meanwhile = logs.iter().filter(|l| l.log == "tick" && l.time > gone_at).count();
+    assert!(meanwhile >= 5, "logs written while the daemon was away are there: {meanwhile}");
+    let shims = node.runtime.list();
+    assert_eq!(shims.len(), 3, "no duplicate and no orphan container: {shims:?}");
+
+    // The new daemon supervises what it adopted: the web server's process dies and
+    // comes back by its restart policy, serving again.
+    // SAFETY: signalling the container's init, a process this test started.
+    unsafe { libc::kill(web.pid.unwrap() as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let restarted = loop {
+        let (state, pid, _, restarts) = node.recorded(&web.id);
+        if state == "running" && restarts == 1 && pid != web.pid {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not restart {}: {state} {pid:?} {restarts}", web.id);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(restarted.is_some());
+    assert_eq!(answers(address, Duration::from_secs(20)).as_deref(), Some("adopted\n"), "serving after the restart");
+    assert_eq!(node.b.stop(), Some(0));
+}

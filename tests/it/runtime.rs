@@ -96,22 +96,27 @@ impl Fixture {
 
     /// Every cgroup directory of this fixture's subtree, in every hierarchy.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let base = self.rt.layout.base.trim_start_matches('/').to_string();
-        let mut out = Vec::new();
-        let mount = &self.rt.layout.mount;
-        let roots: Vec<PathBuf> = if mount.join("cgroup.controllers").exists() {
-            vec![mount.clone()]
-        } else {
-            std::fs::read_dir(mount).unwrap().flatten().map(|e| e.path()).collect()
-        };
-        for r in roots {
-            let p = r.join(&base);
-            if p.is_dir() {
-                collect_dirs(&p, &mut out);
-            }
-        }
-        out
+        cgroup_dirs(&self.rt.layout)
     }
+}
+
+/// Every cgroup directory of a layout's subtree, in every hierarchy, deepest first.
+pub fn cgroup_dirs(layout: &Layout) -> Vec<PathBuf> {
+    let base = layout.base.trim_start_matches('/').to_string();
+    let mut out = Vec::new();
+    let mount = &layout.mount;
+    let roots: Vec<PathBuf> = if mount.join("cgroup.controllers").exists() {
+        vec![mount.clone()]
+    } else {
+        std::fs::read_dir(mount).unwrap().flatten().map(|e| e.path()).collect()
+    };
+    for r in roots {
+        let p = r.join(&base);
+        if p.is_dir() {
+            collect_dirs(&p, &mut out);
+        }
+    }
+    out
 }
 
 fn collect_dirs(p: &Path, out: &mut Vec<PathBuf>) {

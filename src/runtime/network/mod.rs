@@ -130,7 +130,12 @@ impl NetOptions {
     pub fn from_config(config: &crate::config::NetworkConfig) -> Result<Self> {
         let pool: Ipv4Net =
             config.pool.parse().map_err(|reason| NetError::InvalidPool { pool: config.pool.clone(), reason })?;
-        let opts = Self::new(pool);
+        let opts = Self {
+            link_prefix: config.link_prefix.clone(),
+            netns_prefix: config.netns_prefix.clone(),
+            nft_table: config.nft_table.clone(),
+            ..Self::new(pool)
+        };
         opts.validate()?;
         Ok(opts)
     }

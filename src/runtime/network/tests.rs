@@ -65,7 +65,7 @@ fn ids_and_service_names_are_checked() {
 
 #[test]
 fn options_are_validated() {
-    let cfg = |pool: &str| crate::config::NetworkConfig { pool: pool.into() };
+    let cfg = |pool: &str| crate::config::NetworkConfig { pool: pool.into(), ..Default::default() };
     let o = NetOptions::from_config(&cfg("10.213.0.0/16")).unwrap();
     assert_eq!((o.prefix_per_project, o.link_prefix.as_str(), o.nft_table.as_str()), (24, "berth-", "berth"));
     assert_eq!(NetOptions::from_config(&cfg("10.9.8.0/28")).unwrap().prefix_per_project, 28);
