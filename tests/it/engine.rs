@@ -434,7 +434,7 @@ fn the_daemon_re_adopts_its_replicas_after_kill_9() {
     // The new daemon supervises what it adopted: the web server's process dies and
     // comes back by its restart policy, serving again.
     // SAFETY: signalling the container's init, a process this test started.
-    unsafe { libc::kill(web.pid.unwrap() as i32, libc::SIGKILL) };
+    unsafe { libc::kill(web.pid.unwrap(), libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(20);
     let restarted = loop {
         let (state, pid, _, restarts) = node.recorded(&web.id);
