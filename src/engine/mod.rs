@@ -30,6 +30,7 @@ use crate::registry::blobs::BlobStore;
 use crate::runtime::RuntimeError;
 use crate::runtime::cgroups::{Limits, Metrics};
 use crate::runtime::container::Runtime;
+use crate::runtime::exec::{Exec, ExecSpec};
 use crate::runtime::network::{NetError, Networks};
 use crate::runtime::shim::{LogLine, State};
 use crate::runtime::spec::ContainerSpec;
@@ -338,6 +339,15 @@ impl Engine {
         let r = self.get(id).await?;
         let rid = id.to_string();
         self.blocking(move |rt| rt.metrics(&r.project_id, &rid)).await
+    }
+
+    /// Starts a process inside a running replica (`runc exec`, with pipes or a
+    /// terminal): what the console and one-off commands are built on. The caller
+    /// waits for the returned child.
+    pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Exec, EngineError> {
+        self.get(id).await?;
+        let rid = id.to_string();
+        Ok(self.blocking(move |rt| rt.exec(&rid, &spec)).await??)
     }
 
     /// Re-adopts what survived a daemon restart; see the module docs.

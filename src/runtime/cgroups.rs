@@ -243,6 +243,7 @@ impl Layout {
                     io_read_bytes: read_bytes,
                     io_write_bytes: write_bytes,
                     oom_kills: events_field(&read(d.join("memory.events")), "oom_kill"),
+                    ..Metrics::default()
                 }
             }
             CgroupVersion::V1 => {
@@ -257,6 +258,7 @@ impl Layout {
                     io_read_bytes: read_bytes,
                     io_write_bytes: write_bytes,
                     oom_kills: events_field(&read(self.dir("memory", rel).join("memory.oom_control")), "oom_kill"),
+                    ..Metrics::default()
                 }
             }
         }
@@ -275,7 +277,8 @@ impl Layout {
     }
 }
 
-/// A cgroup's usage, as `/v1/services/{id}/metrics` will show it.
+/// A container's usage, as `/v1/services/{id}/metrics` will show it: the cgroup's
+/// counters, and the network counters of the container's network namespace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Metrics {
     pub cpu_usage_ns: u64,
@@ -285,6 +288,29 @@ pub struct Metrics {
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
     pub oom_kills: u64,
+    /// Received through every interface but loopback.
+    pub net_rx_bytes: u64,
+    pub net_rx_packets: u64,
+    /// Sent through every interface but loopback.
+    pub net_tx_bytes: u64,
+    pub net_tx_packets: u64,
+}
+
+/// (rx bytes, rx packets, tx bytes, tx packets) summed over the interfaces of a
+/// `/proc/<pid>/net/dev` table, loopback left out.
+pub fn parse_net_dev(text: &str) -> (u64, u64, u64, u64) {
+    let mut sum = (0, 0, 0, 0);
+    for line in text.lines().skip(2) {
+        let Some((iface, counters)) = line.split_once(':') else { continue };
+        if iface.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = counters.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+        if f.len() >= 10 {
+            sum = (sum.0 + f[0], sum.1 + f[1], sum.2 + f[8], sum.3 + f[9]);
+        }
+    }
+    sum
 }
 
 fn events_field(text: &str, key: &str) -> u64 {
@@ -349,6 +375,18 @@ mod tests {
 
     const HYBRID: &str =
         "9:name=systemd:/\n8:pids:/\n7:blkio:/\n4:memory:/process_api/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn net_dev_sums_every_interface_but_loopback() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n\
+             \x20   lo:    5000      50    0    0    0     0          0         0     5000      50    0    0    0     0       0          0\n\
+             \x20 eth0:    1200      10    0    0    0     0          0         0      800       8    0    0    0     0       0          0\n\
+             \x20 eth1:      34       1    0    0    0     0          0         0       66       2    0    0    0     0       0          0\n";
+        assert_eq!(parse_net_dev(text), (1234, 11, 866, 10));
+        assert_eq!(parse_net_dev(""), (0, 0, 0, 0));
+        assert_eq!(parse_net_dev("a\nb\n eth0: garbage\n"), (0, 0, 0, 0));
+    }
 
     #[test]
     fn v1_hybrid_uses_the_deepest_nested_path() {

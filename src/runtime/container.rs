@@ -218,7 +218,14 @@ impl Runtime {
     }
 
     pub fn metrics(&self, project: &str, id: &str) -> Metrics {
-        self.layout.metrics(&self.layout.container_path(project, id))
+        let mut m = self.layout.metrics(&self.layout.container_path(project, id));
+        // The init process's view of /proc/net is its network namespace's.
+        let status = self.status(id);
+        if let Some(pid) = status.pid.filter(|_| status.state == State::Running) {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+            (m.net_rx_bytes, m.net_rx_packets, m.net_tx_bytes, m.net_tx_packets) = super::cgroups::parse_net_dev(&text);
+        }
+        m
     }
 
     /// Removes everything of a container: its process, runc state, cgroup, rootfs

@@ -12,6 +12,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod exec;
 pub mod host;
 pub mod network;
 pub mod rootfs;

@@ -243,6 +243,11 @@ fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("flat-"))
             .count();
         assert_eq!(flattened, 1, "the bottom layers were flattened into one snapshot");
+        // Network counters come from the replica's own namespace: what it served.
+        let m = engine.metrics(&r.id).await.unwrap();
+        assert!(m.net_rx_packets >= 4 && m.net_tx_packets >= 4, "{m:?}");
+        assert!(m.net_tx_bytes > "served by the engine\npage 2\npage 45\n".len() as u64 + 3 * 100, "{m:?}");
+        assert!(m.net_rx_bytes > 4 * "GET /index.html HTTP/1.1\r\n".len() as u64, "{m:?}");
         let netns = nets.netns_path(&r.id);
         assert!(netns.exists());
         engine.delete(&r.id).await.unwrap();

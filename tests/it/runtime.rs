@@ -169,6 +169,115 @@ fn a_container_runs_through_the_shim_with_logs_and_exit_code() {
     assert!(container_cgroups.is_empty(), "{container_cgroups:?}");
 }
 
+/// Waits for an exec'd process (killing it after `within`); its exit code.
+fn wait_exec(e: &mut berth::runtime::exec::Exec, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = e.child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = e.child.kill();
+            let _ = e.child.wait();
+            panic!("the exec'd process did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn exec_runs_a_process_inside_a_running_container_with_pipes_or_a_terminal() {
+    use berth::runtime::exec::ExecSpec;
+    use std::io::{Read, Write};
+    if !can_run() {
+        return;
+    }
+    let f = Fixture::new();
+    let id = "rep_00000000000000000000000e0c";
+    let limits = Limits { pids: Some(32), ..Default::default() };
+    f.rt.create(&f.project, &f.spec(id, "echo hello > /tmp/mark; exec sleep 1000", limits), &[]).unwrap();
+    let sh = |script: &str| vec!["/bin/busybox".to_string(), "sh".into(), "-c".into(), script.into()];
+
+    // Pipes: stdin in, stdout and stderr apart, the exit code, the container's
+    // filesystem, environment (plus what the exec adds) and pid namespace.
+    let spec = ExecSpec {
+        args: sh("cat /tmp/mark; echo $PATH $GREETING; echo err >&2; cat; cat /proc/1/cmdline; exit 3"),
+        env: vec!["GREETING=hi".into()],
+        ..Default::default()
+    };
+    let mut e = f.rt.exec(id, &spec).unwrap();
+    assert!(e.terminal.is_none());
+    e.child.stdin.take().unwrap().write_all(b"from stdin\n").unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    e.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    e.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(wait_exec(&mut e, Duration::from_secs(20)), Some(3), "stderr: {err}");
+    assert_eq!(out, "hello\n/bin hi\nfrom stdin\nsleep\x001000\0", "stderr: {err}");
+    assert_eq!(err, "err\n");
+    drop(e);
+
+    // A terminal: the master side comes back with the size asked for; what is
+    // typed reaches the process; a resize of the master reaches it too.
+    let script = "stty size; read line; echo got:$line; \
+                  for i in $(seq 200); do s=$(stty size); [ \"$s\" = \"40 120\" ] && break; sleep 0.05; done; \
+                  echo resized:$s; tty; exit 5";
+    let spec = ExecSpec { args: sh(script), tty: true, size: Some((33, 101)), ..Default::default() };
+    let mut e = f.rt.exec(id, &spec).unwrap();
+    let mut term = e.terminal.take().expect("a terminal");
+    let mut output = term.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        // The master reads EIO once the process and its terminal are gone.
+        while let Ok(n @ 1..) = output.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let read_until = |want: &str, seen: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen.contains(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => panic!("no {want:?} on the terminal: {seen:?}"),
+            }
+        }
+    };
+    read_until("33 101", &mut seen);
+    let size = libc::winsize { ws_row: 40, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is open.
+    assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&term), libc::TIOCSWINSZ, &size) }, 0);
+    term.write_all(b"ping\n").unwrap();
+    read_until("/dev/pts/", &mut seen);
+    assert_eq!(wait_exec(&mut e, Duration::from_secs(20)), Some(5));
+    drop(term);
+    reader.join().unwrap();
+    assert!(seen.contains("got:ping"), "{seen:?}");
+    assert!(seen.contains("resized:40 120"), "{seen:?}");
+    assert!(seen.contains("/dev/pts/"), "{seen:?}");
+    drop(e);
+    let leftovers: Vec<_> = std::fs::read_dir(f.rt.state_dir(id))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("exec-"))
+        .collect();
+    assert!(leftovers.is_empty(), "exec files left behind: {leftovers:?}");
+
+    // Clear errors: no command, a bad environment entry, an unknown container, a
+    // stopped one.
+    let err = |spec: &ExecSpec, id: &str| f.rt.exec(id, spec).err().expect("an error").to_string();
+    assert!(err(&ExecSpec::default(), id).contains("needs a command"));
+    let bad_env = ExecSpec { args: sh("true"), env: vec!["=x".into()], ..Default::default() };
+    assert!(err(&bad_env, id).contains("KEY=value"));
+    assert!(err(&ExecSpec { args: sh("true"), ..Default::default() }, "rep_nothere").contains("not found"));
+    f.rt.stop(id, Duration::from_millis(200)).unwrap();
+    assert!(err(&ExecSpec { args: sh("true"), ..Default::default() }, id).contains("not running"));
+    f.rt.delete(&f.project, id).unwrap();
+}
+
 #[test]
 fn memory_limit_oom_kills_and_is_reported() {
     if !can_run() {

@@ -1,0 +1,189 @@
+//! Running another process inside a running container (`runc exec`), with pipes
+//! or with a terminal: what the console and one-off commands are built on.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use super::RuntimeError;
+use super::container::Runtime;
+use super::shim::{self, State};
+use crate::error::PathError;
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    /// `KEY=value` entries added to the container's environment (a key already
+    /// there takes the new value).
+    pub env: Vec<String>,
+    /// Working directory; the container's own when `None`.
+    pub cwd: Option<String>,
+    /// Give the process a pseudo-terminal instead of pipes.
+    pub tty: bool,
+    /// The terminal's first size, (rows, columns).
+    pub size: Option<(u16, u16)>,
+}
+
+/// A process started inside a container. Wait for `child` (`runc exec`, which
+/// exits with the process's status); dropping this removes the files it used.
+///
+/// With a terminal, runc runs in a session of its own on a pty berth opens, with
+/// that pty as its stdin, stdout, stderr and controlling terminal; runc gives the
+/// process a pty of its own inside the container and copies between the two, and
+/// on `SIGWINCH` (which the kernel sends when the size of berth's pty changes) it
+/// passes the new size on.
+pub struct Exec {
+    /// Without a terminal its stdin, stdout and stderr are the process's, piped.
+    pub child: Child,
+    /// With a terminal: the master side of the pty (the process's input and
+    /// output, runc's errors too); resize with `TIOCSWINSZ`.
+    pub terminal: Option<File>,
+    process_file: PathBuf,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.process_file);
+    }
+}
+
+impl Runtime {
+    /// Starts `spec` in the running container `id`, with the init process's user,
+    /// capabilities, rlimits and no_new_privs, in its namespaces and cgroup.
+    pub fn exec(&self, id: &str, spec: &ExecSpec) -> Result<Exec, RuntimeError> {
+        let dir = self.state_dir(id);
+        if !dir.exists() {
+            return Err(RuntimeError::NotFound(id.into()));
+        }
+        if shim::status(&dir).state != State::Running {
+            return Err(RuntimeError::InvalidSpec(format!("container {id} is not running")));
+        }
+        if spec.args.is_empty() {
+            return Err(RuntimeError::InvalidSpec("exec needs a command".into()));
+        }
+        if let Some(bad) = spec.env.iter().find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
+            return Err(RuntimeError::InvalidSpec(format!("environment entry {bad:?} is not KEY=value")));
+        }
+        let config_path = dir.join("bundle").join("config.json");
+        let config = std::fs::read(&config_path).map_err(|e| PathError::new("read", &config_path, e))?;
+        let config: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|e| RuntimeError::InvalidSpec(format!("{}: {e}", config_path.display())))?;
+        let process = process_json(&config["process"], spec);
+        let tag = format!("{:016x}", rand::random::<u64>());
+        let process_file = dir.join(format!("exec-{tag}.json"));
+        write_private(&process_file, process.to_string().as_bytes())?;
+        let mut cmd = self.runc.cmd();
+        cmd.arg("exec").arg("--process").arg(&process_file).arg(id);
+        let master = if spec.tty {
+            match open_pty(spec.size) {
+                Ok((master, slave)) => {
+                    let io = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+                    match (io(&slave), io(&slave)) {
+                        (Ok(a), Ok(b)) => {
+                            cmd.stdin(Stdio::from(slave)).stdout(a).stderr(b);
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            let _ = std::fs::remove_file(&process_file);
+                            return Err(pty_error(e));
+                        }
+                    }
+                    // SAFETY: setsid and ioctl are async-signal-safe; between fork
+                    // and exec they make runc a session leader whose controlling
+                    // terminal is the pty on its stdin, so it gets SIGWINCH.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                    Some(master)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&process_file);
+                    return Err(pty_error(e));
+                }
+            }
+        } else {
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            None
+        };
+        let child = cmd.spawn();
+        // The slave's copies in `cmd` close with it, so the master reads EIO once
+        // runc and the process are gone.
+        drop(cmd);
+        match child {
+            Ok(child) => Ok(Exec { child, terminal: master.map(File::from), process_file }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&process_file);
+                Err(RuntimeError::Command { command: format!("runc exec {id}"), message: e.to_string() })
+            }
+        }
+    }
+}
+
+fn pty_error(e: std::io::Error) -> RuntimeError {
+    RuntimeError::Command { command: "openpty".into(), message: e.to_string() }
+}
+
+/// A new pty pair (master, slave), close-on-exec, with the given (rows, columns).
+fn open_pty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave) = (-1, -1);
+    let (rows, cols) = size.unwrap_or((24, 80));
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: the out-pointers are valid for writes; a null name and termios are
+    // allowed; `ws` is read only.
+    if unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: setting FD_CLOEXEC on a descriptor we own; Command dup2s the
+        // slave onto the child's stdio, which clears the flag there.
+        if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((master, slave))
+}
+
+/// The init process's settings with the command, environment, directory and
+/// terminal of `spec`.
+fn process_json(init: &serde_json::Value, spec: &ExecSpec) -> serde_json::Value {
+    let mut p = init.clone();
+    let mut env: Vec<String> =
+        p["env"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    for entry in &spec.env {
+        let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(entry.clone());
+    }
+    p["args"] = serde_json::json!(spec.args);
+    p["env"] = serde_json::json!(env);
+    p["terminal"] = serde_json::json!(spec.tty);
+    if let Some(cwd) = &spec.cwd {
+        p["cwd"] = serde_json::json!(cwd);
+    }
+    if let Some(o) = p.as_object_mut() {
+        o.remove("consoleSize");
+    }
+    p
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| PathError::new("create", path, e))?;
+    f.write_all(bytes).map_err(|e| PathError::new("write", path, e))?;
+    Ok(())
+}
