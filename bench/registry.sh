@@ -17,7 +17,10 @@
 #     writing a copy of it; the slower of the two is the limit;
 #  5. berth: the same push (`--dest-creds bench:TOKEN`) while sampling berth's VmRSS
 #     every 0.2 s, the same pull, then one monolithic blob upload
-#     (`POST /v2/bench/big/blobs/uploads/?digest=...` with the whole body; 201 expected).
+#     (`POST /v2/bench/big/blobs/uploads/?digest=...` with the whole body; 201 expected);
+#  6. the pull's reference: the same pull from a static file server (busybox httpd
+#     serving the layout's files at the registry's URLs, with sendfile, no auth, no
+#     database): what skopeo's pull costs when the server does nothing but send.
 #
 # skopeo runs with `--preserve-digests` both ways: without it, skopeo gzips the
 # uncompressed layers on the way to a registry and again when writing `oci:`, and the
@@ -71,7 +74,7 @@ step() {
     printf '==> %s\n' "$1" >&2
 }
 
-for tool in skopeo docker-registry curl jq python3 openssl dd awk sync; do
+for tool in skopeo docker-registry busybox curl jq python3 openssl dd awk sync; do
     command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed"
 done
 
@@ -87,6 +90,7 @@ fi
 T=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/berth-bench-registry.XXXXXX")
 BERTH_PID=""
 DIST_PID=""
+STATIC_PID=""
 SAMPLER_PID=""
 stop_pid() {
     if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
@@ -98,6 +102,7 @@ cleanup() {
     stop_pid "$SAMPLER_PID"
     stop_pid "$BERTH_PID"
     stop_pid "$DIST_PID"
+    stop_pid "$STATIC_PID"
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -215,6 +220,32 @@ for _ in $(seq 1 100); do
 done
 curl -fsS -o /dev/null "http://$DIST/v2/" || { cat "$T/dist.log" >&2; fail "docker-registry did not answer /v2/ in 10 s"; }
 
+step "start a static file server"
+# busybox httpd serving $T/www, where static_tree links the layout's blobs and
+# manifest at the paths a registry answers on (`/v2/<repo>/blobs/sha256:<hex>`,
+# `/v2/<repo>/manifests/<tag>.manifest`, the suffix giving the manifest's type).
+mkdir -p "$T/www/v2"
+echo ok >"$T/www/v2/index.html"
+printf '.manifest:application/vnd.oci.image.manifest.v1+json\n' >"$T/httpd.conf"
+STATIC_PORT=$(free_port)
+STATIC="127.0.0.1:$STATIC_PORT"
+busybox httpd -f -p "$STATIC" -h "$T/www" -c "$T/httpd.conf" >"$T/static.log" 2>&1 &
+STATIC_PID=$!
+for _ in $(seq 1 50); do
+    curl -fsS -o /dev/null "http://$STATIC/v2/" 2>/dev/null && break
+    sleep 0.1
+done
+curl -fsS -o /dev/null "http://$STATIC/v2/" || { cat "$T/static.log" >&2; fail "busybox httpd did not answer /v2/"; }
+static_tree() {
+    local dir="$T/www/v2/$REPO" f
+    rm -rf "$dir"
+    mkdir -p "$dir/blobs" "$dir/manifests"
+    for f in "$T"/layout/blobs/sha256/*; do
+        ln "$f" "$dir/blobs/sha256:${f##*/}" || fail "could not link $f"
+    done
+    ln "$T/layout/blobs/sha256/${MANIFEST_DIGEST#sha256:}" "$dir/manifests/$TAG.manifest" || fail "could not link the manifest"
+}
+
 step "start berth"
 PORT=$(free_port)
 BASE="http://127.0.0.1:$PORT"
@@ -319,9 +350,9 @@ echo 0 >"$T/rss.max"
 SAMPLER_PID=$!
 
 # Timings on this shared 2-core machine swing by tens of percent from one run to the
-# next, so each figure is the median of ROUNDS rounds, and the two registries take
+# next, so each figure is the median of ROUNDS rounds, and the three servers take
 # turns going first.
-DIST_PUSH=() DIST_PULL=() BERTH_PUSH=() BERTH_PULL=() DGST=() DD=() MONO=()
+DIST_PUSH=() DIST_PULL=() BERTH_PUSH=() BERTH_PULL=() DGST=() DD=() MONO=() STATIC_PULL=()
 measure_dist() {
     step "round $r: distribution push ${IMAGE_MIB} MiB"
     push distribution "$DIST"
@@ -339,11 +370,21 @@ measure_berth() {
     pull berth "$BERTH" "bench:$TOKEN"
     BERTH_PULL+=("$PULL_S")
 }
+measure_static() {
+    step "round $r: static file server pull ${IMAGE_MIB} MiB"
+    static_tree
+    TAG="$TAG.manifest" pull static "$STATIC"
+    STATIC_PULL+=("$PULL_S")
+}
 for r in $(seq 1 "$ROUNDS"); do
     REPO="bench/big$r"
     [ "$r" = 1 ] || { step "round $r: write a fresh ${IMAGE_MIB} MiB layout"; make_layout; }
-    if [ $((r % 2)) = 1 ]; then measure_dist; measure_berth; else measure_berth; measure_dist; fi
-    MEASURED+=" round${r}:dist=${DIST_PUSH[-1]}/${DIST_PULL[-1]}s,berth=${BERTH_PUSH[-1]}/${BERTH_PULL[-1]}s"
+    case $((r % 3)) in
+        1) measure_dist; measure_berth; measure_static ;;
+        2) measure_berth; measure_static; measure_dist ;;
+        0) measure_static; measure_dist; measure_berth ;;
+    esac
+    MEASURED+=" round${r}:dist=${DIST_PUSH[-1]}/${DIST_PULL[-1]}s,berth=${BERTH_PUSH[-1]}/${BERTH_PULL[-1]}s,static=${STATIC_PULL[-1]}s"
 
     step "round $r: physical limit: openssl dgst -sha256 of the ${BLOB_MIB} MiB blob"
     sync
@@ -369,6 +410,7 @@ DIST_PUSH_S=$(median "${DIST_PUSH[@]}")
 DIST_PULL_S=$(median "${DIST_PULL[@]}")
 BERTH_PUSH_S=$(median "${BERTH_PUSH[@]}")
 BERTH_PULL_S=$(median "${BERTH_PULL[@]}")
+STATIC_PULL_S=$(median "${STATIC_PULL[@]}")
 DGST_S=$(median "${DGST[@]}")
 DD_S=$(median "${DD[@]}")
 LIMIT_S=$(awk -v a="$DGST_S" -v b="$DD_S" 'BEGIN { printf "%.2f", (a > b ? a : b) }')
@@ -459,9 +501,11 @@ cat <<EOF
 berth registry benchmark (${MODE}medians of ${ROUNDS} rounds; ${IMAGE_MIB} MiB image as ${LAYERS} x ${LAYER_MIB} MiB uncompressed layers, ${BLOB_MIB} MiB blob, skopeo $(skopeo --version | awk '{ print $3 }'))
   push          distribution ${DIST_PUSH_S}s ($(mibps "$IMAGE_MIB" "$DIST_PUSH_S") MiB/s)   berth ${BERTH_PUSH_S}s ($(mibps "$IMAGE_MIB" "$BERTH_PUSH_S") MiB/s)   ratio ${PUSH_RATIO} (target <= ${TARGET_PUSH_RATIO})
   pull          distribution ${DIST_PULL_S}s ($(mibps "$IMAGE_MIB" "$DIST_PULL_S") MiB/s)   berth ${BERTH_PULL_S}s ($(mibps "$IMAGE_MIB" "$BERTH_PULL_S") MiB/s)   ratio ${PULL_RATIO} (target <= ${TARGET_PULL_RATIO})
+  static pull   busybox httpd ${STATIC_PULL_S}s ($(mibps "$IMAGE_MIB" "$STATIC_PULL_S") MiB/s)   distribution $(ratio "$DIST_PULL_S" "$STATIC_PULL_S") of it   berth $(ratio "$BERTH_PULL_S" "$STATIC_PULL_S") of it (files at the registry's URLs; no target)
   limit         openssl dgst -sha256 ${DGST_S}s ($(mibps "$BLOB_MIB" "$DGST_S") MiB/s)   dd conv=fsync ${DD_S}s ($(mibps "$BLOB_MIB" "$DD_S") MiB/s)   limit ${LIMIT_S}s
   raw GET       distribution ${GET_DIST_S}s ($(mibps "$BLOB_MIB" "$GET_DIST_S") MiB/s)   berth ${GET_BERTH_S}s ($(mibps "$BLOB_MIB" "$GET_BERTH_S") MiB/s)   ratio $(ratio "$GET_BERTH_S" "$GET_DIST_S") (no target; the server alone)
   monolithic    berth ${MONO_S}s ($(mibps "$BLOB_MIB" "$MONO_S") MiB/s)   ratio ${MONO_RATIO} of the limit (target <= ${TARGET_MONO_RATIO})
+  rounds       ${MEASURED} (push/pull seconds)
   berth RSS     peak ${PEAK_RSS_MIB} MiB sampled during every push and pull (budget < ${BUDGET_RSS_MIB} MiB); VmHWM $(mib "$HWM_KIB") MiB after it
 EOF
 
@@ -477,8 +521,9 @@ else
 fi
 [ "$SMOKE" = 1 ] && TARGETS="$TARGETS(smoke: not enforced)"
 
-printf 'registry: push=%ss (%s of distribution %ss) pull=%ss (%s of distribution %ss) raw_get=%ss (%s of distribution %ss) monolithic=%ss (%s of limit %ss) peak_rss_mib=%s (%s of %s) %s\n' \
+printf 'registry: push=%ss (%s of distribution %ss) pull=%ss (%s of distribution %ss; %s of a static file server %ss, distribution %s) raw_get=%ss (%s of distribution %ss) monolithic=%ss (%s of limit %ss) peak_rss_mib=%s (%s of %s) %s\n' \
     "$BERTH_PUSH_S" "$PUSH_RATIO" "$DIST_PUSH_S" "$BERTH_PULL_S" "$PULL_RATIO" "$DIST_PULL_S" \
+    "$(ratio "$BERTH_PULL_S" "$STATIC_PULL_S")" "$STATIC_PULL_S" "$(ratio "$DIST_PULL_S" "$STATIC_PULL_S")" \
     "$GET_BERTH_S" "$(ratio "$GET_BERTH_S" "$GET_DIST_S")" "$GET_DIST_S" \
     "$MONO_S" "$MONO_RATIO" "$LIMIT_S" "$PEAK_RSS_MIB" "$RSS_RATIO" "$BUDGET_RSS_MIB" "$TARGETS"
 
