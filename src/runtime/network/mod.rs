@@ -32,6 +32,7 @@
 
 mod addr;
 mod firewall;
+mod inside;
 pub mod ipam;
 #[cfg(test)]
 mod tests;
@@ -86,6 +87,12 @@ pub enum NetError {
     #[error("run `{command}`: {source}")]
     Spawn {
         command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configure {CONTAINER_IFNAME} inside netns {netns}: {source}")]
+    Inside {
+        netns: String,
         #[source]
         source: std::io::Error,
     },
@@ -301,7 +308,7 @@ impl Networks {
         script.push_str(&format!("link set {b} address {}\n", addr::mac_for(net.gateway)));
         script.push_str(&format!("addr replace {}/{} dev {b}\n", net.gateway, net.subnet.prefix_len()));
         script.push_str(&format!("link set {b} up\n"));
-        ip_batch(None, &script)?;
+        ip_batch(&script)?;
         self.fault("firewall")?;
         self.sync_firewall()
     }
@@ -394,14 +401,10 @@ impl Networks {
             ));
         }
         host.push_str(&format!("link set {veth} master {} up\n", a.bridge));
-        ip_batch(None, &host)?;
+        ip_batch(&host)?;
         self.fault("address")?;
-        let inside = format!(
-            "link set lo up\naddr replace {}/{} dev {CONTAINER_IFNAME}\nlink set {CONTAINER_IFNAME} up\n\
-             route replace default via {}\n",
-            a.address, a.prefix_len, a.gateway
-        );
-        ip_batch(Some(&ns), &inside)?;
+        inside::configure(&a.netns_path, CONTAINER_IFNAME, a.address, a.prefix_len, a.gateway)
+            .map_err(|source| NetError::Inside { netns: ns.clone(), source })?;
         Ok(a)
     }
 
@@ -759,12 +762,9 @@ fn enable_ip_forward() -> Result<()> {
     Ok(())
 }
 
-/// `ip -batch -` (inside `netns` when given) with `script` on stdin.
-fn ip_batch(netns: Option<&str>, script: &str) -> Result<()> {
-    match netns {
-        Some(ns) => run("ip", &["-n", ns, "-batch", "-"], Some(script)),
-        None => run("ip", &["-batch", "-"], Some(script)),
-    }
+/// `ip -batch -` with `script` on stdin.
+fn ip_batch(script: &str) -> Result<()> {
+    run("ip", &["-batch", "-"], Some(script))
 }
 
 fn command(program: &str) -> Command {

@@ -511,7 +511,7 @@ fn a_restarted_daemon_keeps_addresses_and_everything_is_removed() {
     let orphan = format!("{}rep_gone", lab.opts.netns_prefix);
     run("ip", &["netns", "add", &orphan], None).unwrap();
     let stray = format!("{}9", lab.opts.link_prefix);
-    ip_batch(None, &format!("link add {stray} type bridge\n")).unwrap();
+    ip_batch(&format!("link add {stray} type bridge\n")).unwrap();
     lab.nets = Networks::new(lab.opts.clone(), lab.ipam.clone()).unwrap();
     let rec = lab.nets.recover().unwrap();
     let mut live: Vec<&str> = rec.live.iter().map(|a| a.container_id.as_str()).collect();
