@@ -64,6 +64,9 @@ impl Runtime {
         if spec.args.is_empty() {
             return Err(RuntimeError::InvalidSpec("exec needs a command".into()));
         }
+        if let Some(cwd) = spec.cwd.as_deref().filter(|c| !c.starts_with('/')) {
+            return Err(RuntimeError::InvalidSpec(format!("working directory {cwd:?} is not absolute")));
+        }
         if let Some(bad) = spec.env.iter().find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
             return Err(RuntimeError::InvalidSpec(format!("environment entry {bad:?} is not KEY=value")));
         }

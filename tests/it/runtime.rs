@@ -201,8 +201,9 @@ fn exec_runs_a_process_inside_a_running_container_with_pipes_or_a_terminal() {
     // Pipes: stdin in, stdout and stderr apart, the exit code, the container's
     // filesystem, environment (plus what the exec adds) and pid namespace.
     let spec = ExecSpec {
-        args: sh("cat /tmp/mark; echo $PATH $GREETING; echo err >&2; cat; cat /proc/1/cmdline; exit 3"),
+        args: sh("pwd; cat mark; echo $PATH $GREETING; echo err >&2; cat; cat /proc/1/cmdline; exit 3"),
         env: vec!["GREETING=hi".into()],
+        cwd: Some("/tmp".into()),
         ..Default::default()
     };
     let mut e = f.rt.exec(id, &spec).unwrap();
@@ -212,7 +213,7 @@ fn exec_runs_a_process_inside_a_running_container_with_pipes_or_a_terminal() {
     e.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     e.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(wait_exec(&mut e, Duration::from_secs(20)), Some(3), "stderr: {err}");
-    assert_eq!(out, "hello\n/bin hi\nfrom stdin\nsleep\x001000\0", "stderr: {err}");
+    assert_eq!(out, "/tmp\nhello\n/bin hi\nfrom stdin\nsleep\x001000\0", "stderr: {err}");
     assert_eq!(err, "err\n");
     drop(e);
 
@@ -272,6 +273,8 @@ fn exec_runs_a_process_inside_a_running_container_with_pipes_or_a_terminal() {
     assert!(err(&ExecSpec::default(), id).contains("needs a command"));
     let bad_env = ExecSpec { args: sh("true"), env: vec!["=x".into()], ..Default::default() };
     assert!(err(&bad_env, id).contains("KEY=value"));
+    let relative = ExecSpec { args: sh("true"), cwd: Some("tmp".into()), ..Default::default() };
+    assert!(err(&relative, id).contains("not absolute"));
     assert!(err(&ExecSpec { args: sh("true"), ..Default::default() }, "rep_nothere").contains("not found"));
     f.rt.stop(id, Duration::from_millis(200)).unwrap();
     assert!(err(&ExecSpec { args: sh("true"), ..Default::default() }, id).contains("not running"));
