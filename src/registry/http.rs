@@ -357,15 +357,26 @@ async fn dispatch(state: &AppState, ctx: &Ctx, req: Request) -> RegistryResult<R
         (Method::POST, Target::UploadStart { .. }) => {
             let q = query(&req);
             let repo = reg.repo_for_push(&name, &project).await?;
-            if let (Some(mount), Some(from)) = (param(&q, "mount"), param(&q, "from")) {
-                let d = digest(mount)?;
-                if mount_allowed(state, &p, from).await {
-                    if let Some(from_repo) = reg.repo(from).await? {
-                        if reg.mount(&repo, &from_repo, &d).await? {
-                            return Ok(blob_created(&name, &d));
+            match (param(&q, "mount"), param(&q, "from")) {
+                (Some(mount), Some(from)) => {
+                    let d = digest(mount)?;
+                    if mount_allowed(state, &p, from).await {
+                        if let Some(from_repo) = reg.repo(from).await? {
+                            if reg.mount(&repo, &from_repo, &d).await? {
+                                return Ok(blob_created(&name, &d));
+                            }
                         }
                     }
                 }
+                // Without `from`, a blob any repository of the same project holds
+                // is mounted (the spec's optional automatic content discovery).
+                (Some(mount), None) => {
+                    let d = digest(mount)?;
+                    if reg.mount_from_project(&repo, &d).await? {
+                        return Ok(blob_created(&name, &d));
+                    }
+                }
+                _ => {}
             }
             if let Some(d) = param(&q, "digest") {
                 let d = digest(d)?;

@@ -249,6 +249,28 @@ impl Registry {
             .await?)
     }
 
+    /// Links a blob that another repository of the same project already has (a
+    /// mount without `from`); false, and nothing linked, when none has it. Other
+    /// projects are never looked at, so nothing leaks across them.
+    pub async fn mount_from_project(&self, repo: &Repo, digest: &Digest) -> RegistryResult<bool> {
+        let (blobs, d) = (self.blobs.clone(), digest.clone());
+        if !blocking(move || blobs.exists(&d)).await? {
+            return Ok(false);
+        }
+        let _shared = self.gc_lock.read().await;
+        let (to, project, d) = (repo.id, repo.project_id.clone(), digest.to_string());
+        Ok(self
+            .store
+            .write(move |c| {
+                if !sql::project_has_blob(c, &project, &d)? {
+                    return Ok(false);
+                }
+                sql::link_blob(c, to, &d, now())?;
+                Ok(true)
+            })
+            .await?)
+    }
+
     /// Unlinks a blob from the repository (GC reclaims the bytes later).
     pub async fn delete_blob(&self, repo: &Repo, digest: &Digest) -> RegistryResult<()> {
         let (id, d) = (repo.id, digest.to_string());

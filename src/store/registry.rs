@@ -50,6 +50,15 @@ pub fn blob_commit(c: &Connection, repo_id: i64, digest: &str, size: i64, now: i
     link_blob(c, repo_id, digest, now)
 }
 
+/// Whether any repository of `project_id` links the blob.
+pub fn project_has_blob(c: &Connection, project_id: &str, digest: &str) -> Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id
+         WHERE r.project_id = ?1 AND l.digest = ?2 LIMIT 1",
+    )?
+    .exists(params![project_id, digest])?)
+}
+
 pub fn link_blob(c: &Connection, repo_id: i64, digest: &str, now: i64) -> Result<()> {
     c.execute(
         "INSERT INTO repo_blobs (repo_id, digest, linked_at) VALUES (?1, ?2, ?3)

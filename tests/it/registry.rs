@@ -276,6 +276,14 @@ fn spec_walk_push_pull_discover_manage() {
         404,
         "blobs are per repository"
     );
+    // A mount without `from` finds the blob in another repository of the project.
+    let r = c.send("POST", &format!("/v2/alpha/fourth/blobs/uploads/?mount={layer_d}"), Some(b""), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("location"), Some(format!("/v2/alpha/fourth/blobs/{layer_d}").as_str()));
+    assert!(c.get(&format!("/v2/alpha/fourth/blobs/{layer_d}")).body == layer);
+    let unknown = digest(b"no repository has this");
+    let r = c.send("POST", &format!("/v2/alpha/fourth/blobs/uploads/?mount={unknown}"), Some(b""), &[]);
+    assert_eq!(r.status, 202, "an unknown blob opens an upload instead");
 
     // Deletes: a tag, a manifest, a blob.
     assert_eq!(c.delete(&format!("/v2/{repo}/manifests/a")).status, 202);
@@ -348,6 +356,12 @@ fn repository_access_follows_project_roles() {
     let r = stranger.get("/v2/alpha/never-existed/tags/list");
     assert_eq!((r.status, oci_code(&r).as_str()), (404, "NAME_UNKNOWN"), "same answer as a real but hidden repository");
     assert_eq!(stranger.get("/v1/registry/repositories").json(), json!([]));
+    // A mount without `from` never finds another project's blobs.
+    let layer =
+        admin.get(&format!("/v2/{repo}/manifests/v1")).json()["layers"][0]["digest"].as_str().unwrap().to_string();
+    let r = stranger.send("POST", &format!("/v2/beta/copy/blobs/uploads/?mount={layer}"), Some(b""), &[]);
+    assert_eq!(r.status, 202, "another project's blob is not mounted: {}", r.text());
+    assert_eq!(stranger.send("HEAD", &format!("/v2/beta/copy/blobs/{layer}"), None, &[]).status, 404);
     // Anonymous gets the challenge.
     let r = b.client().get(&format!("/v2/{repo}/manifests/v1"));
     assert_eq!((r.status, oci_code(&r).as_str()), (401, "UNAUTHORIZED"));
