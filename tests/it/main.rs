@@ -5,6 +5,7 @@
 mod bad_input;
 mod bench_start;
 mod clients;
+mod conformance;
 mod durability;
 mod engine;
 mod flow;
