@@ -26,10 +26,8 @@ fn the_oci_conformance_checks_pass() {
     let b = Berth::start("[api]\nanonymous_rate_limit_per_minute = 100000\n");
     let admin = b.admin();
     assert_eq!(admin.post("/v1/projects", &json!({"name": "conf"})).status, 201);
-    let token = admin.post("/v1/api-tokens", &json!({"name": "conformance"})).json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token =
+        admin.post("/v1/api-tokens", &json!({"name": "conformance"})).json()["token"].as_str().unwrap().to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/replay.py");
     for suite in ["latest", "v1.1.0"] {
         let out = Command::new("python3")
