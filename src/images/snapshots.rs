@@ -230,7 +230,15 @@ impl SnapshotStore {
     /// bottom first) are all unpacked: their snapshots when the paths joined with
     /// `:` take at most `budget` bytes, otherwise as many top layers as fit plus
     /// one flattened snapshot of all the layers below them.
+    ///
+    /// A layer listed more than once (the same bytes at two depths) is mounted once,
+    /// at its topmost place: that copy decides every path the layer holds, so the
+    /// lower copies change nothing, and overlayfs refuses the same directory twice.
     pub fn lowers(&self, digests: &[&str], budget: usize) -> Result<Vec<PathBuf>, ImageError> {
+        let mut seen = HashSet::new();
+        let mut unique: Vec<&str> = digests.iter().rev().copied().filter(|d| seen.insert(*d)).collect();
+        unique.reverse();
+        let digests = unique.as_slice();
         let paths = digests.iter().map(|d| self.path(d)).collect::<Result<Vec<_>, _>>()?;
         let cost = |p: &PathBuf| p.as_os_str().len() + 1;
         if paths.iter().map(cost).sum::<usize>() <= budget + 1 {

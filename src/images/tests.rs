@@ -1111,6 +1111,42 @@ fn lowers_flatten_the_bottom_layers_only_when_the_paths_do_not_fit() {
     assert_eq!(store.list().unwrap().len(), 6, "the layers themselves are untouched");
 }
 
+#[test]
+fn a_layer_listed_twice_is_mounted_once_at_its_topmost_place() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new("twice");
+    let store = SnapshotStore::new(s.dir.join("snapshots"));
+    let a = Tar::default().file("f", b"a").dir("d/").file("d/x", b"x").file(".wh.g", b"").finish();
+    let b =
+        Tar::default().file("f", b"b").file("g", b"g").dir("d/").file("d/.wh..wh..opq", b"").file("d/y", b"y").finish();
+    let c = Tar::default().file("h", b"h").finish();
+    let digests = unpack_all(&s, &store, &[a.clone(), b, a, c]);
+    let refs: Vec<&str> = digests.iter().map(String::as_str).collect();
+    assert_eq!(refs[0], refs[2]);
+    let lowers = store.lowers(&refs, 1 << 20).unwrap();
+    let expected: Vec<PathBuf> = [refs[3], refs[2], refs[1]].iter().map(|d| store.path(d).unwrap()).collect();
+    assert_eq!(lowers, expected, "the lower copy is left out");
+    // Leaving it out changes nothing: the kernel's overlay of what `lowers` gives
+    // shows what merging every copy in order shows.
+    let mnt = s.dir.join("mnt");
+    let overlay = ReadOnlyOverlay::mount(&lowers, &mnt);
+    let seen = tree(&mnt);
+    drop(overlay);
+    let flat = store.flatten(&refs).unwrap();
+    assert_eq!(tree(&flat), seen);
+    assert_eq!(std::fs::read(flat.join("f")).unwrap(), b"a");
+    assert!(!flat.join("g").exists());
+    assert_eq!(names(&flat.join("d")), ["x", "y"]);
+    // And when the stack must be flattened, the same rule holds.
+    let path_len = store.path(refs[0]).unwrap().as_os_str().len();
+    let small = store.lowers(&refs, 2 * (path_len + 1) + 10).unwrap();
+    assert_eq!(small.len(), 2);
+    assert_eq!(small[0], store.path(refs[3]).unwrap());
+    assert_eq!(tree(&small[1]), tree(&store.flatten(&[refs[1], refs[2]]).unwrap()));
+}
+
 /// `BERTH_BENCH_LAYER=<blob> cargo test --release --lib images::tests::unpack_speed -- --ignored --nocapture`
 /// unpacks a real layer blob into a temp dir and prints the time taken.
 #[test]
