@@ -98,8 +98,7 @@ impl SnapshotStore {
 
     /// The snapshot directory if the layer is unpacked.
     pub fn get(&self, digest: &str) -> Result<Option<PathBuf>, ImageError> {
-        let path = self.path(digest)?;
-        Ok(path.symlink_metadata().is_ok_and(|m| m.is_dir()).then_some(path))
+        Ok(self.existing(digest_hex("layer digest", digest)?))
     }
 
     /// The snapshot of layer `digest` (`sha256:<hex>` of the compressed blob),
