@@ -112,11 +112,22 @@ pub struct Engine {
     pub backoff_start_s: i64,
     networks: Option<(Arc<Networks>, PathBuf)>,
     images: Option<Arc<(BlobStore, SnapshotStore)>>,
+    /// Creates hold it shared from preparing an image until its overlay is mounted;
+    /// [`Engine::gc_images`] holds it alone, so it never takes a snapshot a create
+    /// is about to mount.
+    image_lock: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
     pub fn new(store: Store, runtime: Arc<Runtime>) -> Self {
-        Self { store, runtime, backoff_start_s: BACKOFF_START, networks: None, images: None }
+        Self {
+            store,
+            runtime,
+            backoff_start_s: BACKOFF_START,
+            networks: None,
+            images: None,
+            image_lock: tokio::sync::RwLock::new(()),
+        }
     }
 
     /// Project networks; replicas' generated hosts files go in `hosts_dir`.
@@ -226,6 +237,7 @@ impl Engine {
         let row = r.clone();
         self.store.write(move |c| replicas::insert(c, &row, &json)).await?;
         let mut cfg = cfg;
+        let _images = self.image_lock.read().await;
         let prepared = match self.resolve_image(&mut cfg).await {
             Ok(layers) => self.attach(&mut cfg, &mut r).await.map(|()| layers),
             Err(e) => Err(e),
@@ -348,6 +360,43 @@ impl Engine {
         self.get(id).await?;
         let rid = id.to_string();
         Ok(self.blocking(move |rt| rt.exec(&rid, &spec)).await??)
+    }
+
+    /// Deletes unpacked layers nothing needs: a snapshot stays while an overlay
+    /// mount uses it (any replica not yet deleted, running or not) or while the
+    /// registry still holds its layer blob (the next replica of that image starts
+    /// without unpacking); flattened snapshots stay only while mounted (they are
+    /// hard links, quick to make again). Unfinished unpacks are removed too.
+    pub async fn gc_images(&self) -> Result<crate::images::snapshots::GcReport, EngineError> {
+        let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
+        let _exclusive = self.image_lock.write().await;
+        tokio::task::spawn_blocking(move || {
+            let (blobs, snapshots) = (&images.0, &images.1);
+            let mut keep = std::collections::HashSet::new();
+            for path in crate::runtime::rootfs::mounted_lowers() {
+                if path.parent() != Some(snapshots.root()) {
+                    continue;
+                }
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+                keep.insert(match name.strip_prefix("flat-") {
+                    Some(hex) => format!("flat:{hex}"),
+                    None => format!("sha256:{name}"),
+                });
+            }
+            for digest in snapshots.list().map_err(|e| EngineError::Image(e.to_string()))? {
+                let in_registry = crate::registry::names::Digest::parse(&digest).is_ok_and(|d| blobs.exists(&d));
+                if in_registry {
+                    keep.insert(digest);
+                }
+            }
+            let report = snapshots.gc(&keep).map_err(|e| EngineError::Image(e.to_string()))?;
+            if !report.removed.is_empty() || report.stale_tmp > 0 {
+                tracing::info!(removed = report.removed.len(), stale = report.stale_tmp, "image snapshots collected");
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?
     }
 
     /// Re-adopts what survived a daemon restart; see the module docs.

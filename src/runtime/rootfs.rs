@@ -62,9 +62,50 @@ pub fn unmount(target: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Every lowerdir of every overlay mounted on this host's mount namespace (from
+/// /proc/self/mountinfo): the snapshots containers are using right now.
+pub fn mounted_lowers() -> std::collections::HashSet<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    lowers_in_mountinfo(&info)
+}
+
+fn lowers_in_mountinfo(info: &str) -> std::collections::HashSet<PathBuf> {
+    let mut out = std::collections::HashSet::new();
+    for line in info.lines() {
+        // `<id> <parent> <dev> <root> <mount point> <options> [optional...] - <fs type> <source> <super options>`
+        let Some((_, tail)) = line.split_once(" - ") else { continue };
+        let mut fields = tail.split(' ');
+        if fields.next() != Some("overlay") {
+            continue;
+        }
+        let Some(options) = fields.nth(1) else { continue };
+        for opt in options.split(',') {
+            if let Some(list) = opt.strip_prefix("lowerdir=") {
+                // berth's overlay paths never hold `:`, `,` or whitespace (mount_overlay
+                // refuses them); mountinfo escapes a space as \040.
+                out.extend(list.split(':').filter(|p| !p.is_empty()).map(|p| PathBuf::from(p.replace("\\040", " "))));
+            }
+        }
+    }
+    out
+}
+
 /// Whether something is mounted at `target` (from /proc/self/mountinfo).
 pub fn is_mounted(target: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let t = target.display().to_string();
     info.lines().any(|l| l.split(' ').nth(4) == Some(t.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lowers_come_from_overlay_lines_only() {
+        let info = "36 25 0:31 / /run/c1/rootfs rw,relatime shared:1 - overlay overlay rw,lowerdir=/s/a:/s/b,upperdir=/c1/upper,workdir=/c1/work\n\
+                    37 25 0:32 / /data rw - ext4 /dev/vda rw,lowerdir=/not/overlay\n\
+                    38 25 0:33 / /run/c2/rootfs rw - overlay overlay rw,lowerdir=/s/b,upperdir=/c2/u,workdir=/c2/w\n";
+        let mut got: Vec<_> = super::lowers_in_mountinfo(info).into_iter().collect();
+        got.sort();
+        assert_eq!(got, [std::path::PathBuf::from("/s/a"), "/s/b".into()]);
+    }
 }

@@ -75,6 +75,12 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
                 if let Err(e) = crate::registry::gc::run(&s.registry).await {
                     tracing::warn!(error = %e, "registry garbage collection failed");
                 }
+                // Then the unpacked layers whose blobs the registry no longer has.
+                if let Some(engine) = &s.engine {
+                    if let Err(e) = engine.gc_images().await {
+                        tracing::warn!(error = %e, "image snapshot collection failed");
+                    }
+                }
             }
         }));
     }

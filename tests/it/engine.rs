@@ -178,7 +178,7 @@ fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
     if !can_run() {
         return;
     }
-    let (b, pat) = crate::registry::setup("");
+    let (b, pat) = crate::registry::setup("[registry]\ngc_grace_seconds = 0\n");
     let manifest = push_web_image(&pat);
     let mut f = Fixture::new();
     let runtime = shared(&mut f);
@@ -248,10 +248,41 @@ fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
         assert!(m.net_rx_packets >= 4 && m.net_tx_packets >= 4, "{m:?}");
         assert!(m.net_tx_bytes > "served by the engine\npage 2\npage 45\n".len() as u64 + 3 * 100, "{m:?}");
         assert!(m.net_rx_bytes > 4 * "GET /index.html HTTP/1.1\r\n".len() as u64, "{m:?}");
+        // Image GC: nothing goes while the registry has the blobs and the replica
+        // runs; once the image is deleted from the registry, only the layers no
+        // mount uses go (the flattened ones), and the replica keeps serving.
+        let snapshot_names = || {
+            let mut v: Vec<String> = std::fs::read_dir(work.path().join("snapshots"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let all = snapshot_names();
+        assert_eq!(all.len(), WEB_LAYERS + 1, "{all:?}");
+        assert_eq!(engine.gc_images().await.unwrap(), Default::default());
+        assert_eq!(pat.delete("/v2/alpha/web/manifests/v1").status, 202);
+        let gc = b.admin_session().post("/v1/registry/gc", &serde_json::json!({}));
+        assert_eq!(gc.status, 200, "{}", gc.text());
+        let report = engine.gc_images().await.unwrap();
+        let mounted = berth::runtime::rootfs::mounted_lowers();
+        let used: Vec<&std::path::PathBuf> =
+            mounted.iter().filter(|p| p.starts_with(work.path().join("snapshots"))).collect();
+        assert!(used.len() > 1 && used.len() < WEB_LAYERS, "{used:?}");
+        assert_eq!(report.removed.len(), WEB_LAYERS + 1 - used.len(), "{report:?}");
+        assert!(used.iter().all(|p| p.exists()), "a mounted snapshot was collected");
+        assert_eq!(snapshot_names().len(), used.len());
+        for path in ["/index.html", "/page2.html", "/page45.html"] {
+            assert_eq!(client.send("GET", path, None, &[]).status, 200, "GET {path} after image GC");
+        }
         let netns = nets.netns_path(&r.id);
         assert!(netns.exists());
         engine.delete(&r.id).await.unwrap();
         assert!(!netns.exists(), "delete takes the replica off its network");
+        let report = engine.gc_images().await.unwrap();
+        assert_eq!(report.removed.len(), used.len(), "{report:?}");
+        assert!(snapshot_names().is_empty(), "{:?}", snapshot_names());
         let leases: i64 =
             store.read(|c| Ok(c.query_row("SELECT count(*) FROM net_leases", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(leases, 0, "the address went back to the pool");
