@@ -420,11 +420,26 @@ impl Engine {
                     tracing::info!(replica = r.id, code = ?r.exit_code, signal = ?r.signal, "replica exited while the daemon was away");
                 }
                 State::Lost | State::Created => {
-                    r.state = "failed".into();
-                    r.error = Some("its supervisor went away without recording an exit".into());
-                    let (project, rid) = (r.project_id.clone(), r.id.clone());
-                    let _ = self.blocking(move |rt| rt.delete(&project, &rid)).await;
-                    self.detach(&r).await;
+                    const GONE: &str = "its supervisor went away without recording an exit (a host restart?)";
+                    r.error = Some(GONE.into());
+                    r.pid = None;
+                    if self.config(&r.id).await?.restart == RestartPolicy::No {
+                        r.state = "failed".into();
+                        let (project, rid) = (r.project_id.clone(), r.id.clone());
+                        let _ = self.blocking(move |rt| rt.delete(&project, &rid)).await;
+                        self.detach(&r).await;
+                    } else {
+                        // An unknown end counts as a failure: the restart policy
+                        // brings it back (on a fresh mount if the host restarted).
+                        r.state = "exited".into();
+                        r.exit_code = None;
+                        r.signal = None;
+                        r.finished_at = Some(crate::ids::now_rfc3339());
+                        tracing::warn!(
+                            replica = r.id,
+                            "replica lost while the daemon was away; its restart policy applies"
+                        );
+                    }
                 }
             }
             self.save(&r).await?;
@@ -484,7 +499,13 @@ impl Engine {
                 continue;
             }
             let (project, rid) = (r.project_id.clone(), r.id.clone());
-            match self.blocking(move |rt| rt.restart(&project, &rid)).await? {
+            let rid2 = rid.clone();
+            let restarted = if self.blocking(move |rt| rt.can_restart(&rid2)).await? {
+                self.blocking(move |rt| rt.restart(&project, &rid)).await?.map_err(EngineError::from)
+            } else {
+                self.revive(&mut r).await
+            };
+            match restarted {
                 Ok(s) => {
                     r.state = "running".into();
                     r.pid = Some(s.pid);
@@ -503,6 +524,20 @@ impl Engine {
             self.save(&r).await?;
         }
         Ok(())
+    }
+
+    /// Starts a replica's container again whose mount or network namespace went
+    /// away (every replica after a host restart), from its stored configuration:
+    /// the image's layers mounted again under the same writable layer, the same
+    /// address on a network namespace made anew, the same logs.
+    async fn revive(&self, r: &mut Replica) -> Result<crate::runtime::shim::Started, EngineError> {
+        let mut cfg = self.config(&r.id).await?;
+        let _images = self.image_lock.read().await;
+        let lowers = self.resolve_image(&mut cfg).await?;
+        self.attach(&mut cfg, r).await?;
+        let (project, rid) = (r.project_id.clone(), r.id.clone());
+        tracing::info!(replica = r.id, "starting the replica again on a fresh mount and network namespace");
+        Ok(self.blocking(move |rt| rt.revive(&project, &rid, &lowers)).await??)
     }
 
     async fn config(&self, id: &str) -> Result<ReplicaConfig, EngineError> {

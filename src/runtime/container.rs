@@ -124,6 +124,50 @@ impl Runtime {
         self.launch(id, &self.layout.container_path(project, id))
     }
 
+    /// Whether [`Runtime::restart`] can start the container again as it is: its
+    /// state, bundle and (for an image) overlay mount are there, and so is the
+    /// network namespace it joins. After a host restart they are not; the caller
+    /// then makes the network namespace again and calls [`Runtime::revive`].
+    pub fn can_restart(&self, id: &str) -> bool {
+        let dir = self.state_dir(id);
+        let Ok(config) = std::fs::read(dir.join("bundle").join("config.json")) else { return false };
+        if dir.join("upper").is_dir() && !super::rootfs::is_mounted(&dir.join("rootfs")) {
+            return false;
+        }
+        let config: serde_json::Value = serde_json::from_slice(&config).unwrap_or_default();
+        let netns_missing = config["linux"]["namespaces"].as_array().into_iter().flatten().any(|ns| {
+            ns["type"] == "network" && ns["path"].as_str().is_some_and(|p| !std::path::Path::new(p).exists())
+        });
+        !netns_missing
+    }
+
+    /// Starts a container again whose overlay mount, network namespace or runc state
+    /// went away (a host restart): the same bundle, writable layer and logs, the
+    /// overlay of `lowers` mounted again if it is not there. The caller makes the
+    /// network namespace first.
+    pub fn revive(&self, project: &str, id: &str, lowers: &[PathBuf]) -> Result<shim::Started, RuntimeError> {
+        let dir = self.state_dir(id);
+        if !dir.join("bundle").join("config.json").exists() {
+            return Err(RuntimeError::NotFound(id.into()));
+        }
+        if shim::status(&dir).state == State::Running {
+            return Err(RuntimeError::InvalidSpec(format!("container {id} is running")));
+        }
+        self.runc.delete(id)?;
+        let rootfs = dir.join("rootfs");
+        if !lowers.is_empty() && !super::rootfs::is_mounted(&rootfs) {
+            super::rootfs::mount_overlay(lowers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+        }
+        for f in ["exit.json", "started.json", "init.pid", "shim.sock"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        self.ensure_prepared()?;
+        for (_, d) in self.layout.dirs(&self.layout.project_path(project)) {
+            std::fs::create_dir_all(&d).map_err(|e| PathError::new("create cgroup", &d, e))?;
+        }
+        self.launch(id, &self.layout.container_path(project, id))
+    }
+
     /// Prepares berth's cgroup subtree once, before the first container of this process.
     fn ensure_prepared(&self) -> Result<(), RuntimeError> {
         if self.prepared.get().is_none() {

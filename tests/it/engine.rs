@@ -91,6 +91,95 @@ fn replicas_survive_the_engine_and_are_re_adopted() {
     });
 }
 
+/// The parent of a process (the shim, for a container's init).
+fn parent_of(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap()
+}
+
+/// What a host restart leaves: replicas in SQLite whose shims, containers and
+/// overlay mounts are gone without an exit record, their writable layers and logs on
+/// disk. A replica with a restart policy comes back, with what it wrote and logged
+/// before; one without is marked failed and cleaned up.
+#[test]
+fn replicas_come_back_after_a_host_restart() {
+    if !can_run() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let runtime = shared(&mut f);
+    let db = f.rt.containers_dir.parent().unwrap().join("state.db");
+    let tokio = rt();
+    let script = "if [ -e /data/mark ]; then echo again; else echo first; touch /data/mark; fi; \
+                  while :; do sleep 0.1; done";
+    let (kept, dropped) = tokio.block_on(async {
+        let store = Store::open(&db).unwrap();
+        let engine = Engine::new(store.clone(), runtime.clone());
+        let mut cfg = config(&f, script, RestartPolicy::Always);
+        // The fixture's root filesystem as an image's one layer: an overlay with a
+        // writable layer of the replica's own.
+        cfg.root = RootSource::Layers(vec![f.rootfs.clone()]);
+        let kept = engine.create(cfg).await.unwrap();
+        let mut cfg = config(&f, "while :; do sleep 0.1; done", RestartPolicy::No);
+        cfg.root = RootSource::Layers(vec![f.rootfs.clone()]);
+        let dropped = engine.create(cfg).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !engine.logs(&kept.id, 10).await.unwrap().iter().any(|l| l.log == "first") {
+            assert!(Instant::now() < deadline, "the replica did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close();
+        (kept, dropped)
+    });
+    for r in [&kept, &dropped] {
+        let init = r.pid.unwrap();
+        let shim = parent_of(init);
+        // SAFETY: signalling the shim and the container this test started.
+        unsafe {
+            libc::kill(shim, libc::SIGKILL);
+            libc::kill(init, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{init}")).exists() {
+            assert!(Instant::now() < deadline, "{init} did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        berth::runtime::rootfs::unmount(&runtime.state_dir(&r.id).join("rootfs")).unwrap();
+    }
+    tokio.block_on(async {
+        let store = Store::open(&db).unwrap();
+        let mut engine = Engine::new(store.clone(), runtime.clone());
+        engine.backoff_start_s = 0;
+        engine.reconcile().await.unwrap();
+        let d = engine.get(&dropped.id).await.unwrap();
+        assert_eq!(d.state, "failed", "{d:?}");
+        assert!(!runtime.state_dir(&dropped.id).exists(), "a replica without a restart policy is cleaned up");
+        engine.tick().await.unwrap();
+        let k = engine.get(&kept.id).await.unwrap();
+        assert_eq!((k.state.as_str(), k.restarts), ("running", 1), "{k:?}");
+        assert_ne!(k.pid, kept.pid);
+        assert!(berth::runtime::rootfs::is_mounted(&runtime.state_dir(&kept.id).join("rootfs")));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = engine.logs(&kept.id, 100).await.unwrap().into_iter().map(|l| l.log).collect();
+            if lines.contains(&"again".to_string()) {
+                assert_eq!(
+                    lines.first().map(String::as_str),
+                    Some("first"),
+                    "the logs from before are kept: {lines:?}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica did not come back with its writable layer: {lines:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for r in [&kept, &dropped] {
+            engine.delete(&r.id).await.unwrap();
+        }
+        store.close();
+    });
+}
+
 #[test]
 fn restart_policies_back_off_and_detect_crash_loops() {
     if !can_run() {
