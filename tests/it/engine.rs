@@ -123,9 +123,12 @@ fn replicas_come_back_after_a_host_restart() {
         let mut cfg = config(&f, "while :; do sleep 0.1; done", RestartPolicy::No);
         cfg.root = RootSource::Layers(vec![f.rootfs.clone()]);
         let dropped = engine.create(cfg).await.unwrap();
+        assert_eq!((kept.state.as_str(), dropped.state.as_str()), ("running", "running"), "{kept:?} {dropped:?}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !engine.logs(&kept.id, 10).await.unwrap().iter().any(|l| l.log == "first") {
-            assert!(Instant::now() < deadline, "the replica did not start");
+            let state = engine.get(&kept.id).await.unwrap();
+            let logs = engine.logs(&kept.id, 10).await.unwrap();
+            assert!(Instant::now() < deadline, "the replica did not start: {state:?} {logs:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         store.close();
