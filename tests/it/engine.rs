@@ -1,6 +1,7 @@
 //! The engine over real containers: re-adoption after the daemon goes away, exits
 //! recorded while it was gone, leftovers removed, restart policies.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,35 @@ fn config(f: &Fixture, script: &str, restart: RestartPolicy) -> ReplicaConfig {
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Network names and an address pool of a test's own, so tests run side by side
+/// and never touch the host's berth names; `link` starts the interface names.
+fn test_net_options(link: char) -> berth::runtime::network::NetOptions {
+    let tag = berth::ids::new_id("t").to_lowercase();
+    let tag = tag[tag.len() - 4..].to_string();
+    let salt = u32::from(link);
+    let pool = format!("10.{}.0.0/16", 200 + (tag.bytes().map(u32::from).sum::<u32>() + salt) % 50);
+    berth::runtime::network::NetOptions {
+        link_prefix: format!("{link}{tag}"),
+        netns_prefix: format!("berth-it-{tag}-"),
+        nft_table: format!("berth_it_{tag}"),
+        ..berth::runtime::network::NetOptions::new(pool.parse().unwrap())
+    }
+}
+
+/// Tears a test's networks down when dropped, even when the test failed.
+struct NetGuard(Arc<berth::runtime::network::Networks>);
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        let _ = self.0.teardown_all();
+    }
+}
+
+fn test_networks(store: &Store, opts: &berth::runtime::network::NetOptions) -> Arc<berth::runtime::network::Networks> {
+    let ipam = Arc::new(berth::engine::ipam::StoreIpam::new(store.clone()));
+    Arc::new(berth::runtime::network::Networks::new(opts.clone(), ipam).unwrap())
 }
 
 /// Splits a fixture's runtime out so two engines (before and after a "restart")
@@ -109,31 +139,35 @@ fn replicas_come_back_after_a_host_restart() {
     let mut f = Fixture::new();
     let runtime = shared(&mut f);
     let db = f.rt.containers_dir.parent().unwrap().join("state.db");
+    let hosts = f.rt.containers_dir.parent().unwrap().join("hosts");
+    let net_opts = test_net_options('h');
     let tokio = rt();
     let script = "if [ -e /data/mark ]; then echo again; else echo first; touch /data/mark; fi; \
-                  while :; do sleep 0.1; done";
+                  echo served > /data/index.html; exec httpd -f -p 8080 -h /data";
+    let mut guards = Vec::new();
     let (kept, dropped) = tokio.block_on(async {
         let store = Store::open(&db).unwrap();
-        let engine = Engine::new(store.clone(), runtime.clone());
+        let nets = test_networks(&store, &net_opts);
+        guards.push(NetGuard(nets.clone()));
+        let engine = Engine::new(store.clone(), runtime.clone()).with_networks(nets, hosts.clone());
         let mut cfg = config(&f, script, RestartPolicy::Always);
         // The fixture's root filesystem as an image's one layer: an overlay with a
         // writable layer of the replica's own.
         cfg.root = RootSource::Layers(vec![f.rootfs.clone()]);
+        cfg.network = true;
         let kept = engine.create(cfg).await.unwrap();
         let mut cfg = config(&f, "while :; do sleep 0.1; done", RestartPolicy::No);
         cfg.root = RootSource::Layers(vec![f.rootfs.clone()]);
         let dropped = engine.create(cfg).await.unwrap();
         assert_eq!((kept.state.as_str(), dropped.state.as_str()), ("running", "running"), "{kept:?} {dropped:?}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !engine.logs(&kept.id, 10).await.unwrap().iter().any(|l| l.log == "first") {
-            let state = engine.get(&kept.id).await.unwrap();
-            let logs = engine.logs(&kept.id, 10).await.unwrap();
-            assert!(Instant::now() < deadline, "the replica did not start: {state:?} {logs:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         store.close();
         (kept, dropped)
     });
+    let address: std::net::Ipv4Addr = kept.address.as_deref().expect("an address").parse().unwrap();
+    assert_eq!(answers(address, Duration::from_secs(20)).as_deref(), Some("served\n"));
+
+    // The host restarts: shims and containers die without an exit record; mounts,
+    // network namespaces (and with them the veths) and bridges go.
     for r in [&kept, &dropped] {
         let init = r.pid.unwrap();
         let shim = parent_of(init);
@@ -149,9 +183,26 @@ fn replicas_come_back_after_a_host_restart() {
         }
         berth::runtime::rootfs::unmount(&runtime.state_dir(&r.id).join("rootfs")).unwrap();
     }
+    let netns = format!("{}{}", net_opts.netns_prefix, kept.id);
+    let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    ip(&["netns", "delete", &netns]);
+    let bridges: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(&net_opts.link_prefix) && std::path::Path::new(&format!("/sys/class/net/{n}/bridge")).exists()
+        })
+        .collect();
+    assert_eq!(bridges.len(), 1, "{bridges:?}");
+    ip(&["link", "delete", &bridges[0]]);
+    assert_eq!(answers(address, Duration::from_millis(300)), None, "nothing answers after the restart");
+
     tokio.block_on(async {
+        // A new daemon's engine and networks over the same state.
         let store = Store::open(&db).unwrap();
-        let mut engine = Engine::new(store.clone(), runtime.clone());
+        let nets = test_networks(&store, &net_opts);
+        guards.push(NetGuard(nets.clone()));
+        let mut engine = Engine::new(store.clone(), runtime.clone()).with_networks(nets, hosts.clone());
         engine.backoff_start_s = 0;
         engine.reconcile().await.unwrap();
         let d = engine.get(&dropped.id).await.unwrap();
@@ -161,21 +212,12 @@ fn replicas_come_back_after_a_host_restart() {
         let k = engine.get(&kept.id).await.unwrap();
         assert_eq!((k.state.as_str(), k.restarts), ("running", 1), "{k:?}");
         assert_ne!(k.pid, kept.pid);
+        assert_eq!(k.address, kept.address, "the same address");
         assert!(berth::runtime::rootfs::is_mounted(&runtime.state_dir(&kept.id).join("rootfs")));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let lines: Vec<String> = engine.logs(&kept.id, 100).await.unwrap().into_iter().map(|l| l.log).collect();
-            if lines.contains(&"again".to_string()) {
-                assert_eq!(
-                    lines.first().map(String::as_str),
-                    Some("first"),
-                    "the logs from before are kept: {lines:?}"
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "the replica did not come back with its writable layer: {lines:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert_eq!(answers(address, Duration::from_secs(20)).as_deref(), Some("served\n"), "serving again");
+        let lines: Vec<String> = engine.logs(&kept.id, 100).await.unwrap().into_iter().map(|l| l.log).collect();
+        assert!(lines.contains(&"again".to_string()), "it came back with its writable layer: {lines:?}");
+        assert_eq!(lines.first().map(String::as_str), Some("first"), "the logs from before are kept: {lines:?}");
         for r in [&kept, &dropped] {
             engine.delete(&r.id).await.unwrap();
         }
@@ -275,25 +317,10 @@ fn a_replica_runs_from_a_pushed_image_on_its_project_network() {
     let mut f = Fixture::new();
     let runtime = shared(&mut f);
     let work = crate::harness::TempDir::new("eng-img");
-    let tag = berth::ids::new_id("t").to_lowercase();
-    let tag = tag[tag.len() - 4..].to_string();
     rt().block_on(async {
         let store = Store::open(&work.path().join("state.db")).unwrap();
-        let mut opts = berth::runtime::network::NetOptions::new(
-            format!("10.{}.0.0/16", 200 + tag.bytes().map(u32::from).sum::<u32>() % 50).parse().unwrap(),
-        );
-        opts.link_prefix = format!("e{tag}");
-        opts.netns_prefix = format!("berth-it-{tag}-");
-        opts.nft_table = format!("berth_it_{tag}");
-        let ipam = Arc::new(berth::engine::ipam::StoreIpam::new(store.clone()));
-        let nets = Arc::new(berth::runtime::network::Networks::new(opts, ipam).unwrap());
-        struct Teardown(Arc<berth::runtime::network::Networks>);
-        impl Drop for Teardown {
-            fn drop(&mut self) {
-                let _ = self.0.teardown_all();
-            }
-        }
-        let _guard = Teardown(nets.clone());
+        let nets = test_networks(&store, &test_net_options('e'));
+        let _guard = NetGuard(nets.clone());
         let engine = Engine::new(store.clone(), runtime.clone())
             .with_networks(nets.clone(), work.path().join("hosts"))
             .with_images(
@@ -396,17 +423,9 @@ struct Node {
 impl Node {
     fn start() -> Node {
         let work = crate::harness::TempDir::new("adopt");
-        let tag = berth::ids::new_id("t").to_lowercase();
-        let tag = tag[tag.len() - 4..].to_string();
-        let pool: berth::runtime::network::Ipv4Net =
-            format!("10.{}.0.0/16", 200 + (tag.bytes().map(u32::from).sum::<u32>() + 17) % 50).parse().unwrap();
-        let net = berth::runtime::network::NetOptions {
-            link_prefix: format!("a{tag}"),
-            netns_prefix: format!("berth-it-{tag}-"),
-            nft_table: format!("berth_it_{tag}"),
-            ..berth::runtime::network::NetOptions::new(pool)
-        };
-        let cgroup_prefix = format!("berth-it-{tag}");
+        let net = test_net_options('a');
+        let pool = net.pool;
+        let cgroup_prefix = net.netns_prefix.trim_end_matches('-').to_string();
         let run_dir = work.path().join("run");
         let config = format!(
             "run_dir = \"{}\"\n[runtime]\ncgroup_prefix = \"{cgroup_prefix}\"\n[network]\npool = \"{pool}\"\n\
@@ -432,8 +451,7 @@ impl Node {
     /// the daemon is not running (one writer per database).
     fn engine(&self) -> (Store, Engine, Arc<berth::runtime::network::Networks>) {
         let store = Store::open(&self.b.data_dir().join("state.db")).unwrap();
-        let ipam = Arc::new(berth::engine::ipam::StoreIpam::new(store.clone()));
-        let nets = Arc::new(berth::runtime::network::Networks::new(self.net.clone(), ipam).unwrap());
+        let nets = test_networks(&store, &self.net);
         let engine = Engine::new(store.clone(), self.runtime.clone())
             .with_networks(nets.clone(), self.work.path().join("run").join("hosts"));
         (store, engine, nets)
