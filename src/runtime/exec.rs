@@ -41,12 +41,15 @@ pub struct Exec {
     /// With a terminal: the master side of the pty (the process's input and
     /// output, runc's errors too); resize with `TIOCSWINSZ`.
     pub terminal: Option<File>,
-    process_file: PathBuf,
+    _process_file: ProcessFile,
 }
 
-impl Drop for Exec {
+/// The process file runc reads; removed when dropped.
+struct ProcessFile(PathBuf);
+
+impl Drop for ProcessFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.process_file);
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -76,10 +79,10 @@ impl Runtime {
             .map_err(|e| RuntimeError::InvalidSpec(format!("{}: {e}", config_path.display())))?;
         let process = process_json(&config["process"], spec);
         let tag = format!("{:016x}", rand::random::<u64>());
-        let process_file = dir.join(format!("exec-{tag}.json"));
-        write_private(&process_file, process.to_string().as_bytes())?;
+        let process_file = ProcessFile(dir.join(format!("exec-{tag}.json")));
+        write_private(&process_file.0, process.to_string().as_bytes())?;
         let mut cmd = self.runc.cmd();
-        cmd.arg("exec").arg("--process").arg(&process_file).arg(id);
+        cmd.arg("exec").arg("--process").arg(&process_file.0).arg(id);
         let master = if spec.tty {
             match open_pty(spec.size) {
                 Ok((master, slave)) => {
@@ -88,10 +91,7 @@ impl Runtime {
                         (Ok(a), Ok(b)) => {
                             cmd.stdin(Stdio::from(slave)).stdout(a).stderr(b);
                         }
-                        (Err(e), _) | (_, Err(e)) => {
-                            let _ = std::fs::remove_file(&process_file);
-                            return Err(pty_error(e));
-                        }
+                        (Err(e), _) | (_, Err(e)) => return Err(pty_error(e)),
                     }
                     // SAFETY: setsid and ioctl are async-signal-safe; between fork
                     // and exec they make runc a session leader whose controlling
@@ -106,10 +106,7 @@ impl Runtime {
                     }
                     Some(master)
                 }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&process_file);
-                    return Err(pty_error(e));
-                }
+                Err(e) => return Err(pty_error(e)),
             }
         } else {
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -120,11 +117,8 @@ impl Runtime {
         // runc and the process are gone.
         drop(cmd);
         match child {
-            Ok(child) => Ok(Exec { child, terminal: master.map(File::from), process_file }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&process_file);
-                Err(RuntimeError::Command { command: format!("runc exec {id}"), message: e.to_string() })
-            }
+            Ok(child) => Ok(Exec { child, terminal: master.map(File::from), _process_file: process_file }),
+            Err(e) => Err(RuntimeError::Command { command: format!("runc exec {id}"), message: e.to_string() }),
         }
     }
 }
