@@ -23,7 +23,7 @@ ROOT=$(pwd)
 
 PACKAGES=(
     build-essential pkg-config ca-certificates curl jq sqlite3 wrk runc iproute2 nftables
-    python3 python3-pip python3-venv
+    mount tar gzip python3 python3-pip python3-venv
     # real registry clients and the reference registry the benchmark compares against
     docker.io skopeo docker-registry busybox-static openssl
     # the pure cgroup v2 VM the runtime tests also run in (scripts/cgroup-v2-vm.sh)

@@ -173,10 +173,7 @@ impl Merge<'_> {
     ) -> Result<(), ImageError> {
         let err = |op, e| io_err(self.layer, rel, op, e);
         for (name, _) in fs::fxattrs(dst).map_err(|e| err("read merged xattrs of", e))? {
-            // SAFETY: `name` is a valid C string and `dst` an open descriptor.
-            if unsafe { libc::fremovexattr(std::os::fd::AsRawFd::as_raw_fd(&dst), name.as_ptr()) } != 0 {
-                return Err(err("remove merged xattr of", std::io::Error::last_os_error()));
-            }
+            fs::fremovexattr(dst, &name).map_err(|e| err("remove merged xattr of", e))?;
         }
         for (name, value) in fs::fxattrs(src).map_err(|e| err("read xattrs of", e))? {
             if !name.as_bytes().starts_with(OVERLAY_XATTRS) {

@@ -142,6 +142,11 @@ pub(crate) fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Re
     check(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
 }
 
+pub(crate) fn fremovexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid C string and `fd` an open descriptor.
+    check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) })
+}
+
 /// Creates an overlayfs whiteout (char device 0/0). This is the only `mknod` the
 /// unpacker ever makes; device entries from archives are refused.
 pub(crate) fn mknod_whiteout(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {

@@ -11,10 +11,16 @@ use berth::store::Store;
 use crate::runtime::{Fixture, can_run};
 
 fn config(f: &Fixture, script: &str, restart: RestartPolicy) -> ReplicaConfig {
+    shell_replica(&f.project, &f.rootfs, script, restart)
+}
+
+/// A replica of `project` running `script` with busybox's sh from the directory
+/// `rootfs`, with small limits and no network.
+fn shell_replica(project: &str, rootfs: &std::path::Path, script: &str, restart: RestartPolicy) -> ReplicaConfig {
     ReplicaConfig {
-        project_id: f.project.clone(),
+        project_id: project.into(),
         service: "web".into(),
-        root: RootSource::Rootfs(f.rootfs.clone()),
+        root: RootSource::Rootfs(rootfs.to_path_buf()),
         args: vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script.into()],
         env: vec!["PATH=/bin".into()],
         cwd: "/".into(),
@@ -516,23 +522,8 @@ fn the_daemon_re_adopts_its_replicas_after_kill_9() {
     std::fs::create_dir_all(rootfs.join("www")).unwrap();
     std::fs::write(rootfs.join("www/index.html"), "adopted\n").unwrap();
     let replica = |script: &str, restart, network| ReplicaConfig {
-        project_id: "prj_adopt".into(),
-        service: "web".into(),
-        root: RootSource::Rootfs(rootfs.clone()),
-        args: vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script.into()],
-        env: vec!["PATH=/bin".into()],
-        cwd: "/".into(),
-        uid: 0,
-        gid: 0,
-        memory_bytes: Some(64 << 20),
-        cpus: None,
-        pids: Some(64),
-        restart,
         network,
-        netns: None,
-        hosts_file: None,
-        resolv_file: None,
-        volumes: vec![],
+        ..shell_replica("prj_adopt", &rootfs, script, restart)
     };
     // Replicas made on the daemon's state while it is stopped, as a previous run of it would have.
     let (web, ticker, quitter) = rt().block_on(async {
