@@ -59,12 +59,34 @@ pub struct ApiConfig {
     pub rate_limit_per_minute: u32,
     /// Requests per minute allowed to one source address without a valid token.
     pub anonymous_rate_limit_per_minute: u32,
-    /// Failed logins per minute from one address before logins from it are refused.
+    /// Failed logins from one address within `login_window_seconds` before logins
+    /// from it are refused.
     pub login_failures_per_minute: u32,
+    /// The sliding window failed logins are counted over, in seconds.
+    pub login_window_seconds: u64,
     /// Lifetime of a session token, in hours.
     pub session_ttl_hours: u64,
+    /// Lifetime of a registry token handed out by `/v2/token` for a password, in seconds.
+    pub registry_token_ttl_seconds: u64,
+    /// Sessions one user may hold; opening one more ends their least recently used.
+    pub max_sessions_per_user: u32,
+    /// API tokens one user may hold.
+    pub max_tokens_per_user: u32,
     /// How long shutdown waits for in-flight requests, in seconds.
     pub shutdown_grace_seconds: u64,
+    /// Open connections in all.
+    pub max_connections: usize,
+    /// Open connections from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Time a client has to send a request head, and the longest a kept-alive
+    /// connection may sit idle, in seconds.
+    pub head_timeout_seconds: u64,
+    /// Time every request body gets before the minimum rate applies, in seconds.
+    pub body_grace_seconds: u64,
+    /// Slowest average rate a request body may arrive at after the grace, in bytes/s.
+    pub body_min_bytes_per_second: u64,
+    /// Longest pause between two pieces of a request body, in seconds.
+    pub body_idle_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +144,8 @@ pub struct RegistryConfig {
     pub upload_ttl_seconds: u64,
     /// How often GC runs by itself; 0 turns the periodic run off.
     pub gc_interval_seconds: u64,
+    /// Upload sessions one project may have open at once.
+    pub max_open_uploads_per_project: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,7 +165,12 @@ impl Default for RuntimeConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { gc_grace_seconds: 3600, upload_ttl_seconds: 86_400, gc_interval_seconds: 86_400 }
+        Self {
+            gc_grace_seconds: 3600,
+            upload_ttl_seconds: 86_400,
+            gc_interval_seconds: 86_400,
+            max_open_uploads_per_project: 256,
+        }
     }
 }
 
@@ -170,8 +199,18 @@ impl Default for ApiConfig {
             rate_limit_per_minute: 6000,
             anonymous_rate_limit_per_minute: 600,
             login_failures_per_minute: 10,
+            login_window_seconds: 60,
             session_ttl_hours: 24,
+            registry_token_ttl_seconds: 3600,
+            max_sessions_per_user: 50,
+            max_tokens_per_user: 100,
             shutdown_grace_seconds: 10,
+            max_connections: 4096,
+            max_connections_per_address: 256,
+            head_timeout_seconds: 30,
+            body_grace_seconds: 10,
+            body_min_bytes_per_second: 16 * 1024,
+            body_idle_seconds: 30,
         }
     }
 }
@@ -313,18 +352,39 @@ impl Config {
         if self.api.session_ttl_hours == 0 || self.api.session_ttl_hours > 24 * 365 {
             return invalid("api.session_ttl_hours", "must be between 1 and 8760");
         }
-        if !crate::api::validate::is_hostname(&self.ingress.apps_domain) {
+        if self.api.login_window_seconds == 0 || self.api.login_window_seconds > 86_400 {
+            return invalid("api.login_window_seconds", "must be between 1 and 86400");
+        }
+        if self.api.registry_token_ttl_seconds < 60 || self.api.registry_token_ttl_seconds > 86_400 {
+            return invalid("api.registry_token_ttl_seconds", "must be between 60 and 86400");
+        }
+        if self.api.max_sessions_per_user == 0 {
+            return invalid("api.max_sessions_per_user", "must be at least 1");
+        }
+        if self.api.max_tokens_per_user == 0 {
+            return invalid("api.max_tokens_per_user", "must be at least 1");
+        }
+        if self.api.max_connections == 0 || self.api.max_connections_per_address == 0 {
+            return invalid("api.max_connections", "must be at least 1, and so must max_connections_per_address");
+        }
+        if self.api.head_timeout_seconds == 0 || self.api.body_idle_seconds == 0 {
+            return invalid("api.head_timeout_seconds", "must be at least 1, and so must body_idle_seconds");
+        }
+        if self.registry.max_open_uploads_per_project == 0 {
+            return invalid("registry.max_open_uploads_per_project", "must be at least 1");
+        }
+        if !crate::validate::is_hostname(&self.ingress.apps_domain) {
             return invalid("ingress.apps_domain", "must be a hostname");
         }
         if let Some(d) = &self.ingress.control_domain {
-            if !crate::api::validate::is_hostname(d) {
+            if !crate::validate::is_hostname(d) {
                 return invalid("ingress.control_domain", "must be a hostname");
             }
         }
         if let Err(e) = crate::runtime::network::NetOptions::from_config(&self.network) {
             return invalid("network", &e.to_string());
         }
-        if !crate::api::validate::is_dns_label(&self.runtime.cgroup_prefix) {
+        if !crate::validate::is_dns_label(&self.runtime.cgroup_prefix) {
             return invalid("runtime.cgroup_prefix", "must be a DNS label");
         }
         if self.acme.enabled && !self.acme.directory_url.starts_with("https://") {

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
+use crate::api;
 use crate::config::Config;
+use crate::state::AppState;
 use crate::error::PathError;
 use crate::store::{Store, StoreError};
 
@@ -50,9 +51,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let engine = start_engine(&config, &store, &host).await;
-    let state = AppState::new(config.clone(), store.clone(), host, engine);
+    let surfaces = Arc::new(api::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
+    let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
+    let state = AppState::new(config.clone(), store.clone(), gate, host, engine);
     state.registry.blobs.init()?;
     let app = api::router::build(state.clone());
+    raise_open_files_limit(config.api.max_connections);
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -66,7 +70,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let grace = Duration::from_secs(config.api.shutdown_grace_seconds);
-    let server = tokio::spawn(api::serve::serve(listener, app, stop_rx.clone(), grace));
+    let limits = crate::http::serve::Limits::from_config(&config.api);
+    let conns = Arc::new(crate::http::serve::Connections::default());
+    let server = tokio::spawn(crate::http::serve::serve(listener, app, limits, conns, stop_rx.clone(), grace));
     sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}"));
     let workers = crate::workers::start_all(&state, &stop_rx);
 
@@ -100,8 +106,7 @@ async fn start_engine(
     store: &Store,
     host: &crate::runtime::host::StaticFacts,
 ) -> Option<std::sync::Arc<crate::engine::Engine>> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !config.runtime.enabled || !root || host.runc_version.is_none() {
         tracing::warn!(
             enabled = config.runtime.enabled,
@@ -159,6 +164,30 @@ async fn networks(config: &Config, store: &Store) -> Result<std::sync::Arc<crate
     .await
     .map_err(|e| e.to_string())??;
     Ok(nets)
+}
+
+/// Raises the soft limit on open files to the hard limit, so the connection cap,
+/// not the descriptor limit, is what refuses clients (the default soft limit, 1024,
+/// is below the default `api.max_connections`).
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    let want = lim.maximum.unwrap_or(u64::MAX);
+    if lim.current.is_some_and(|c| c < want) {
+        lim.current = Some(want);
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "could not raise the open files limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    // Connections, plus files, sockets and pipes for everything else.
+    if now < max_connections as u64 + 512 {
+        tracing::warn!(
+            open_files = now,
+            max_connections,
+            "the open files limit is below api.max_connections; clients may be refused at accept"
+        );
+    }
 }
 
 /// On a node with no users, writes a fresh one-time bootstrap token to

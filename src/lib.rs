@@ -9,12 +9,16 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod http;
 pub mod error;
 pub mod ids;
 pub mod images;
+pub mod pool;
 pub mod registry;
 pub mod runtime;
+pub mod state;
 pub mod store;
+pub mod validate;
 pub mod workers;
 
 pub use config::Config;

@@ -8,10 +8,7 @@ use utoipa::ToSchema;
 use crate::auth::AuthError;
 use crate::store::StoreError;
 
-tokio::task_local! {
-    /// The id of the request being served, for error bodies and logs.
-    pub static REQUEST_ID: String;
-}
+pub use crate::http::REQUEST_ID;
 
 /// Why a request failed; decides status and code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +24,8 @@ pub enum Kind {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    HeaderTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     Unprocessable,
     RateLimited,
@@ -49,6 +48,8 @@ impl Kind {
             Kind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Kind::Conflict => (StatusCode::CONFLICT, "conflict"),
             Kind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Kind::HeaderTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large"),
+            Kind::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Kind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Kind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Kind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -136,6 +137,47 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Closed => ApiError::new(Kind::Unavailable, "the server is shutting down"),
             e @ (StoreError::Sqlite(_) | StoreError::Open { .. } | StoreError::Corrupt(_)) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::http::body::BodyError> for ApiError {
+    fn from(e: crate::http::body::BodyError) -> Self {
+        use crate::http::body::BodyError;
+        match e {
+            BodyError::TooLarge(_) => ApiError::new(Kind::PayloadTooLarge, e.to_string()),
+            BodyError::TimedOut => ApiError::new(Kind::RequestTimeout, e.to_string()),
+            BodyError::Broken(_) => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::http::login::LoginError> for ApiError {
+    fn from(e: crate::http::login::LoginError) -> Self {
+        use crate::http::login::LoginError;
+        match e {
+            LoginError::RateLimited(retry) => ApiError::rate_limited(retry),
+            LoginError::TooLong => ApiError::invalid(e.to_string()),
+            LoginError::Invalid => ApiError::new(Kind::InvalidCredentials, e.to_string()),
+            LoginError::Busy => ApiError { retry_after: Some(1), ..ApiError::new(Kind::Unavailable, e.to_string()) },
+            LoginError::Store(e) => e.into(),
+            LoginError::Internal(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+impl From<crate::http::Rejection> for ApiError {
+    fn from(r: crate::http::Rejection) -> Self {
+        use crate::http::Rejection;
+        match r {
+            Rejection::RateLimited { retry_after } => ApiError::rate_limited(retry_after),
+            Rejection::TooLarge { limit } => {
+                ApiError::new(Kind::PayloadTooLarge, format!("request body is larger than the {limit}-byte limit"))
+            }
+            Rejection::HeadTooLarge => ApiError::new(
+                Kind::HeaderTooLarge,
+                format!("the request line and headers are larger than {} bytes", crate::http::serve::MAX_HEAD_BYTES),
+            ),
         }
     }
 }

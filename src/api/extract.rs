@@ -1,7 +1,6 @@
 //! Extractors and response helpers every `/v1` handler shares: the request context,
 //! the authenticated caller, strict JSON bodies, cursor pagination.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -9,48 +8,16 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Kind};
-use crate::auth::{AuthError, Principal};
+use crate::auth::Principal;
 use crate::store::{Page, PageQuery};
 
-/// What the outer middleware learnt about a request before routing.
-#[derive(Clone)]
-pub struct Ctx {
-    pub request_id: String,
-    pub source: IpAddr,
-    pub user_agent: String,
-    pub auth: Auth,
-}
-
-/// The outcome of reading the `Authorization` header.
-#[derive(Clone)]
-pub enum Auth {
-    Anonymous,
-    Principal(Arc<Principal>),
-    /// A bearer that is not a session or API token (maybe the bootstrap token).
-    Other(Arc<str>),
-    /// HTTP Basic with a password (not a token); verified only where accepted (`/v2`),
-    /// since checking a password costs an argon2 hash.
-    Basic {
-        username: Arc<str>,
-        password: Arc<str>,
-    },
-    Failed(Arc<AuthError>),
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Ctx {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Ctx>().cloned().ok_or_else(|| ApiError::internal("request context missing"))
-    }
-}
+pub use crate::http::{Auth, Ctx};
 
 /// The authenticated caller (the route's access check has already run).
 pub struct Caller(pub Arc<Principal>);
@@ -58,10 +25,11 @@ pub struct Caller(pub Arc<Principal>);
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, Self::Rejection> {
-        match Ctx::from_request_parts(parts, s).await?.auth {
-            Auth::Principal(p) => Ok(Caller(p)),
-            _ => Err(ApiError::new(Kind::MissingToken, "this route needs a bearer token")),
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Ctx>().map(|c| &c.auth) {
+            Some(Auth::Principal(p)) => Ok(Caller(p.clone())),
+            Some(_) => Err(ApiError::new(Kind::MissingToken, "this route needs a bearer token")),
+            None => Err(ApiError::internal("request context missing")),
         }
     }
 }
@@ -82,15 +50,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// Reads a body of at most `limit` bytes; 413 beyond that.
+/// Reads a body of at most `limit` bytes; 413 beyond that, 408 when it is too slow.
 pub async fn read_limited(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::new(Kind::PayloadTooLarge, format!("request body is larger than the {limit}-byte limit")))
-        }
-        Err(e) => Err(ApiError::invalid(format!("could not read the request body: {e}"))),
-    }
+    Ok(crate::http::body::read_limited(body, limit).await?)
 }
 
 /// Parses a JSON document into `T` with messages that say where it went wrong.
@@ -148,7 +110,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
                         .decode(v.as_bytes())
                         .ok()
                         .and_then(|b| String::from_utf8(b).ok())
-                        .filter(|s| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                        .filter(|s| {
+                            s.len() <= 256
+                                && !s.contains("..")
+                                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./:".contains(&b))
+                        })
                         .ok_or_else(|| ApiError::invalid("cursor is not one this server gave out"))?;
                     out.cursor = Some(decoded);
                 }
@@ -159,35 +125,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
     }
 }
 
-/// Splits and percent-decodes `a=b&c=d`.
+/// Splits and percent-decodes `a=b&c=d` (`application/x-www-form-urlencoded`).
 pub fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() => {
-                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                out.push(hex(b[i + 1]) * 16 + hex(b[i + 2]));
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// A page of a list, as every list endpoint answers.

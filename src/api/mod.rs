@@ -13,104 +13,19 @@ pub mod middleware;
 pub mod node;
 pub mod openapi;
 pub mod projects;
-pub mod ratelimit;
 pub mod registry;
 pub mod router;
-pub mod serve;
 pub mod session;
 pub mod tokens;
 pub mod users;
-pub mod validate;
 
-use std::ops::Deref;
-use std::sync::Arc;
-use std::time::Instant;
-
-use tokio::sync::Semaphore;
-
-use crate::auth::Authenticator;
-use crate::config::Config;
-use crate::store::Store;
+pub use crate::state::AppState;
+use crate::validate;
 use error::{ApiError, ApiResult};
 
-/// Everything handlers share; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub auth: Authenticator,
-    pub limiter: ratelimit::RateLimiter,
-    pub logins: ratelimit::LoginLimiter,
-    /// Bounds concurrent argon2 work (each call holds 19 MiB for tens of ms).
-    pub hashing: Semaphore,
-    pub started: Instant,
-    pub host: crate::runtime::host::StaticFacts,
-    pub openapi: axum::body::Bytes,
-    pub registry: crate::registry::Registry,
-    /// `None` when this daemon does not run containers (no runc, not root, or off).
-    pub engine: Option<Arc<crate::engine::Engine>>,
-}
-
-impl Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn new(
-        config: Arc<Config>,
-        store: Store,
-        host: crate::runtime::host::StaticFacts,
-        engine: Option<Arc<crate::engine::Engine>>,
-    ) -> Self {
-        let permits = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let registry = crate::registry::Registry::new(
-            config.data_dir.join("registry"),
-            store.clone(),
-            std::time::Duration::from_secs(config.registry.gc_grace_seconds),
-            std::time::Duration::from_secs(config.registry.upload_ttl_seconds),
-        );
-        AppState(Arc::new(Shared {
-            engine,
-            registry,
-            config,
-            auth: Authenticator::new(store.clone()),
-            store,
-            limiter: Default::default(),
-            logins: Default::default(),
-            hashing: Semaphore::new(permits),
-            started: Instant::now(),
-            host,
-            openapi: openapi::render(),
-        }))
-    }
-
-    /// Hashes a password on a blocking thread, bounded by the hashing semaphore.
-    pub async fn hash_password(&self, password: String) -> ApiResult<String> {
-        let _permit = self.hashing.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || crate::auth::password::hash(&password))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)
-    }
-
-    /// Verifies a password (or burns the same time when there is no hash to check).
-    pub async fn verify_password(&self, password: String, phc: Option<String>) -> ApiResult<bool> {
-        let _permit = self.hashing.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || match phc {
-            Some(h) => crate::auth::password::verify(&password, &h),
-            None => {
-                crate::auth::password::verify_dummy(&password);
-                false
-            }
-        })
-        .await
-        .map_err(ApiError::internal)
-    }
+/// Hashes a new password on the gate's hashing pool.
+pub async fn hash_password(state: &AppState, password: String) -> ApiResult<String> {
+    Ok(crate::http::login::hash_password(&state.gate, password).await?)
 }
 
 /// Checks a new password against the policy.

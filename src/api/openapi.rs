@@ -1,12 +1,9 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations and types.
 
-use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-
-use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -71,13 +68,14 @@ impl utoipa::Modify for Bearer {
     }
 }
 
-/// Renders the document once, at start-up.
+/// The rendered document, made on first use and kept.
 pub fn render() -> axum::body::Bytes {
-    ApiDoc::openapi().to_json().unwrap_or_default().into()
+    static DOC: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_default().into()).clone()
 }
 
 /// This document.
 #[utoipa::path(get, operation_id = "openapi_document", path = "/v1/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3.1 document")))]
-pub async fn document(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], state.openapi.clone())
+pub async fn document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], render())
 }

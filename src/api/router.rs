@@ -106,6 +106,35 @@ pub static ROUTES: &[Route] = &[
 /// Operator is referenced by later routes; keep the import honest until then.
 const _: Role = Operator;
 
+/// The two protocols of the API listener, as the outer layer needs to know them.
+pub struct Surfaces {
+    /// Largest `/v1` JSON body (and any `/v2` body that is not an upload or manifest).
+    pub body_limit: u64,
+}
+
+impl crate::http::Surface for Surfaces {
+    fn body_limit(&self, method: &Method, path: &str) -> Option<u64> {
+        if let Some(rest) = path.strip_prefix("/v2/") {
+            if rest.contains("/blobs/uploads") {
+                return None;
+            }
+            if *method == Method::PUT && rest.contains("/manifests/") {
+                return Some(crate::registry::manifests::MAX_MANIFEST_BYTES as u64);
+            }
+        }
+        Some(self.body_limit)
+    }
+
+    fn reject(&self, path: &str, rejection: crate::http::Rejection) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if path.starts_with("/v2/") {
+            crate::registry::error::RegistryError::from(rejection).into_response()
+        } else {
+            super::error::ApiError::from(rejection).into_response()
+        }
+    }
+}
+
 /// Builds the whole HTTP app from the route table.
 pub fn build(state: AppState) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
@@ -128,7 +157,7 @@ pub fn build(state: AppState) -> Router {
     router
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::context))
+        .layer(axum::middleware::from_fn_with_state(state.gate.clone(), crate::http::context::layer))
         .with_state(state)
 }
 

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, Kind};
-use super::extract::{AuditNote, Caller, Ctx, JsonBody};
+use super::extract::{AuditNote, Caller, Ctx, JsonBody, ListParams, Paginated};
 use super::{AppState, check_password, check_username};
 use crate::auth::{self, CredentialKind};
-use crate::store::auth::{NewSession, SessionInfo};
+use crate::store::auth::SessionInfo;
 use crate::store::projects::Membership;
 use crate::store::users::User;
 
@@ -41,7 +41,7 @@ pub async fn bootstrap(
 ) -> ApiResult<impl IntoResponse> {
     check_username(&body.username)?;
     check_password(&body.password)?;
-    let hash = state.hash_password(body.password).await?;
+    let hash = super::hash_password(&state, body.password).await?;
     let user = User {
         id: crate::ids::new_id("usr"),
         username: body.username,
@@ -79,73 +79,21 @@ pub async fn bootstrap(
 /// Exchanges a username and password for a session token.
 #[utoipa::path(post, operation_id = "session_login", path = "/v1/auth/login", tag = "auth", request_body = Credentials,
     responses((status = 200, body = LoginResponse), (status = 401, body = super::error::ErrorBody),
-        (status = 429, body = super::error::ErrorBody)))]
+        (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ctx: Ctx,
     JsonBody(body): JsonBody<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
-    let user = verify_login(&state, &ctx, &body.username, body.password).await?;
-    let (id, token, expires_at) = open_session(&state, &ctx, &user).await?;
-    let note =
-        AuditNote { target: Some(id), actor: Some((user.id.clone(), user.username.clone())), ..Default::default() };
-    Ok((Extension(note), Json(LoginResponse { token, expires_at, user })))
-}
-
-/// Checks a username and password, with the failed-login lockout per source address.
-pub async fn verify_login(state: &AppState, ctx: &Ctx, username: &str, password: String) -> ApiResult<User> {
-    if let Some(retry) = state.logins.blocked(ctx.source, state.config.api.login_failures_per_minute) {
-        return Err(ApiError::rate_limited(retry));
-    }
-    if username.len() > 64 || password.len() > auth::password::MAX_LEN {
-        return Err(ApiError::invalid("username or password is too long"));
-    }
-    let name = username.to_string();
-    let found = state.store.read(move |c| crate::store::users::by_username_with_hash(c, &name)).await?;
-    let (user, phc) = match found {
-        Some((u, h)) => (Some(u), Some(h)),
-        None => (None, None),
+    let user = crate::http::login::verify(&state.gate, ctx.source, &body.username, body.password).await?;
+    let ttl = time::Duration::hours(state.config.api.session_ttl_hours as i64);
+    let opened = crate::http::login::open_session(&state.gate, &ctx, &user, ttl).await?;
+    let note = AuditNote {
+        target: Some(opened.id),
+        actor: Some((user.id.clone(), user.username.clone())),
+        ..Default::default()
     };
-    let ok = state.verify_password(password, phc).await?;
-    match user.filter(|_| ok) {
-        Some(u) => Ok(u),
-        None => {
-            state.logins.record_failure(ctx.source);
-            tracing::warn!(source = %ctx.source, username, "failed login");
-            Err(ApiError::new(Kind::InvalidCredentials, "wrong username or password"))
-        }
-    }
-}
-
-/// Opens a session for `user`; returns its id, the token and its expiry.
-pub async fn open_session(state: &AppState, ctx: &Ctx, user: &User) -> ApiResult<(String, String, String)> {
-    let id = crate::ids::new_id("ses");
-    let secret = auth::new_secret();
-    let hash = auth::hash_secret(&secret);
-    let now = time::OffsetDateTime::now_utc();
-    let created_at = crate::ids::format_time(now);
-    let expires_at = crate::ids::format_time(now + time::Duration::hours(state.config.api.session_ttl_hours as i64));
-    let (sid, uid, exp, src, ua) =
-        (id.clone(), user.id.clone(), expires_at.clone(), ctx.source.to_string(), ctx.user_agent.clone());
-    state
-        .store
-        .write(move |c| {
-            crate::store::auth::insert_session(
-                c,
-                &NewSession {
-                    id: &sid,
-                    user_id: &uid,
-                    secret_hash: &hash,
-                    created_at: &created_at,
-                    expires_at: &exp,
-                    source_addr: &src,
-                    user_agent: &ua,
-                },
-            )
-        })
-        .await?;
-    let token = auth::format_token(&CredentialKind::Session(id.clone()), &secret);
-    Ok((id, token, expires_at))
+    Ok((Extension(note), Json(LoginResponse { token: opened.token, expires_at: opened.expires_at, user })))
 }
 
 /// Ends the session making the request.
@@ -161,18 +109,25 @@ pub async fn logout(State(state): State<AppState>, Caller(p): Caller) -> ApiResu
     };
     let uid = p.user.id.clone();
     state.store.write(move |c| crate::store::auth::delete_session(c, &uid, &sid)).await?;
-    state.auth.invalidate_all();
+    state.gate.auth.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Your own sessions.
 #[utoipa::path(get, operation_id = "session_list_sessions", path = "/v1/auth/sessions", tag = "auth",
-    responses((status = 200, body = Vec<SessionInfo>), (status = 401, body = super::error::ErrorBody)),
+    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Paginated<SessionInfo>), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list_sessions(State(state): State<AppState>, Caller(p): Caller) -> ApiResult<Json<Vec<SessionInfo>>> {
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    Caller(p): Caller,
+    params: ListParams,
+) -> ApiResult<Json<Paginated<SessionInfo>>> {
     let uid = p.user.id.clone();
     let current = p.session_id().map(str::to_string);
-    Ok(Json(state.store.read(move |c| crate::store::auth::list_sessions(c, &uid, current.as_deref())).await?))
+    let q = params.page_query();
+    let page = state.store.read(move |c| crate::store::auth::page_sessions(c, &uid, current.as_deref(), &q)).await?;
+    Ok(Json(Paginated::from_page(page, |s| &s.id)))
 }
 
 /// Revokes one of your sessions.
@@ -190,7 +145,7 @@ pub async fn revoke_session(
     if !state.store.write(move |c| crate::store::auth::delete_session(c, &uid, &sid)).await? {
         return Err(ApiError::not_found(format!("session {session_id} not found")));
     }
-    state.auth.invalidate_all();
+    state.gate.auth.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -209,7 +164,7 @@ pub async fn revoke_other_sessions(State(state): State<AppState>, Caller(p): Cal
     let keep = p.session_id().map(str::to_string);
     let revoked =
         state.store.write(move |c| crate::store::auth::delete_other_sessions(c, &uid, keep.as_deref())).await?;
-    state.auth.invalidate_all();
+    state.gate.auth.invalidate_all();
     Ok(Json(Revoked { revoked }))
 }
 

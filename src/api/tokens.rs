@@ -85,11 +85,11 @@ pub async fn create(
     JsonBody(body): JsonBody<NewToken>,
 ) -> ApiResult<impl IntoResponse> {
     let name = body.name.trim().to_string();
-    if name.is_empty() || !super::validate::is_text(&name, 64) {
+    if name.is_empty() || !crate::validate::is_text(&name, 64) {
         return Err(ApiError::invalid("name must be 1-64 printable characters"));
     }
     let scopes = resolve_scopes(body.scopes, &p.scopes)?;
-    let expires_at = match body.expires_at {
+    let requested = match body.expires_at {
         None => None,
         Some(s) => {
             let t = crate::ids::parse_time(&s)
@@ -97,9 +97,10 @@ pub async fn create(
             if t <= time::OffsetDateTime::now_utc() {
                 return Err(ApiError::unprocessable("expires_at is in the past"));
             }
-            Some(crate::ids::format_time(t))
+            Some(t)
         }
     };
+    let expires_at = child_expiry(requested, p.token_id().and(p.expires_unix))?.map(crate::ids::format_time);
     let id = crate::ids::new_id("tok");
     let secret = auth::new_secret();
     let token = auth::format_token(&CredentialKind::ApiToken(id.clone()), &secret);
@@ -113,12 +114,43 @@ pub async fn create(
         created_at: crate::ids::now_rfc3339(),
     };
     let (t, uid, hash) = (api_token.clone(), p.user.id.clone(), auth::hash_secret(&secret));
-    state.store.write(move |c| crate::store::auth::insert_token(c, &uid, &t, &hash)).await?;
+    let parent = p.token_id().map(str::to_string);
+    let max = state.config.api.max_tokens_per_user;
+    state
+        .store
+        .write(move |c| {
+            if crate::store::auth::count_tokens(c, &uid)? >= max {
+                return Err(crate::store::StoreError::Conflict(format!(
+                    "you hold {max} API tokens, the most one user may; revoke one first"
+                )));
+            }
+            crate::store::auth::insert_token(c, &uid, &t, &hash, parent.as_deref())
+        })
+        .await?;
     let note = AuditNote { target: Some(api_token.id.clone()), ..Default::default() };
     Ok((StatusCode::CREATED, Extension(note), Json(CreatedToken { token, api_token })))
 }
 
-/// Revokes one of your API tokens, effective at once.
+/// The expiry of a token minted by a credential expiring at `parent` (Unix
+/// seconds; `None` for a session or a token that never expires): a token never
+/// outlives the token that minted it, and inherits its expiry when none is asked for.
+fn child_expiry(
+    requested: Option<time::OffsetDateTime>,
+    parent: Option<i64>,
+) -> ApiResult<Option<time::OffsetDateTime>> {
+    let Some(parent) = parent else { return Ok(requested) };
+    let ceiling = time::OffsetDateTime::from_unix_timestamp(parent).map_err(ApiError::internal)?;
+    match requested {
+        None => Ok(Some(ceiling)),
+        Some(t) if t <= ceiling => Ok(Some(t)),
+        Some(_) => Err(ApiError::unprocessable(format!(
+            "a token cannot outlive the token that mints it; this one expires at {}",
+            crate::ids::format_time(ceiling)
+        ))),
+    }
+}
+
+/// Revokes one of your API tokens, effective at once, and every token minted with it.
 #[utoipa::path(delete, operation_id = "tokens_revoke", path = "/v1/api-tokens/{token_id}", tag = "auth",
     params(("token_id" = String, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)),
@@ -133,7 +165,7 @@ pub async fn revoke(
     if !state.store.write(move |c| crate::store::auth::delete_token(c, &uid, &tid)).await? {
         return Err(ApiError::not_found(format!("api token {token_id} not found")));
     }
-    state.auth.invalidate_all();
+    state.gate.auth.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -152,5 +184,20 @@ mod tests {
         assert!(resolve_scopes(Some(vec!["projects:read".into()]), &ceiling).is_ok());
         assert!(resolve_scopes(Some(vec!["projects:write".into()]), &ceiling).is_err());
         assert!(resolve_scopes(None, &ceiling).is_err());
+    }
+
+    #[test]
+    fn a_child_token_never_outlives_its_parent() {
+        let now = time::OffsetDateTime::now_utc();
+        let parent = (now + time::Duration::hours(1)).unix_timestamp();
+        let inherited = child_expiry(None, Some(parent)).unwrap().unwrap();
+        assert_eq!(inherited.unix_timestamp(), parent);
+        let sooner = now + time::Duration::minutes(10);
+        assert_eq!(child_expiry(Some(sooner), Some(parent)).unwrap(), Some(sooner));
+        let later = now + time::Duration::hours(2);
+        assert_eq!(child_expiry(Some(later), Some(parent)).unwrap_err().kind, super::super::error::Kind::Unprocessable);
+        // Minted from a session or a token without expiry: as asked.
+        assert_eq!(child_expiry(None, None).unwrap(), None);
+        assert_eq!(child_expiry(Some(later), None).unwrap(), Some(later));
     }
 }

@@ -44,7 +44,7 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody<NewU
     if state.store.read(move |c| crate::store::users::by_username(c, &name)).await?.is_some() {
         return Err(super::error::ApiError::conflict(format!("username {} is taken", body.username)));
     }
-    let hash = state.hash_password(body.password).await?;
+    let hash = super::hash_password(&state, body.password).await?;
     let user = User {
         id: crate::ids::new_id("usr"),
         username: body.username,
@@ -65,6 +65,6 @@ pub async fn create(State(state): State<AppState>, JsonBody(body): JsonBody<NewU
     security(("bearer" = [])))]
 pub async fn delete(State(state): State<AppState>, Path(user_id): Path<String>) -> ApiResult<StatusCode> {
     state.store.write(move |c| crate::store::users::delete(c, &user_id)).await?;
-    state.auth.invalidate_all();
+    state.gate.auth.invalidate_all();
     Ok(StatusCode::NO_CONTENT)
 }

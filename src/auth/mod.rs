@@ -81,6 +81,8 @@ pub struct Principal {
     pub credential: CredentialKind,
     /// `None`: every scope (sessions, and tokens made with `*`).
     pub scopes: Option<Vec<Scope>>,
+    /// When the credential expires (Unix seconds); `None` for never.
+    pub expires_unix: Option<i64>,
 }
 
 impl Principal {
@@ -121,6 +123,17 @@ pub enum AuthError {
     Expired,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a presented bootstrap token is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The unused one-time token.
+    Valid,
+    /// Not the token (and bootstrap is still open).
+    Wrong,
+    /// Bootstrap has happened; no token works any more.
+    Done,
 }
 
 /// A fresh random secret: 43 alphanumeric characters (≈256 bits).
@@ -178,6 +191,17 @@ struct Cached {
     touched: Option<Instant>,
 }
 
+/// Credentials kept in the cache at most (expired entries are dropped first).
+const MAX_CACHED: usize = 100_000;
+
+/// The cache key of a session or token credential.
+fn credential_key(kind: &CredentialKind) -> Option<String> {
+    match kind {
+        CredentialKind::Session(id) | CredentialKind::ApiToken(id) => Some(id.clone()),
+        CredentialKind::Password => None,
+    }
+}
+
 /// How long a verified credential is trusted from memory before re-reading it.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// `last_used_at` is written at most this often per credential.
@@ -195,61 +219,85 @@ impl Authenticator {
         Self { store, cache: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
-    /// Checks a session or API token; returns the principal it stands for.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let (kind, secret) = parse_token(token)?;
-        let id = match &kind {
-            CredentialKind::Session(id) | CredentialKind::ApiToken(id) => id.clone(),
-            CredentialKind::Password => return Err(AuthError::Malformed),
+    /// Checks a session or API token against the cache alone: `None` when checking it
+    /// needs the store (not cached, or cached too long ago).
+    pub fn authenticate_cached(&self, token: &str) -> Option<Result<Principal, AuthError>> {
+        let (kind, secret) = match parse_token(token) {
+            Ok(parsed) => parsed,
+            Err(e) => return Some(Err(e)),
         };
-        let presented = hash_secret(secret);
+        let id = credential_key(&kind)?;
         let now = Instant::now();
-        let hit = {
+        let (cred, expires_unix) = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache
                 .get(&id)
                 .filter(|c| now.duration_since(c.fetched) < CACHE_TTL)
-                .map(|c| (c.cred.clone(), c.expires_unix))
+                .map(|c| (c.cred.clone(), c.expires_unix))?
         };
-        let (cred, expires_unix) = match hit {
-            Some(hit) => hit,
-            None => {
-                let generation = self.generation.load(Ordering::Acquire);
-                let lookup_id = id.clone();
-                let session = matches!(kind, CredentialKind::Session(_));
-                let cred = self
-                    .store
-                    .read(move |c| {
-                        if session {
-                            crate::store::auth::session_credential(c, &lookup_id)
-                        } else {
-                            crate::store::auth::token_credential(c, &lookup_id)
-                        }
-                    })
-                    .await?
-                    .ok_or(AuthError::Invalid)?;
-                let expires_unix =
-                    cred.expires_at.as_deref().and_then(crate::ids::parse_time).map(|t| t.unix_timestamp());
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                if self.generation.load(Ordering::Acquire) == generation {
+        Some(self.accept(kind, &id, secret, cred, expires_unix, now))
+    }
+
+    /// Checks a session or API token; returns the principal it stands for.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(cached) = self.authenticate_cached(token) {
+            return cached;
+        }
+        let (kind, secret) = parse_token(token)?;
+        let id = credential_key(&kind).ok_or(AuthError::Malformed)?;
+        let now = Instant::now();
+        let generation = self.generation.load(Ordering::Acquire);
+        let lookup_id = id.clone();
+        let session = matches!(kind, CredentialKind::Session(_));
+        let cred = self
+            .store
+            .read(move |c| {
+                if session {
+                    crate::store::auth::session_credential(c, &lookup_id)
+                } else {
+                    crate::store::auth::token_credential(c, &lookup_id)
+                }
+            })
+            .await?
+            .ok_or(AuthError::Invalid)?;
+        let expires_unix = cred.expires_at.as_deref().and_then(crate::ids::parse_time).map(|t| t.unix_timestamp());
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if self.generation.load(Ordering::Acquire) == generation {
+                if cache.len() >= MAX_CACHED {
+                    cache.retain(|_, c| now.duration_since(c.fetched) < CACHE_TTL);
+                }
+                if cache.len() < MAX_CACHED {
                     cache.insert(id.clone(), Cached { cred: cred.clone(), expires_unix, fetched: now, touched: None });
                 }
-                (cred, expires_unix)
             }
-        };
-        if !hashes_equal(&presented, &cred.secret_hash) {
+        }
+        self.accept(kind, &id, secret, cred, expires_unix, now)
+    }
+
+    /// The principal a presented secret stands for, given its credential's row.
+    fn accept(
+        &self,
+        kind: CredentialKind,
+        id: &str,
+        secret: &str,
+        cred: crate::store::auth::Credential,
+        expires_unix: Option<i64>,
+        now: Instant,
+    ) -> Result<Principal, AuthError> {
+        if !hashes_equal(&hash_secret(secret), &cred.secret_hash) {
             return Err(AuthError::Invalid);
         }
         if expires_unix.is_some_and(|e| e <= crate::ids::unix_now()) {
             return Err(AuthError::Expired);
         }
-        self.touch(&kind, &id, now);
+        self.touch(&kind, id, now);
         let scopes = match cred.scopes {
             None => None,
             Some(names) if names.iter().any(|n| n == "*") => None,
             Some(names) => Some(names.iter().filter_map(|n| Scope::parse(n)).collect()),
         };
-        Ok(Principal { user: cred.user, credential: kind, scopes })
+        Ok(Principal { user: cred.user, credential: kind, scopes, expires_unix })
     }
 
     fn touch(&self, kind: &CredentialKind, id: &str, now: Instant) {
@@ -281,12 +329,18 @@ impl Authenticator {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Checks the one-time bootstrap token; true if it matches the unused one.
-    pub async fn check_bootstrap(&self, token: &str) -> Result<bool, AuthError> {
-        let Some(secret) = token.strip_prefix(BOOTSTRAP_PREFIX) else { return Ok(false) };
-        let presented = hex(&hash_secret(secret));
+    /// Checks the one-time bootstrap token.
+    pub async fn check_bootstrap(&self, token: &str) -> Result<Bootstrap, AuthError> {
         let stored = self.store.read(|c| crate::store::auth::meta_get(c, BOOTSTRAP_META_KEY)).await?;
-        Ok(stored.is_some_and(|s| hashes_equal(s.as_bytes(), presented.as_bytes())))
+        let Some(stored) = stored else { return Ok(Bootstrap::Done) };
+        let Some(secret) = token.strip_prefix(BOOTSTRAP_PREFIX) else { return Ok(Bootstrap::Wrong) };
+        let presented = hex(&hash_secret(secret));
+        Ok(if hashes_equal(stored.as_bytes(), presented.as_bytes()) { Bootstrap::Valid } else { Bootstrap::Wrong })
+    }
+
+    /// Whether bootstrap has happened (the one-time token is used up).
+    pub async fn bootstrap_done(&self) -> Result<bool, AuthError> {
+        Ok(self.store.read(|c| crate::store::auth::meta_get(c, BOOTSTRAP_META_KEY)).await?.is_none())
     }
 }
 

@@ -47,6 +47,24 @@ fn single_platform(blobs: &BlobStore, bytes: Vec<u8>) -> Result<Vec<u8>, EngineE
     blob_bytes(blobs, digest, crate::registry::manifests::MAX_MANIFEST_BYTES as u64)
 }
 
+/// Every blob an image needs to run again: the manifest (and the index entry picked
+/// for this machine), the config and the layers. What cannot be read is skipped:
+/// the caller keeps what it can name.
+pub fn referenced_blobs(blobs: &BlobStore, manifest_digest: &str) -> Vec<String> {
+    let mut out = vec![manifest_digest.to_string()];
+    let max = crate::registry::manifests::MAX_MANIFEST_BYTES as u64;
+    let Ok(top) = blob_bytes(blobs, manifest_digest, max) else { return out };
+    let Ok(picked) = single_platform(blobs, top.clone()) else { return out };
+    if picked != top {
+        out.push(crate::registry::names::Digest::of(&picked).to_string());
+    }
+    if let Ok(m) = ImageManifest::parse(&picked) {
+        out.push(m.config.digest.clone());
+        out.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
+    }
+    out
+}
+
 /// Parses the manifest and config and makes sure every layer is unpacked.
 pub fn prepare(blobs: &BlobStore, snapshots: &SnapshotStore, manifest: Vec<u8>) -> Result<Prepared, EngineError> {
     let manifest = single_platform(blobs, manifest)?;

@@ -367,6 +367,18 @@ impl Engine {
     /// registry still holds its layer blob (the next replica of that image starts
     /// without unpacking); flattened snapshots stay only while mounted (they are
     /// hard links, quick to make again). Unfinished unpacks are removed too.
+    /// The registry blobs replicas run from, which garbage collection must keep
+    /// even when no tag references them any more (see `registry::gc`).
+    pub async fn pinned_blobs(&self) -> Result<std::collections::HashSet<String>, EngineError> {
+        let Some(images) = self.images.clone() else { return Ok(Default::default()) };
+        let manifests = self.store.read(replicas::image_manifests).await?;
+        tokio::task::spawn_blocking(move || {
+            manifests.iter().flat_map(|m| image::referenced_blobs(&images.0, m)).collect()
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))
+    }
+
     pub async fn gc_images(&self) -> Result<crate::images::snapshots::GcReport, EngineError> {
         let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
         let _exclusive = self.image_lock.write().await;

@@ -8,9 +8,14 @@
 //! verified while the bytes streamed in and which was fsynced first (and its
 //! directory after), so a reader never sees partial content, even across a crash.
 //! The image store the runtime unpacks from reads the same files.
+//!
+//! Bytes move between sockets and files in short jobs on the blob I/O pool (one
+//! 512 KiB read or one 256 KiB write+hash each), never on a thread held for a whole
+//! transfer: a client that reads or sends slowly parks a task and a buffer, not a
+//! thread, so a thousand slow clients cannot starve anyone.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use axum::body::{Body, Bytes};
@@ -20,16 +25,29 @@ use sha2::{Digest as _, Sha256};
 use super::error::{RegistryError, RegistryResult};
 use super::names::Digest;
 use crate::error::PathError;
+use crate::pool::Pool;
 
 /// Chunk size for reading blobs out: below the allocator's mmap threshold (see
 /// `main.rs`), so freed chunks are reused from the heap without page faults.
 const READ_CHUNK: usize = 512 << 10;
-/// Chunks queued between the network and the disk writer.
-const PIPELINE_DEPTH: usize = 16;
+/// Threads doing blob I/O jobs.
+const IO_THREADS: usize = 8;
+/// Blob I/O jobs admitted (running or queued) before more wait for room.
+const IO_QUEUE: usize = 1024;
 /// Body frames (clients send 8-64 KiB chunks) are gathered into pieces of at least
 /// this size before they cross to the writer thread: one wake-up, one `write` and
 /// one hash call per piece instead of per frame.
 const COALESCE: usize = 256 << 10;
+
+/// The pool every blob read and write chunk runs on.
+fn io_pool() -> &'static Pool {
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| Pool::new("blob-io", IO_THREADS, IO_QUEUE))
+}
+
+fn pool_err(e: crate::pool::PoolError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -149,38 +167,59 @@ impl BlobStore {
         Ok(out)
     }
 
-    /// Streams `len` bytes of a blob from `offset` as a response body.
-    pub fn stream(&self, digest: &Digest, offset: u64, len: u64) -> Result<Body, PathError> {
+    /// Streams `len` bytes of a blob from `offset` as a response body. Each chunk is
+    /// read by a short job on the blob I/O pool; a task forwards it to the body and
+    /// waits, holding no thread, while the client is slow to take it.
+    pub async fn stream(&self, digest: &Digest, offset: u64, len: u64) -> Result<Body, PathError> {
         let path = self.blob_path(digest);
-        let mut f = File::open(&path).map_err(|e| PathError::new("open", &path, e))?;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| PathError::new("seek", &path, e))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        tokio::task::spawn_blocking(move || {
-            let mut left = len;
-            while left > 0 {
-                let want = left.min(READ_CHUNK as u64) as usize;
-                // read_to_end fills spare capacity without zeroing it first.
-                let mut buf = Vec::with_capacity(want);
-                let r = match (&mut f).take(want as u64).read_to_end(&mut buf) {
-                    Ok(n) if n == want => Ok(Bytes::from(buf)),
-                    Ok(n) => Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("blob ended {n} bytes into a {want}-byte read"),
-                    )),
-                    Err(e) => Err(e),
-                };
-                let failed = r.is_err();
-                if tx.blocking_send(r).is_err() || failed {
+        let open = path.clone();
+        let file = io_pool()
+            .run(move |_| File::open(&open))
+            .await
+            .map_err(|e| PathError::new("open", &path, pool_err(e)))?
+            .map_err(|e| PathError::new("open", &path, e))?;
+        let file = std::sync::Arc::new(file);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        tokio::spawn(async move {
+            let mut at = offset;
+            let end = offset + len;
+            while at < end {
+                let want = (end - at).min(READ_CHUNK as u64) as usize;
+                let f = file.clone();
+                let read = io_pool().run(move |_| read_exact_at(&f, at, want)).await.map_err(pool_err).and_then(|r| r);
+                let failed = read.is_err();
+                if tx.send(read).await.is_err() || failed {
                     return;
                 }
-                left -= want as u64;
+                at += want as u64;
             }
         });
         Ok(Body::new(ChannelBody { rx, remaining: len }))
     }
 }
 
-/// A response body fed by a blocking reader thread.
+/// Reads exactly `want` bytes at `at`.
+fn read_exact_at(f: &File, at: u64, want: usize) -> Result<Bytes, std::io::Error> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        match f.read_at(&mut buf[filled..], at + filled as u64) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("blob ended {filled} bytes into a {want}-byte read"),
+                ));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A response body fed by the reading task.
 struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     remaining: u64,
@@ -254,46 +293,91 @@ fn retire(f: &File, offset: u64, len: u64) {
 pub struct Appended {
     pub hasher: Sha256,
     pub offset: u64,
+    /// When the session's `updated_at` was last written by this process.
+    pub touched: Option<std::time::Instant>,
+}
+
+impl Appended {
+    pub fn new() -> Self {
+        Appended { hasher: Sha256::new(), offset: 0, touched: None }
+    }
+}
+
+impl Default for Appended {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The writing end of an upload, moved into each write job and back.
+struct Writer {
+    file: File,
+    path: PathBuf,
+    st: Appended,
+    flushed: u64,
+    in_writeback: Option<(u64, u64)>,
+}
+
+impl Writer {
+    fn write(mut self, piece: &[u8]) -> Result<Writer, PathError> {
+        self.st.hasher.update(piece);
+        self.file.write_all(piece).map_err(|e| PathError::new("write", &self.path, e))?;
+        self.st.offset += piece.len() as u64;
+        if self.st.offset - self.flushed >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.flushed, self.st.offset - self.flushed);
+            if let Some((offset, len)) = self.in_writeback.replace((self.flushed, self.st.offset - self.flushed)) {
+                retire(&self.file, offset, len);
+            }
+            self.flushed = self.st.offset;
+        }
+        Ok(self)
+    }
+}
+
+type WriteJob = tokio::task::JoinHandle<Result<Result<Writer, PathError>, crate::pool::PoolError>>;
+
+/// Writes `piece` in a job on the blob I/O pool; a task drives it so the next piece
+/// can be read from the network meanwhile.
+fn spawn_write(w: Writer, piece: Bytes) -> WriteJob {
+    tokio::spawn(async move { io_pool().run(move |_| w.write(&piece)).await })
+}
+
+async fn join_write(job: WriteJob) -> RegistryResult<Writer> {
+    match job.await {
+        Ok(Ok(Ok(w))) => Ok(w),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(RegistryError::Internal(e.to_string())),
+        Err(e) => Err(RegistryError::Internal(e.to_string())),
+    }
 }
 
 /// Streams a request body onto the end of an upload's data file, hashing as it goes.
-/// The network read runs here; hashing and writing run on a blocking thread, with a
-/// bounded queue between them so memory stays flat whatever the blob size. If the
-/// body fails midway, the file is cut back and the previous state returned, so a
-/// client can retry the chunk.
+/// The network read runs here; each piece (at least [`COALESCE`] bytes) is hashed and
+/// written by a job on the blob I/O pool while the next one is read, one write in
+/// flight at a time, so memory stays flat whatever the blob size and no thread waits
+/// on the client. If the body fails midway (broken off, or too slow), the file is cut
+/// back and an error returned; the caller keeps the previous state, so a client can
+/// retry the chunk.
 pub async fn append(store: &BlobStore, id: &str, state: Appended, body: Body) -> RegistryResult<Appended> {
     let path = store.upload_data(id);
-    let before = Appended { hasher: state.hasher.clone(), offset: state.offset };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_DEPTH);
-    let wpath = path.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<Appended, PathError> {
-        let mut f =
-            std::fs::OpenOptions::new().append(true).open(&wpath).map_err(|e| PathError::new("open", &wpath, e))?;
-        let mut st = state;
-        let mut flushed = st.offset;
-        let mut in_writeback: Option<(u64, u64)> = None;
-        while let Some(chunk) = rx.blocking_recv() {
-            st.hasher.update(&chunk);
-            f.write_all(&chunk).map_err(|e| PathError::new("write", &wpath, e))?;
-            st.offset += chunk.len() as u64;
-            if st.offset - flushed >= WRITEBACK_EVERY {
-                start_writeback(&f, flushed, st.offset - flushed);
-                if let Some((offset, len)) = in_writeback.replace((flushed, st.offset - flushed)) {
-                    retire(&f, offset, len);
-                }
-                flushed = st.offset;
-            }
-        }
-        Ok(st)
-    });
+    let before = state.offset;
+    let open = path.clone();
+    let file = io_pool()
+        .run(move |_| std::fs::OpenOptions::new().append(true).open(&open))
+        .await
+        .map_err(|e| RegistryError::Internal(e.to_string()))?
+        .map_err(|e| PathError::new("open", &path, e))?;
+    let flushed = state.offset;
+    let mut writer = Some(Writer { file, path: path.clone(), st: state, flushed, in_writeback: None });
+    let mut inflight: Option<WriteJob> = None;
     let mut body = body;
-    let mut failed: Option<String> = None;
+    let mut failure: Option<RegistryError> = None;
     let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
+    loop {
+        let piece = match body.frame().await {
+            Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
-                let piece = if pending.is_empty() && data.len() >= COALESCE {
+                if pending.is_empty() && data.len() >= COALESCE {
                     data
                 } else {
                     if pending.capacity() == 0 {
@@ -304,36 +388,48 @@ pub async fn append(store: &BlobStore, id: &str, state: Appended, body: Body) ->
                         continue;
                     }
                     Bytes::from(std::mem::take(&mut pending))
-                };
-                if tx.send(piece).await.is_err() {
-                    break; // the writer failed; its error is reported below
                 }
             }
-            Err(e) => {
-                failed = Some(e.to_string());
+            Some(Err(e)) => {
+                failure = Some(if crate::http::body::is_timeout(&e) {
+                    RegistryError::Timeout("the upload body arrived too slowly".into())
+                } else {
+                    RegistryError::BlobUploadInvalid(format!("the upload body broke off: {e}"))
+                });
                 break;
             }
+            None if pending.is_empty() => break,
+            None => Bytes::from(std::mem::take(&mut pending)),
+        };
+        if let Some(job) = inflight.take() {
+            match join_write(job).await {
+                Ok(w) => writer = Some(w),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(w) = writer.take() else { break };
+        inflight = Some(spawn_write(w, piece));
+    }
+    if let Some(job) = inflight.take() {
+        match join_write(job).await {
+            Ok(w) => writer = Some(w),
+            Err(e) => failure = failure.or(Some(e)),
         }
     }
-    if failed.is_none() && !pending.is_empty() {
-        // A failed writer drops the receiver; its error is reported below.
-        let _ = tx.send(Bytes::from(pending)).await;
-    }
-    drop(tx);
-    let written = writer.await.map_err(|e| RegistryError::Internal(e.to_string()));
-    match (written, failed) {
-        (Ok(Ok(st)), None) => Ok(st),
-        (written, failed) => {
-            let restore = std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(before.offset));
-            if let Err(e) = restore {
-                tracing::warn!(path = %path.display(), error = %e, "could not cut a failed upload back");
+    match (failure, writer) {
+        (None, Some(w)) => Ok(w.st),
+        (failure, _) => {
+            let cut = path.clone();
+            let restore = io_pool()
+                .run(move |_| std::fs::OpenOptions::new().write(true).open(&cut).and_then(|f| f.set_len(before)))
+                .await;
+            if !matches!(restore, Ok(Ok(()))) {
+                tracing::warn!(path = %path.display(), "could not cut a failed upload back");
             }
-            match (written, failed) {
-                (Ok(Err(e)), _) => Err(e.into()),
-                (Err(e), _) => Err(e),
-                (_, Some(msg)) => Err(RegistryError::BlobUploadInvalid(format!("the upload body broke off: {msg}"))),
-                (Ok(Ok(_)), None) => Ok(before),
-            }
+            Err(failure.unwrap_or_else(|| RegistryError::Internal("the upload writer was lost".into())))
         }
     }
 }
@@ -348,7 +444,7 @@ mod tests {
         let store = BlobStore::new(dir.clone());
         store.init().unwrap();
         store.create_upload("upl_1").unwrap();
-        let st = Appended { hasher: Sha256::new(), offset: 0 };
+        let st = Appended::new();
         let st = append(&store, "upl_1", st, Body::from("hello ")).await.unwrap();
         let st = append(&store, "upl_1", st, Body::from("world")).await.unwrap();
         assert_eq!(st.offset, 11);

@@ -43,6 +43,15 @@ pub enum RegistryError {
     TooLarge(String),
     #[error("too many requests")]
     TooManyRequests { retry_after: u64 },
+    /// A request head over the listener's cap (431).
+    #[error("{0}")]
+    HeaderTooLarge(String),
+    /// The request body arrived too slowly (408).
+    #[error("{0}")]
+    Timeout(String),
+    /// The server is too busy to take this now (503).
+    #[error("{0}")]
+    Busy(String),
     /// The cause is logged; the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -70,6 +79,9 @@ impl RegistryError {
             RegistryError::RangeInvalid(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
             RegistryError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
             RegistryError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            RegistryError::HeaderTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "UNSUPPORTED"),
+            RegistryError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "BLOB_UPLOAD_INVALID"),
+            RegistryError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             RegistryError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
@@ -78,6 +90,45 @@ impl RegistryError {
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
         RegistryError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::http::Rejection> for RegistryError {
+    fn from(r: crate::http::Rejection) -> Self {
+        use crate::http::Rejection;
+        match r {
+            Rejection::RateLimited { retry_after } => RegistryError::TooManyRequests { retry_after },
+            Rejection::TooLarge { limit } => RegistryError::TooLarge(format!("the body is larger than {limit} bytes")),
+            Rejection::HeadTooLarge => RegistryError::HeaderTooLarge(format!(
+                "the request line and headers are larger than {} bytes",
+                crate::http::serve::MAX_HEAD_BYTES
+            )),
+        }
+    }
+}
+
+impl From<crate::http::body::BodyError> for RegistryError {
+    fn from(e: crate::http::body::BodyError) -> Self {
+        use crate::http::body::BodyError;
+        match e {
+            BodyError::TooLarge(_) => RegistryError::TooLarge(e.to_string()),
+            BodyError::TimedOut => RegistryError::Timeout(e.to_string()),
+            BodyError::Broken(_) => RegistryError::BlobUploadInvalid(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::http::login::LoginError> for RegistryError {
+    fn from(e: crate::http::login::LoginError) -> Self {
+        use crate::http::login::LoginError;
+        match e {
+            LoginError::RateLimited(retry_after) => RegistryError::TooManyRequests { retry_after },
+            LoginError::Busy => RegistryError::Busy(e.to_string()),
+            LoginError::Store(e) => e.into(),
+            LoginError::Internal(cause) => RegistryError::Internal(cause),
+            // The caller turns these into a challenge.
+            LoginError::TooLong | LoginError::Invalid => RegistryError::Denied(e.to_string()),
+        }
     }
 }
 
@@ -92,7 +143,7 @@ impl IntoResponse for RegistryError {
         let (status, code) = self.status_and_code();
         let message = match &self {
             RegistryError::Internal(cause) => {
-                let request_id = crate::api::error::REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+                let request_id = crate::http::request_id();
                 tracing::error!(request_id, error = %cause, "registry internal error");
                 format!("internal error; quote request id {request_id} when reporting it")
             }
@@ -110,6 +161,9 @@ impl IntoResponse for RegistryError {
             }
             RegistryError::TooManyRequests { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            RegistryError::Busy(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             _ => {}
         }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use sha2::{Digest as _, Sha256};
+use sha2::Digest as _;
 
 use crate::store::Store;
 use crate::store::registry::{self as sql, ManifestRef, ManifestRow, Repo};
@@ -40,6 +40,33 @@ use names::{Digest, Reference};
 /// An upload's in-memory state; `None` once finished or cancelled.
 type UploadSlot = Arc<tokio::sync::Mutex<Option<Appended>>>;
 
+/// Upload states kept in memory at most; past it, idle ones are dropped (and
+/// rebuilt from their data file if their client comes back).
+const MAX_UPLOAD_SLOTS: usize = 4096;
+/// An upload's `updated_at` is written at most this often (not once per chunk).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// What the registry is told at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `<data_dir>/registry`.
+    pub root: std::path::PathBuf,
+    pub gc_grace: Duration,
+    pub upload_ttl: Duration,
+    pub max_open_uploads_per_project: u32,
+}
+
+impl Settings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Settings {
+            root: config.data_dir.join("registry"),
+            gc_grace: Duration::from_secs(config.registry.gc_grace_seconds),
+            upload_ttl: Duration::from_secs(config.registry.upload_ttl_seconds),
+            max_open_uploads_per_project: config.registry.max_open_uploads_per_project,
+        }
+    }
+}
+
 pub struct Registry {
     pub blobs: BlobStore,
     store: Store,
@@ -48,6 +75,7 @@ pub struct Registry {
     gc_lock: tokio::sync::RwLock<()>,
     pub gc_grace: Duration,
     pub upload_ttl: Duration,
+    max_open_uploads: u32,
 }
 
 fn now() -> i64 {
@@ -59,14 +87,39 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Registry {
-    pub fn new(root: std::path::PathBuf, store: Store, gc_grace: Duration, upload_ttl: Duration) -> Self {
+    pub fn new(settings: Settings, store: Store) -> Self {
         Self {
-            blobs: BlobStore::new(root),
+            blobs: BlobStore::new(settings.root),
             store,
             uploads: Mutex::new(HashMap::new()),
             gc_lock: tokio::sync::RwLock::new(()),
-            gc_grace,
-            upload_ttl,
+            gc_grace: settings.gc_grace,
+            upload_ttl: settings.upload_ttl,
+            max_open_uploads: settings.max_open_uploads_per_project,
+        }
+    }
+
+    /// Upload states held in memory (for tests and metrics).
+    pub fn upload_slots(&self) -> usize {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Keeps an upload's state in memory, first dropping idle ones when there are
+    /// too many (an idle slot is one no request holds).
+    fn keep_slot(&self, id: &str, slot: UploadSlot) -> UploadSlot {
+        let mut map = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_UPLOAD_SLOTS && !map.contains_key(id) {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+            map.shrink_to_fit();
+        }
+        map.entry(id.to_string()).or_insert(slot).clone()
+    }
+
+    /// Forgets the in-memory state of uploads that ended elsewhere (GC).
+    pub(crate) fn forget_uploads(&self, ids: &[String]) {
+        let mut map = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            map.remove(id);
         }
     }
 
@@ -95,16 +148,33 @@ impl Registry {
         Ok(size.map(|s| s as u64))
     }
 
-    /// Opens an upload session.
+    /// Opens an upload session, unless the project already has its most open ones
+    /// (429: finish or cancel some first, or wait for the idle ones to expire).
     pub async fn start_upload(&self, repo: &Repo) -> RegistryResult<String> {
         let id = crate::ids::new_id("upl");
+        let (upload, repo_id, project, max) = (id.clone(), repo.id, repo.project_id.clone(), self.max_open_uploads);
+        let admitted = self
+            .store
+            .write(move |c| {
+                if sql::open_uploads_in_project(c, &project)? >= i64::from(max) {
+                    return Ok(false);
+                }
+                sql::upload_insert(c, &upload, repo_id, now())?;
+                Ok(true)
+            })
+            .await?;
+        if !admitted {
+            return Err(RegistryError::TooManyRequests { retry_after: 60 });
+        }
         let blobs = self.blobs.clone();
         let upload = id.clone();
-        blocking(move || blobs.create_upload(&upload)).await??;
-        let (upload, repo_id) = (id.clone(), repo.id);
-        self.store.write(move |c| sql::upload_insert(c, &upload, repo_id, now())).await?;
-        let slot = Arc::new(tokio::sync::Mutex::new(Some(Appended { hasher: Sha256::new(), offset: 0 })));
-        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), slot);
+        if let Err(e) = blocking(move || blobs.create_upload(&upload)).await? {
+            let upload = id.clone();
+            let _ = self.store.write(move |c| sql::upload_delete(c, &upload)).await;
+            return Err(e.into());
+        }
+        let slot = Arc::new(tokio::sync::Mutex::new(Some(Appended::new())));
+        self.keep_slot(&id, slot);
         Ok(id)
     }
 
@@ -125,8 +195,8 @@ impl Registry {
         let blobs = self.blobs.clone();
         let upload = id.to_string();
         let (hasher, offset) = blocking(move || blobs.rehash_upload(&upload)).await?.map_err(|_| unknown())?;
-        let slot = Arc::new(tokio::sync::Mutex::new(Some(Appended { hasher, offset })));
-        Ok(self.uploads.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_insert(slot).clone())
+        let slot = Arc::new(tokio::sync::Mutex::new(Some(Appended { hasher, offset, touched: None })));
+        Ok(self.keep_slot(id, slot))
     }
 
     /// Bytes received so far.
@@ -154,13 +224,19 @@ impl Registry {
                 )));
             }
         }
-        let before = Appended { hasher: state.hasher.clone(), offset: state.offset };
+        let before = Appended { hasher: state.hasher.clone(), offset: state.offset, touched: state.touched };
         match blobs::append(&self.blobs, id, state, body).await {
-            Ok(st) => {
+            Ok(mut st) => {
                 let offset = st.offset;
+                let due = st.touched.is_none_or(|t| t.elapsed() >= TOUCH_EVERY);
+                if due {
+                    st.touched = Some(std::time::Instant::now());
+                }
                 *guard = Some(st);
-                let upload = id.to_string();
-                self.store.write_detached(move |c| sql::upload_touch(c, &upload, now()));
+                if due {
+                    let upload = id.to_string();
+                    self.store.write_detached(move |c| sql::upload_touch(c, &upload, now()));
+                }
                 Ok(offset)
             }
             Err(e) => {

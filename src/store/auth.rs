@@ -66,13 +66,30 @@ pub fn session_credential(c: &Connection, id: &str) -> Result<Option<Credential>
     .optional()?)
 }
 
-pub fn list_sessions(c: &Connection, user_id: &str, current: Option<&str>) -> Result<Vec<SessionInfo>> {
+/// Keeps the user's `keep` most recently used sessions and deletes the rest;
+/// returns how many went.
+pub fn trim_sessions(c: &Connection, user_id: &str, keep: u32) -> Result<usize> {
+    Ok(c.execute(
+        "DELETE FROM sessions WHERE user_id = ?1 AND id NOT IN (
+             SELECT id FROM sessions WHERE user_id = ?1
+             ORDER BY coalesce(last_used_at, created_at) DESC, id DESC LIMIT ?2)",
+        params![user_id, keep],
+    )?)
+}
+
+/// One page of the user's sessions, in id order.
+pub fn page_sessions(
+    c: &Connection,
+    user_id: &str,
+    current: Option<&str>,
+    page: &PageQuery,
+) -> Result<Page<SessionInfo>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, created_at, expires_at, last_used_at, source_addr, user_agent
-         FROM sessions WHERE user_id = ?1 ORDER BY id",
+         FROM sessions WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt
-        .query_map([user_id], |r| {
+        .query_map(params![user_id, page.after.as_deref().unwrap_or(""), page.limit + 1], |r| {
             let id: String = r.get(0)?;
             Ok(SessionInfo {
                 current: Some(id.as_str()) == current,
@@ -85,7 +102,7 @@ pub fn list_sessions(c: &Connection, user_id: &str, current: Option<&str>) -> Re
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    Ok(Page::from_probe(rows, page.limit))
 }
 
 /// Deletes one of the user's sessions; false if they have no such session.
@@ -134,11 +151,19 @@ fn row_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
     })
 }
 
-pub fn insert_token(c: &Connection, user_id: &str, t: &ApiToken, secret_hash: &[u8]) -> Result<()> {
+/// Stores a new token; `parent` is the token it was minted with, if any (deleting
+/// the parent deletes it too).
+pub fn insert_token(
+    c: &Connection,
+    user_id: &str,
+    t: &ApiToken,
+    secret_hash: &[u8],
+    parent: Option<&str>,
+) -> Result<()> {
     c.execute(
-        "INSERT INTO api_tokens (id, user_id, name, secret_hash, prefix, scopes, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![t.id, user_id, t.name, secret_hash, t.prefix, t.scopes.join(" "), t.expires_at, t.created_at],
+        "INSERT INTO api_tokens (id, user_id, name, secret_hash, prefix, scopes, expires_at, created_at, parent_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![t.id, user_id, t.name, secret_hash, t.prefix, t.scopes.join(" "), t.expires_at, t.created_at, parent],
     )
     .map_err(|e| conflict_on_unique(e, || format!("you already have a token named {}", t.name)))?;
     Ok(())
@@ -172,7 +197,13 @@ pub fn list_tokens(c: &Connection, user_id: &str, page: &PageQuery) -> Result<Pa
     Ok(Page::from_probe(rows, page.limit))
 }
 
-/// Revokes (deletes) one of the user's tokens; false if they have no such token.
+/// How many API tokens the user holds.
+pub fn count_tokens(c: &Connection, user_id: &str) -> Result<u32> {
+    Ok(c.prepare_cached("SELECT count(*) FROM api_tokens WHERE user_id = ?1")?.query_row([user_id], |r| r.get(0))?)
+}
+
+/// Revokes (deletes) one of the user's tokens, and every token minted from it;
+/// false if they have no such token.
 pub fn delete_token(c: &Connection, user_id: &str, id: &str) -> Result<bool> {
     Ok(c.execute("DELETE FROM api_tokens WHERE id = ?1 AND user_id = ?2", [id, user_id])? > 0)
 }
@@ -219,14 +250,26 @@ mod tests {
                     last_used_at: None,
                     created_at: "t".into(),
                 };
-                insert_token(c, "usr_1", &t, b"h")?;
-                let again = ApiToken { id: "tok_2".into(), ..t };
-                assert!(matches!(insert_token(c, "usr_1", &again, b"h"), Err(crate::store::StoreError::Conflict(_))));
+                insert_token(c, "usr_1", &t, b"h", None)?;
+                let again = ApiToken { id: "tok_2".into(), ..t.clone() };
+                assert!(matches!(
+                    insert_token(c, "usr_1", &again, b"h", None),
+                    Err(crate::store::StoreError::Conflict(_))
+                ));
+                // A child and a grandchild: revoking the parent revokes both.
+                let child = ApiToken { id: "tok_3".into(), name: "child".into(), ..t.clone() };
+                insert_token(c, "usr_1", &child, b"h", Some("tok_1"))?;
+                let grandchild = ApiToken { id: "tok_4".into(), name: "grandchild".into(), ..t };
+                insert_token(c, "usr_1", &grandchild, b"h", Some("tok_3"))?;
+                assert_eq!(count_tokens(c, "usr_1")?, 3);
+                assert!(delete_token(c, "usr_1", "tok_1")?);
+                assert_eq!(count_tokens(c, "usr_1")?, 0);
+                insert_token(c, "usr_1", &again, b"h", None)?;
                 Ok(())
             })
             .await
             .unwrap();
-        let cred = store.read(|c| token_credential(c, "tok_1")).await.unwrap().unwrap();
+        let cred = store.read(|c| token_credential(c, "tok_2")).await.unwrap().unwrap();
         assert_eq!(cred.scopes.unwrap(), vec!["projects:read".to_string()]);
         store.close();
         std::fs::remove_dir_all(dir).unwrap();

@@ -8,8 +8,13 @@
 //!   sent to it. Jobs that queue up while a commit is in flight are group-committed:
 //!   each runs inside its own SAVEPOINT (a failing job rolls back alone), then one
 //!   COMMIT (one fsync) covers them all, and only then does each caller get its answer.
-//! - Reads run on a small pool of connections inside `spawn_blocking`, never on the
-//!   async executor's threads.
+//! - Async reads run on the store's own pool of reader threads, each with its own
+//!   read-only connection (`crate::pool`): never on the async executor's threads, and
+//!   never behind password hashing or blob I/O. Callers that are already on a blocking
+//!   thread use [`Store::read_blocking`] with a small set of idle connections.
+//! - The writer's queue is bounded: `write` waits (asynchronously) for room, so a
+//!   burst of writers is slowed down instead of growing memory; `write_detached`
+//!   (bookkeeping such as `last_used_at`) drops its update when the queue is full.
 //!
 //! SQL lives in this module's files (one per table group); callers pass closures
 //! that call those functions.
@@ -25,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::pool::{Pool, PoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,8 +59,14 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 64;
-/// Idle read connections kept open.
+/// Idle read connections kept open for [`Store::read_blocking`].
 const MAX_IDLE_READERS: usize = 4;
+/// Threads (each with one connection) serving [`Store::read`].
+const READER_THREADS: usize = 4;
+/// Reads admitted (running or queued) before `read` waits for room.
+const READ_QUEUE: usize = 1024;
+/// Writes queued for the writer thread before `write` waits for room.
+const WRITE_QUEUE: usize = 1024;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/001_init.sql")),
@@ -61,6 +74,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/003_replicas.sql")),
     (4, crate::runtime::network::ipam::sql::MIGRATION),
     (5, include_str!("migrations/004_network.sql")),
+    (6, include_str!("migrations/006_token_parents.sql")),
 ];
 
 /// Handle to the database; cheap to clone.
@@ -71,9 +85,10 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
-    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    reader_pool: Pool<Option<Connection>>,
 }
 
 impl Store {
@@ -83,7 +98,7 @@ impl Store {
         configure(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         migrate(&mut conn)?;
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(conn, rx))
@@ -94,6 +109,7 @@ impl Store {
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 readers: Mutex::new(Vec::new()),
+                reader_pool: Pool::with_state("store-read", READER_THREADS, READ_QUEUE, || None),
             }),
         })
     }
@@ -108,12 +124,14 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let rx = self.submit_with_reply(f)?;
+        let (job, rx) = Self::job_with_reply(f);
+        let sender = self.sender()?;
+        sender.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Queues `f` on the writer; the receiver gets its result once committed.
-    fn submit_with_reply<T, F>(&self, f: F) -> Result<oneshot::Receiver<Result<T>>>
+    /// A writer job for `f` and the receiver of its result once committed.
+    fn job_with_reply<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T>>)
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -127,8 +145,11 @@ impl Store {
             });
             (ok, reply)
         });
-        self.submit(job)?;
-        Ok(rx)
+        (job, rx)
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Job>> {
+        self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(StoreError::Closed)
     }
 
     /// Like [`Store::write`], for callers on a blocking thread (never on the executor).
@@ -137,11 +158,14 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let rx = self.submit_with_reply(f)?;
+        let (job, rx) = Self::job_with_reply(f);
+        self.sender()?.blocking_send(job).map_err(|_| StoreError::Closed)?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Queues a write whose result nobody waits for (e.g. `last_used_at` updates).
+    /// Such writes are bookkeeping: when the writer's queue is full the update is
+    /// dropped (and logged) rather than queued without bound.
     pub fn write_detached<F>(&self, f: F)
     where
         F: FnOnce(&Connection) -> Result<()> + Send + 'static,
@@ -153,24 +177,34 @@ impl Store {
             }
             (outcome.is_ok(), Box::new(|_| {}))
         });
-        let _ = self.submit(job);
+        if let Ok(sender) = self.sender() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(job) {
+                tracing::warn!("the store's write queue is full; a bookkeeping update was dropped");
+            }
+        }
     }
 
-    fn submit(&self, job: Job) -> Result<()> {
-        let guard = self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)
-    }
-
-    /// Runs `f` on a read connection off the async threads.
+    /// Runs `f` on one of the store's reader threads; waits (holding no thread) when
+    /// they are all busy.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
+        let path = self.inner.path.clone();
+        self.inner
+            .reader_pool
+            .run(move |slot: &mut Option<Connection>| {
+                let conn = match slot {
+                    Some(c) => c,
+                    None => slot.insert(open_reader(&path)?),
+                };
+                f(conn)
+            })
             .await
-            .map_err(|e| StoreError::Corrupt(format!("read task: {e}")))?
+            .map_err(|e| match e {
+                PoolError::Busy(_) | PoolError::Stopped(_) => StoreError::Closed,
+            })?
     }
 
     /// Like [`Store::read`] for callers already on a blocking thread.
@@ -178,15 +212,7 @@ impl Store {
         let conn = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.inner.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(|source| StoreError::Open { path: self.inner.path.clone(), source })?;
-                configure(&c)?;
-                c
-            }
+            None => open_reader(&self.inner.path)?,
         };
         let out = f(&conn);
         let mut idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,11 +225,19 @@ impl Store {
     /// Stops the writer after it has finished every queued job, then checkpoints the WAL.
     pub fn close(&self) {
         self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.inner.reader_pool.shutdown();
         self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if let Some(handle) = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = handle.join();
         }
     }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let c = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    configure(&c)?;
+    Ok(c)
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -230,8 +264,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

@@ -30,15 +30,20 @@ pub struct Project {
     pub updated_at: String,
 }
 
+/// Decodes a JSON column; a value that does not parse is an error, never an empty default.
+fn json_column<T: serde::de::DeserializeOwned>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+}
+
 fn row_project(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
-    let env: String = r.get(3)?;
-    let limits: String = r.get(4)?;
     Ok(Project {
         id: r.get(0)?,
         name: r.get(1)?,
         description: r.get(2)?,
-        env: serde_json::from_str(&env).unwrap_or_default(),
-        limits: serde_json::from_str(&limits).unwrap_or_default(),
+        env: json_column(r, 3)?,
+        limits: json_column(r, 4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
     })

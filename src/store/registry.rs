@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{Result, StoreError};
+use super::{Page, PageQuery, Result, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -199,6 +199,14 @@ pub fn upload_insert(c: &Connection, id: &str, repo_id: i64, now: i64) -> Result
     Ok(())
 }
 
+/// Upload sessions open in a project's repositories.
+pub fn open_uploads_in_project(c: &Connection, project_id: &str) -> Result<i64> {
+    Ok(c.prepare_cached(
+        "SELECT count(*) FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE r.project_id = ?1",
+    )?
+    .query_row([project_id], |r| r.get(0))?)
+}
+
 /// The repository an upload belongs to.
 pub fn upload_repo(c: &Connection, id: &str) -> Result<Option<i64>> {
     Ok(c.prepare_cached("SELECT repo_id FROM uploads WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?)
@@ -225,17 +233,21 @@ pub struct RepositoryInfo {
     pub created_at: String,
 }
 
-/// Repositories of the given projects (all when `None`), by name.
-pub fn repositories(c: &Connection, projects: Option<&[String]>) -> Result<Vec<RepositoryInfo>> {
+/// A page of repositories in name order: every one when `member` is `None`, else
+/// those of the projects where that user has a role.
+pub fn repositories_page(c: &Connection, member: Option<&str>, page: &PageQuery) -> Result<Page<RepositoryInfo>> {
     let mut stmt = c.prepare_cached(
         "SELECT r.name, r.project_id, r.created_at,
             (SELECT count(*) FROM tags t WHERE t.repo_id = r.id),
             (SELECT count(*) FROM manifests m WHERE m.repo_id = r.id),
             (SELECT coalesce(sum(b.size), 0) FROM repo_blobs l JOIN blobs b ON b.digest = l.digest WHERE l.repo_id = r.id)
-         FROM repositories r ORDER BY r.name",
+         FROM repositories r
+         WHERE r.name > ?1
+           AND (?2 IS NULL OR r.project_id IN (SELECT project_id FROM members WHERE user_id = ?2))
+         ORDER BY r.name LIMIT ?3",
     )?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map(params![page.after.as_deref().unwrap_or(""), member, page.limit + 1], |r| {
             let created: i64 = r.get(2)?;
             Ok(RepositoryInfo {
                 name: r.get(0)?,
@@ -249,19 +261,38 @@ pub fn repositories(c: &Connection, projects: Option<&[String]>) -> Result<Vec<R
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(match projects {
-        None => rows,
-        Some(p) => rows.into_iter().filter(|r| p.contains(&r.project_id)).collect(),
-    })
+    Ok(Page::from_probe(rows, page.limit))
 }
 
-/// Counts for `/v1/registry/status`.
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Counts {
     pub repositories: i64,
     pub blobs: i64,
     pub blob_bytes: i64,
     pub uploads_in_progress: i64,
+}
+
+/// The same figures for the projects where `user_id` has a role: their
+/// repositories, the distinct blobs linked into them, and their open uploads.
+pub fn counts_for_member(c: &Connection, user_id: &str) -> Result<Counts> {
+    Ok(c.query_row(
+        "WITH mine AS (SELECT r.id FROM repositories r
+                       JOIN members m ON m.project_id = r.project_id AND m.user_id = ?1),
+              linked AS (SELECT DISTINCT l.digest FROM repo_blobs l WHERE l.repo_id IN (SELECT id FROM mine))
+         SELECT (SELECT count(*) FROM mine),
+                (SELECT count(*) FROM linked),
+                (SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN (SELECT digest FROM linked)),
+                (SELECT count(*) FROM uploads u WHERE u.repo_id IN (SELECT id FROM mine))",
+        [user_id],
+        |r| {
+            Ok(Counts {
+                repositories: r.get(0)?,
+                blobs: r.get(1)?,
+                blob_bytes: r.get(2)?,
+                uploads_in_progress: r.get(3)?,
+            })
+        },
+    )?)
 }
 
 pub fn counts(c: &Connection) -> Result<Counts> {
@@ -337,7 +368,12 @@ pub struct Sweep {
 ///    repository references;
 /// 3. delete blobs older than `cutoff` that no repository links any more;
 /// 4. forget uploads idle since `upload_cutoff`.
-pub fn gc_sweep(c: &Connection, cutoff: i64, upload_cutoff: i64) -> Result<Sweep> {
+pub fn gc_sweep(
+    c: &Connection,
+    cutoff: i64,
+    upload_cutoff: i64,
+    pinned: &std::collections::HashSet<String>,
+) -> Result<Sweep> {
     let manifests_deleted = c.execute(
         "WITH RECURSIVE live(repo_id, digest) AS (
              SELECT repo_id, digest FROM tags
@@ -362,6 +398,7 @@ pub fn gc_sweep(c: &Connection, cutoff: i64, upload_cutoff: i64) -> Result<Sweep
                AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = blobs.digest)",
         )?
         .query_map([cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .filter(|r| r.as_ref().map_or(true, |(d, _)| !pinned.contains(d)))
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut del = c.prepare("DELETE FROM blobs WHERE digest = ?1")?;
     for (d, _) in &blobs {
@@ -378,15 +415,26 @@ pub fn gc_sweep(c: &Connection, cutoff: i64, upload_cutoff: i64) -> Result<Sweep
     Ok(Sweep { manifests_deleted, blobs, uploads })
 }
 
-/// Every blob digest and upload id known to the database (for the orphan scan).
-pub fn known_files(c: &Connection) -> Result<(std::collections::HashSet<String>, std::collections::HashSet<String>)> {
-    let blobs = c
-        .prepare("SELECT digest FROM blobs")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let uploads = c
-        .prepare("SELECT id FROM uploads")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok((blobs, uploads))
+/// Which of `digests` the database knows as blobs (for the orphan scan).
+pub fn known_blobs(c: &Connection, digests: &[String]) -> Result<std::collections::HashSet<String>> {
+    let mut stmt = c.prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?;
+    let mut known = std::collections::HashSet::new();
+    for d in digests {
+        if stmt.exists([d])? {
+            known.insert(d.clone());
+        }
+    }
+    Ok(known)
+}
+
+/// Which of `ids` the database knows as upload sessions (for the orphan scan).
+pub fn known_uploads(c: &Connection, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+    let mut stmt = c.prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")?;
+    let mut known = std::collections::HashSet::new();
+    for id in ids {
+        if stmt.exists([id])? {
+            known.insert(id.clone());
+        }
+    }
+    Ok(known)
 }

@@ -80,6 +80,17 @@ pub fn list(c: &Connection) -> Result<Vec<Replica>> {
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// The image manifests replicas run from (`root.image.manifest` of their config),
+/// whatever their state: a stopped replica may be started again.
+pub fn image_manifests(c: &Connection) -> Result<Vec<String>> {
+    Ok(c.prepare_cached(
+        "SELECT DISTINCT json_extract(config, '$.root.image.manifest') FROM replicas
+         WHERE json_extract(config, '$.root.image.manifest') IS NOT NULL",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// Writes every mutable field of the replica.
 pub fn update(c: &Connection, r: &Replica) -> Result<()> {
     c.execute(

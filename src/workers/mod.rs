@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Runs `tick` every `every` until shutdown.
 pub fn spawn<F, Fut>(
@@ -51,8 +51,8 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
     });
     let s = state.clone();
     let limits = spawn("ratelimit-prune", Duration::from_secs(60), shutdown.clone(), move || {
-        s.limiter.prune();
-        s.logins.prune();
+        s.gate.limiter.prune();
+        s.gate.logins.prune();
         std::future::ready(())
     });
     let mut all = vec![sessions, limits];
@@ -72,14 +72,8 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         all.push(spawn("registry-gc", Duration::from_secs(every), shutdown.clone(), move || {
             let s = s.clone();
             async move {
-                if let Err(e) = crate::registry::gc::run(&s.registry).await {
+                if let Err(e) = s.collect_garbage().await {
                     tracing::warn!(error = %e, "registry garbage collection failed");
-                }
-                // Then the unpacked layers whose blobs the registry no longer has.
-                if let Some(engine) = &s.engine {
-                    if let Err(e) = engine.gc_images().await {
-                        tracing::warn!(error = %e, "image snapshot collection failed");
-                    }
                 }
             }
         }));

@@ -117,7 +117,7 @@ fn bootstrap_login_roles_scopes_revocation_expiry() {
     // Sessions: list, revoke the others, log out.
     let second = b.login("admin", ADMIN_PASSWORD);
     let sessions = admin.get("/v1/auth/sessions").json();
-    let sessions = sessions.as_array().unwrap();
+    let sessions = sessions["data"].as_array().unwrap();
     assert!(sessions.len() >= 2);
     assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
     let r = admin.delete("/v1/auth/sessions");

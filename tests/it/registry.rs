@@ -307,7 +307,7 @@ fn spec_walk_push_pull_discover_manage() {
 
     // The management view and the guard on deleting a project with repositories.
     let repos = b.admin_session().get("/v1/registry/repositories").json();
-    let names: Vec<&str> = repos.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = repos["data"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert!(names.contains(&repo) && names.contains(&"alpha/other"), "{names:?}");
     let status = c.get("/v1/registry/status").json();
     assert!(status["blobs"].as_i64().unwrap() >= 5 && status["disk_usage_bytes"].as_u64().unwrap() > 0, "{status}");
@@ -355,7 +355,7 @@ fn repository_access_follows_project_roles() {
     }
     let r = stranger.get("/v2/alpha/never-existed/tags/list");
     assert_eq!((r.status, oci_code(&r).as_str()), (404, "NAME_UNKNOWN"), "same answer as a real but hidden repository");
-    assert_eq!(stranger.get("/v1/registry/repositories").json(), json!([]));
+    assert_eq!(stranger.get("/v1/registry/repositories").json()["data"], json!([]));
     // A mount without `from` never finds another project's blobs.
     let layer =
         admin.get(&format!("/v2/{repo}/manifests/v1")).json()["layers"][0]["digest"].as_str().unwrap().to_string();

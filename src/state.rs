@@ -1,0 +1,68 @@
+//! What every handler shares, `/v1` and `/v2` alike: built once by the daemon.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::http::Gate;
+use crate::store::Store;
+
+/// Everything handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// Credentials, rate limits and password hashing (see `http::context`).
+    pub gate: Arc<Gate>,
+    pub started: Instant,
+    pub host: crate::runtime::host::StaticFacts,
+    pub registry: crate::registry::Registry,
+    /// `None` when this daemon does not run containers (no runc, not root, or off).
+    pub engine: Option<Arc<crate::engine::Engine>>,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        gate: Arc<Gate>,
+        host: crate::runtime::host::StaticFacts,
+        engine: Option<Arc<crate::engine::Engine>>,
+    ) -> Self {
+        let registry = crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone());
+        AppState(Arc::new(Shared { engine, registry, config, gate, store, started: Instant::now(), host }))
+    }
+}
+
+impl AppState {
+    /// Registry garbage collection, keeping every blob a replica runs from, then the
+    /// unpacked layers whose blobs are gone.
+    pub async fn collect_garbage(
+        &self,
+    ) -> Result<crate::store::registry::GcReport, crate::registry::error::RegistryError> {
+        let pinned = match &self.engine {
+            Some(engine) => engine
+                .pinned_blobs()
+                .await
+                .map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?,
+            None => Default::default(),
+        };
+        let report = crate::registry::gc::run(&self.registry, &pinned).await?;
+        if let Some(engine) = &self.engine {
+            if let Err(e) = engine.gc_images().await {
+                tracing::warn!(error = %e, "image snapshot collection failed");
+            }
+        }
+        Ok(report)
+    }
+}
