@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod images;
+pub mod oci;
 pub mod registry;
 pub mod runtime;
 pub mod store;
