@@ -1,15 +1,16 @@
 //! From a pushed image to what a replica runs: the manifest (an index resolves to
-//! its linux/amd64 entry), the config, and each layer unpacked once into a snapshot
-//! straight from the registry's blob files, checked against the config's diff_ids;
-//! an image with more layers than one overlay mount names has its bottom layers
-//! flattened into one snapshot.
+//! its entry for this machine's platform), the config, and each layer unpacked once
+//! into a snapshot straight from the registry's blob files, checked against the
+//! config's diff_ids; an image with more layers than one overlay mount names has its
+//! bottom layers flattened into one snapshot. Every document is read by
+//! [`crate::oci`], the parser the registry checked the push with.
 
 use std::path::PathBuf;
 
-use crate::images::config::{ImageConfig, ImageManifest};
+use crate::images::Compression;
 use crate::images::snapshots::SnapshotStore;
+use crate::oci::{ImageConfig, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest};
 use crate::registry::blobs::BlobStore;
-use crate::registry::names::Digest;
 
 use super::EngineError;
 
@@ -25,26 +26,13 @@ fn image_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Image(e.to_string())
 }
 
-fn blob_bytes(blobs: &BlobStore, digest: &str, max: u64) -> Result<Vec<u8>, EngineError> {
-    let d = Digest::parse(digest).map_err(|_| image_err(format!("{digest} is not a sha256 digest")))?;
-    blobs.read_small(&d, max).map_err(image_err)
-}
-
-/// Picks the manifest to run from a manifest or an index.
-fn single_platform(blobs: &BlobStore, bytes: Vec<u8>) -> Result<Vec<u8>, EngineError> {
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(image_err)?;
-    let Some(list) = v["manifests"].as_array() else { return Ok(bytes) };
-    let pick = list
-        .iter()
-        .find(|m| {
-            m["platform"]["os"] == "linux"
-                && m["platform"]["architecture"]
-                    == std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")
-        })
-        .or_else(|| list.iter().find(|m| m["platform"].is_null()))
-        .ok_or_else(|| image_err("the image index has no entry for this machine's platform"))?;
-    let digest = pick["digest"].as_str().ok_or_else(|| image_err("an index entry has no digest"))?;
-    blob_bytes(blobs, digest, crate::registry::manifests::MAX_MANIFEST_BYTES as u64)
+/// This machine's platform, as GOARCH names it.
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 /// Every blob an image needs to run again: the manifest (and the index entry picked
@@ -52,32 +40,49 @@ fn single_platform(blobs: &BlobStore, bytes: Vec<u8>) -> Result<Vec<u8>, EngineE
 /// the caller keeps what it can name.
 pub fn referenced_blobs(blobs: &BlobStore, manifest_digest: &str) -> Vec<String> {
     let mut out = vec![manifest_digest.to_string()];
-    let max = crate::registry::manifests::MAX_MANIFEST_BYTES as u64;
-    let Ok(top) = blob_bytes(blobs, manifest_digest, max) else { return out };
-    let Ok(picked) = single_platform(blobs, top.clone()) else { return out };
-    if picked != top {
-        out.push(crate::registry::names::Digest::of(&picked).to_string());
+    let read = |d: &crate::oci::Digest| {
+        blobs.read_small(d, MAX_MANIFEST_BYTES as u64).ok().and_then(|b| Manifest::parse(&b, None).ok())
+    };
+    let Some(mut manifest) = crate::oci::Digest::parse(manifest_digest).ok().as_ref().and_then(read) else {
+        return out;
+    };
+    if manifest.is_index() {
+        let Some(entry) = manifest.platform_entry("linux", architecture()).cloned() else { return out };
+        out.push(entry.to_string());
+        let Some(m) = read(&entry) else { return out };
+        manifest = m;
     }
-    if let Ok(m) = ImageManifest::parse(&picked) {
-        out.push(m.config.digest.clone());
-        out.extend(m.layers.iter().map(|l| l.descriptor.digest.clone()));
-    }
+    out.extend(manifest.blobs().iter().map(ToString::to_string));
     out
 }
 
 /// Parses the manifest and config and makes sure every layer is unpacked.
 pub fn prepare(blobs: &BlobStore, snapshots: &SnapshotStore, manifest: Vec<u8>) -> Result<Prepared, EngineError> {
-    let manifest = single_platform(blobs, manifest)?;
-    let manifest = ImageManifest::parse(&manifest).map_err(image_err)?;
-    let config = ImageConfig::parse(&blob_bytes(blobs, &manifest.config.digest, 16 << 20)?).map_err(image_err)?;
-    let mut digests = Vec::new();
-    for (layer, diff_id) in manifest.layers_with_diff_ids(&config).map_err(image_err)? {
-        let d = &layer.descriptor;
-        let digest = Digest::parse(&d.digest).map_err(|_| image_err(format!("{} is not a sha256 digest", d.digest)))?;
-        let path = blobs.blob_path(&digest);
-        snapshots.ensure(&d.digest, &d.media_type, Some(diff_id), || std::fs::File::open(&path)).map_err(image_err)?;
-        digests.push(d.digest.as_str());
+    let mut manifest = Manifest::parse(&manifest, None).map_err(image_err)?;
+    if manifest.is_index() {
+        let entry = manifest
+            .platform_entry("linux", architecture())
+            .ok_or_else(|| image_err("the image index has no entry for this machine's platform"))?;
+        let bytes = blobs.read_small(entry, MAX_MANIFEST_BYTES as u64).map_err(image_err)?;
+        manifest = Manifest::parse(&bytes, None).map_err(image_err)?;
     }
+    let image = manifest.image().map_err(image_err)?;
+    // Refuse an unknown layer type before unpacking any layer.
+    if let Some(l) = image.layers.iter().find(|l| Compression::from_media_type(&l.media_type).is_none()) {
+        return Err(image_err(format!("layer {}: unsupported media type {:?}", l.digest, l.media_type)));
+    }
+    let config_bytes = blobs.read_small(&image.config.digest, MAX_CONFIG_BYTES as u64).map_err(image_err)?;
+    let config = ImageConfig::parse(&config_bytes).map_err(image_err)?;
+    let mut digests = Vec::new();
+    for (layer, diff_id) in image.layers_with_diff_ids(&config).map_err(image_err)? {
+        let path = blobs.blob_path(&layer.digest);
+        let digest = layer.digest.to_string();
+        snapshots
+            .ensure(&digest, &layer.media_type, Some(&diff_id.to_string()), || std::fs::File::open(&path))
+            .map_err(image_err)?;
+        digests.push(digest);
+    }
+    let digests: Vec<&str> = digests.iter().map(String::as_str).collect();
     let layers = snapshots.lowers(&digests, crate::runtime::rootfs::LOWERDIR_BUDGET).map_err(image_err)?;
     Ok(Prepared { config, layers })
 }

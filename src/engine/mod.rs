@@ -152,18 +152,20 @@ impl Engine {
         };
         let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
         let prepared = tokio::task::spawn_blocking(move || {
-            let d = crate::registry::names::Digest::parse(&manifest)
+            let d = crate::oci::Digest::parse(&manifest)
                 .map_err(|_| EngineError::Image(format!("{manifest} is not a sha256 digest")))?;
             let bytes = images
                 .0
-                .read_small(&d, crate::registry::manifests::MAX_MANIFEST_BYTES as u64)
+                .read_small(&d, crate::oci::MAX_MANIFEST_BYTES as u64)
                 .map_err(|e| EngineError::Image(e.to_string()))?;
             image::prepare(&images.0, &images.1, bytes)
         })
         .await
         .map_err(|e| EngineError::Task(e.to_string()))??;
         if cfg.args.is_empty() {
-            cfg.args = prepared.config.command(None).map_err(|e| EngineError::Image(e.to_string()))?;
+            cfg.args = prepared.config.command(None).ok_or_else(|| {
+                EngineError::Image("the image sets neither Entrypoint nor Cmd and the replica gives no command".into())
+            })?;
         }
         let mut env = prepared.config.env.clone();
         for kv in &cfg.env {
@@ -396,7 +398,7 @@ impl Engine {
                 });
             }
             for digest in snapshots.list().map_err(|e| EngineError::Image(e.to_string()))? {
-                let in_registry = crate::registry::names::Digest::parse(&digest).is_ok_and(|d| blobs.exists(&d));
+                let in_registry = crate::oci::Digest::parse(&digest).is_ok_and(|d| blobs.exists(&d));
                 if in_registry {
                     keep.insert(digest);
                 }

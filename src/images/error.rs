@@ -72,13 +72,6 @@ pub enum ImageError {
     #[error("{what} {value:?} is not a sha256 digest")]
     InvalidDigest { what: &'static str, value: String },
 
-    /// The image config or manifest cannot be used.
-    #[error("{what}: {reason}")]
-    InvalidImage { what: &'static str, reason: String },
-
-    #[error("image has no command: its config sets neither Entrypoint nor Cmd and none was given")]
-    NoCommand,
-
     /// Unpacking a layer failed; the cause says where.
     #[error("layer {digest}: {source}")]
     Layer {

@@ -1,12 +1,10 @@
 //! Images: unpacking OCI layers into read-only snapshots, safely.
 //!
 //! Purpose: turn an image's layer blobs (from the registry's blob store) into
-//! directories overlayfs can stack as lowerdirs, once per layer digest, and read
-//! what the image config says about running it.
+//! directories overlayfs can stack as lowerdirs, once per layer digest. Manifests
+//! and image configs are read by [`crate::oci`], the parser the registry uses too.
 //!
 //! Design:
-//! - [`config`] parses image manifests and configs into typed structs
-//!   (Entrypoint/Cmd/Env/WorkingDir/User/ExposedPorts, `rootfs.diff_ids`).
 //! - [`unpack::unpack_layer`] streams one layer (gzip, zstd or plain tar, told
 //!   apart by magic bytes, not by the media type alone) into a directory:
 //!   decompression and the diff_id hash run on their own thread, the tar parse and
@@ -38,7 +36,6 @@
 //! symlink in the same archive is refused rather than resolved; zstd frames may
 //! use libzstd's default maximum window (128 MiB of memory per unpack).
 
-pub mod config;
 pub mod error;
 pub mod flatten;
 mod fs;
@@ -48,16 +45,16 @@ pub mod unpack;
 #[cfg(test)]
 mod tests;
 
-pub use config::{ImageConfig, ImageManifest};
 pub use error::ImageError;
 pub use snapshots::SnapshotStore;
 pub use unpack::{Compression, Limits, UnpackStats, unpack_layer};
 
-/// The hex part of a `sha256:<64 lowercase hex>` digest; anything else is refused,
-/// which also keeps digests safe to use as file names.
+/// The hex part of a `sha256:<64 lowercase hex>` digest, as [`crate::oci::Digest`]
+/// validates it; anything else is refused, which also keeps digests safe to use as
+/// file names.
 pub(crate) fn digest_hex<'a>(what: &'static str, digest: &'a str) -> Result<&'a str, ImageError> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    crate::oci::Digest::parse(digest)
+        .ok()
+        .and(digest.strip_prefix("sha256:"))
         .ok_or_else(|| ImageError::InvalidDigest { what, value: digest.to_string() })
 }

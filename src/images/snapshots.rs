@@ -51,8 +51,10 @@ pub struct SnapshotStore {
     in_flight: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// A sha256 hex, as [`crate::oci::Digest`] has it (layer snapshots and flattened
+/// chains are both named by one).
 fn is_snapshot_name(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    crate::oci::Digest::parse(&format!("sha256:{name}")).is_ok()
 }
 
 fn remove_tree(path: &Path) -> io::Result<()> {

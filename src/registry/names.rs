@@ -1,6 +1,7 @@
-//! Repository names, tags and digests as the distribution spec defines them.
+//! Repository names and tags as the distribution spec defines them; digests are
+//! [`crate::oci::Digest`], re-exported here.
 
-use std::fmt;
+pub use crate::oci::{Digest, DigestError};
 
 /// Longest repository name accepted (distribution's limit).
 pub const MAX_NAME: usize = 255;
@@ -61,61 +62,6 @@ pub fn is_tag(tag: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// A sha256 digest (the only algorithm stored).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    hex: String,
-}
-
-/// Why a digest string was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DigestError {
-    Malformed,
-    UnsupportedAlgorithm(String),
-}
-
-impl Digest {
-    pub fn parse(s: &str) -> Result<Digest, DigestError> {
-        let (alg, hex) = s.split_once(':').ok_or(DigestError::Malformed)?;
-        let alg_ok = !alg.is_empty()
-            && alg
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'.' | b'_' | b'-'));
-        if !alg_ok
-            || hex.is_empty()
-            || !hex.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
-        {
-            return Err(DigestError::Malformed);
-        }
-        if alg != "sha256" {
-            return Err(DigestError::UnsupportedAlgorithm(alg.to_string()));
-        }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(DigestError::Malformed);
-        }
-        Ok(Digest { hex: hex.to_string() })
-    }
-
-    pub fn from_sha256(bytes: &[u8]) -> Digest {
-        Digest { hex: crate::auth::hex(bytes) }
-    }
-
-    pub fn of(data: &[u8]) -> Digest {
-        use sha2::Digest as _;
-        Digest::from_sha256(&sha2::Sha256::digest(data))
-    }
-
-    pub fn hex(&self) -> &str {
-        &self.hex
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
-    }
-}
-
 /// A manifest reference: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
@@ -142,23 +88,5 @@ mod tests {
     fn tags() {
         assert!(is_tag("v1") && is_tag("_x") && is_tag("1.2.3-rc_1") && is_tag(&"a".repeat(128)));
         assert!(!is_tag("") && !is_tag(".x") && !is_tag("-x") && !is_tag("a/b") && !is_tag(&"a".repeat(129)));
-    }
-
-    #[test]
-    fn digests() {
-        let d = Digest::of(b"hello");
-        assert_eq!(d.to_string(), "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-        assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
-        assert_eq!(Digest::parse("sha256:abc"), Err(DigestError::Malformed));
-        assert_eq!(
-            Digest::parse("sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824"),
-            Err(DigestError::Malformed)
-        );
-        assert_eq!(Digest::parse("nocolon"), Err(DigestError::Malformed));
-        assert_eq!(
-            Digest::parse(&format!("sha512:{}", "a".repeat(128))),
-            Err(DigestError::UnsupportedAlgorithm("sha512".into()))
-        );
-        assert_eq!(Digest::parse("sha256:../../etc/passwd"), Err(DigestError::Malformed));
     }
 }

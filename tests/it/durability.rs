@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::harness::{ADMIN_PASSWORD, Berth};
 
 #[test]
+#[expect(clippy::disallowed_types, clippy::disallowed_methods, reason = "checks the database file from outside")]
 fn kill_dash_nine_during_200_concurrent_creates_loses_no_acknowledged_project() {
     let mut b = Berth::start("[api]\nrate_limit_per_minute = 100000\n");
     let admin = b.admin();

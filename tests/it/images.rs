@@ -8,8 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth::images::config::{ImageConfig, ImageManifest};
 use berth::images::{Compression, SnapshotStore};
+use berth::oci::{ImageConfig, ImageManifest};
 use sha2::{Digest, Sha256};
 
 use crate::harness::{TempDir, require_tool};
@@ -163,9 +163,9 @@ fn overlay_of_unpacked_layers_honours_whiteouts_and_opaque_dirs() {
     let store = SnapshotStore::new(tmp.path().join("images/snapshots"));
     let mut snapshots = Vec::new();
     for (layer, diff_id) in manifest.layers_with_diff_ids(&config).unwrap() {
-        let blob = [&l1, &l2].into_iter().find(|l| l.digest == layer.descriptor.digest).unwrap();
+        let blob = [&l1, &l2].into_iter().find(|l| l.digest == layer.digest.to_string()).unwrap();
         let path = store
-            .ensure(&layer.descriptor.digest, &layer.descriptor.media_type, Some(diff_id), || {
+            .ensure(&layer.digest.to_string(), &layer.media_type, Some(&diff_id.to_string()), || {
                 std::fs::File::open(&blob.path)
             })
             .unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth::runtime::cgroups::Limits;
-use berth::runtime::network::{Attachment, ConnIpam, Ipv4Net, NETNS_DIR, NetOptions, Networks};
+use berth::runtime::network::{Attachment, Ipv4Net, NETNS_DIR, NetOptions, Networks};
 use rand::Rng;
 
 use crate::harness::{TempDir, require_tool};
@@ -74,9 +74,8 @@ impl Net {
     }
 
     fn open(&self) -> Networks {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        Networks::new(self.opts.clone(), Arc::new(ConnIpam::new(conn).unwrap())).unwrap()
+        let store = berth::store::Store::open(&self.db).unwrap();
+        Networks::new(self.opts.clone(), Arc::new(berth::engine::ipam::StoreIpam::new(store))).unwrap()
     }
 
     /// Links, netns and the nftables table with this instance's names.

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 pub use addr::Ipv4Net;
-pub use ipam::{ConnIpam, Ipam, IpamError, Lease, MemIpam};
+pub use ipam::{Ipam, IpamError, Lease, MemIpam};
 
 use crate::error::PathError;
 
