@@ -10,6 +10,7 @@ mod durability;
 mod engine;
 mod flow;
 mod harness;
+mod hold;
 mod images;
 mod lifecycle;
 mod matrix;
