@@ -1,0 +1,434 @@
+#!/usr/bin/env bash
+# Whether slow clients can stall the API: wrk on an authenticated `GET /v1/projects`
+# alone, then while slow clients hold connections, measured in the same run.
+#
+#   bench/stall.sh                  full run: 15 s of load per wrk run, a 64 MiB blob; fails when a target is missed
+#   BENCH_SMOKE=1 bench/stall.sh    3 s per run, a 16 MiB blob; checks that everything works, never fails on targets
+#
+# Starts the release binary on a free loopback port with a throw-away state dir,
+# bootstraps it, creates 20 projects and `bench`, mints an API token and pushes one
+# random blob (one monolithic `POST /v2/bench/big/blobs/uploads/?digest=`). Then three
+# wrk runs (2 threads, 64 connections, 2 s timeout) of the authenticated GET:
+#  1. unloaded: nothing else talks to berth;
+#  2. loaded, with the slow clients running:
+#     - DOWNLOADS (32) `curl --limit-rate 100k` downloads of the blob
+#       (`GET /v2/bench/big/blobs/sha256:...` with the API token), each pulling at
+#       100 KiB/s, so each stays in flight for the whole run (64 MiB take ~11 min);
+#     - SLOWLORIS (256) connections on the API listener from a python3 script, half
+#       sending a request head one byte a second, half sending a complete
+#       `POST /v1/auth/login` head with `Content-Length: 1000` and then the body one
+#       byte a second; a connection the server closes is opened again at once;
+#  3. unloaded again, after the slow clients were killed (no target: shows recovery).
+#
+# Addresses: wrk comes from 127.0.0.1; the downloads from 127.0.0.2 and the slowloris
+# connections from 127.0.0.3-127.0.0.10 (32 each), all on loopback. berth runs with its
+# default connection caps (256 per address, 4096 in all): spreading the slow clients
+# over addresses is what an attacker with a few hosts does, and keeps the caps as they
+# ship instead of raising them for the benchmark. Only `rate_limit_per_minute` is
+# raised (as in api.sh), so the per-token limiter stays in the path without refusing
+# wrk; the slowloris clients are anonymous and stay under the per-address limit.
+#
+# As the very last line, the loaded run against the unloaded one:
+#   success 100% (a non-2xx answer, a socket error or a timeout of wrk counts as a
+#   failure), p99 <= 2 x the unloaded run's p99.
+#
+# Environment: BENCH_SMOKE=1, DURATION (seconds per wrk run), BLOB_MIB, DOWNLOADS,
+# SLOWLORIS, RATE (curl's --limit-rate), BERTH_BIN (a prebuilt binary; otherwise
+# `cargo build --release` is run first, a no-op when up to date).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SMOKE=${BENCH_SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then
+    DURATION=${DURATION:-3}
+    BLOB_MIB=${BLOB_MIB:-16}
+else
+    DURATION=${DURATION:-15}
+    BLOB_MIB=${BLOB_MIB:-64}
+fi
+DOWNLOADS=${DOWNLOADS:-32}
+SLOWLORIS=${SLOWLORIS:-256}
+RATE=${RATE:-100k}
+THREADS=2
+CONNECTIONS=64
+PROJECTS=20
+TARGET_P99_RATIO=2
+DL_ADDR=127.0.0.2
+SLOW_ADDRS=(127.0.0.3 127.0.0.4 127.0.0.5 127.0.0.6 127.0.0.7 127.0.0.8 127.0.0.9 127.0.0.10)
+
+# die MESSAGE: the error on stderr and, as the last line on stdout, `stall: FAILED (...)`
+# (printed by cleanup once the temp dir exists, so a die inside $(...) is reported too).
+die() {
+    printf 'bench/stall: error: %s\n' "$*" >&2
+    if [ -n "${T:-}" ] && [ -d "$T" ]; then
+        printf '%s\n' "$*" >>"$T/failure"
+    else
+        printf 'stall: FAILED (%s)\n' "$*"
+    fi
+    exit 1
+}
+# A need that is not met (a missing tool): a failure under CI=true, else a SKIPPED line.
+skip() {
+    [ "${CI:-}" != true ] || die "$* (required under CI=true)"
+    printf 'SKIPPED: bench/stall.sh: %s\n' "$*"
+    exit 0
+}
+for tool in wrk:wrk curl:curl jq:jq python3:python3 awk:mawk sha256sum:coreutils; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || skip "${tool%%:*} is not installed (apt-get install -y ${tool#*:})"
+done
+
+if [ -n "${BERTH_BIN:-}" ]; then
+    BIN=$BERTH_BIN
+else
+    command -v cargo >/dev/null 2>&1 || skip "cargo is not installed (rustup) and BERTH_BIN is not set"
+    cargo build --release --quiet --bin berth || die "cargo build failed"
+    BIN=${CARGO_TARGET_DIR:-target}/release/berth
+fi
+[ -x "$BIN" ] || die "$BIN is not an executable"
+
+T=$(mktemp -d -t berth-bench-stall.XXXXXX)
+PID=""
+SLOW_PID=""
+DL_PIDS=()
+VERDICT_PRINTED=0
+stop_pid() {
+    if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
+        kill "$1" 2>/dev/null || true
+        wait "$1" 2>/dev/null || true
+    fi
+}
+stop_slow_clients() {
+    local p
+    for p in "${DL_PIDS[@]}"; do
+        stop_pid "$p"
+    done
+    DL_PIDS=()
+    stop_pid "$SLOW_PID"
+    SLOW_PID=""
+}
+cleanup() {
+    local rc=$?
+    stop_slow_clients
+    stop_pid "$PID"
+    if [ "$rc" -ne 0 ] && [ "$VERDICT_PRINTED" = 0 ]; then
+        printf 'stall: FAILED (%s)\n' "$(head -n 1 "$T/failure" 2>/dev/null || echo "exit status $rc")"
+    fi
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+# The slow clients' source addresses must be bindable (all of 127.0.0.0/8 is local on Linux).
+python3 - "$DL_ADDR" "${SLOW_ADDRS[@]}" <<'EOF' || die "cannot bind the loopback addresses 127.0.0.2-127.0.0.10"
+import socket, sys
+for a in sys.argv[1:]:
+    s = socket.socket()
+    s.bind((a, 0))
+    s.close()
+EOF
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+
+cat >"$T/berth.toml" <<EOF
+run_dir = "$T/run"
+
+[api]
+rate_limit_per_minute = 100000000
+EOF
+
+BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --config "$T/berth.toml" \
+    >"$T/berth.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null && break
+    kill -0 "$PID" 2>/dev/null || { cat "$T/berth.log" >&2; die "berth exited during start-up"; }
+    sleep 0.1
+done
+curl -fsS -o /dev/null "$BASE/healthz" || { cat "$T/berth.log" >&2; die "berth did not answer /healthz within 10 s"; }
+berth_alive() { kill -0 "$PID" 2>/dev/null || { tail -50 "$T/berth.log" >&2; die "berth died $1"; }; }
+rss_kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$PID/status"; }
+
+# call METHOD PATH EXPECTED_STATUS [JSON_BODY]; prints the response body.
+AUTH=""
+call() {
+    local method=$1 path=$2 want=$3 body=${4:-} status
+    local args=(-sS -o "$T/resp" -w '%{http_code}' -X "$method")
+    [ -z "$AUTH" ] || args+=(-H "Authorization: Bearer $AUTH")
+    [ -z "$body" ] || args+=(-H 'Content-Type: application/json' --data "$body")
+    status=$(curl "${args[@]}" "$BASE$path") || die "$method $path: curl failed"
+    if [ "$status" != "$want" ]; then
+        cat "$T/resp" >&2
+        die "$method $path answered $status, expected $want"
+    fi
+    cat "$T/resp"
+}
+
+AUTH=$(cat "$T/data/bootstrap-token")
+call POST /v1/bootstrap 201 '{"username":"bench","password":"bench-password-1"}' >/dev/null
+AUTH=""
+AUTH=$(call POST /v1/auth/login 200 '{"username":"bench","password":"bench-password-1"}' | jq -er .token)
+call POST /v1/projects 201 '{"name":"bench"}' >/dev/null
+for i in $(seq -f '%02g' 1 "$PROJECTS"); do
+    call POST /v1/projects 201 "{\"name\":\"p$i\",\"description\":\"benchmark project $i\"}" >/dev/null
+done
+TOKEN=$(call POST /v1/api-tokens 201 '{"name":"bench"}' | jq -er .token)
+AUTH=$TOKEN
+URL="$BASE/v1/projects"
+[ "$(call GET /v1/projects 200 | jq -er '.data | length')" = 20 ] || die "GET /v1/projects did not return a page of 20"
+
+# The blob the slow clients download: random bytes, pushed in one request.
+head -c $((BLOB_MIB * 1024 * 1024)) /dev/urandom >"$T/blob.bin" || die "could not write the blob"
+BLOB_HEX=$(sha256sum "$T/blob.bin" | awk '{ print $1 }')
+BLOB_URL="$BASE/v2/bench/big/blobs/sha256:$BLOB_HEX"
+STATUS=$(curl -sS -o "$T/resp" -w '%{http_code}' -X POST -T "$T/blob.bin" -H 'Expect:' \
+    -H 'Content-Type: application/octet-stream' -H "Authorization: Bearer $TOKEN" \
+    --request-target "/v2/bench/big/blobs/uploads/?digest=sha256:$BLOB_HEX" "$BASE/") || die "blob upload: curl failed"
+[ "$STATUS" = 201 ] || { cat "$T/resp" >&2; die "blob upload answered $STATUS, expected 201"; }
+STATUS=$(curl -sS -o /dev/null -I -w '%{http_code} %header{content-length}' -H "Authorization: Bearer $TOKEN" "$BLOB_URL") \
+    || die "HEAD of the blob: curl failed"
+[ "$STATUS" = "200 $((BLOB_MIB * 1024 * 1024))" ] || die "HEAD of the blob answered '$STATUS' (status, length)"
+rm -f "$T/blob.bin"
+
+cat >"$T/slowloris.py" <<'EOF'
+# slowloris.py HOST PORT STATS HEADS BODIES ADDR...: holds HEADS connections sending a
+# request head one byte a second and BODIES connections sending a login request's body
+# one byte a second (its head at once), spread over the source addresses ADDR...; a
+# connection the server closes is opened again a second later. Every second it writes its counters to
+# STATS (JSON): open now, the fewest open in any second since the first time all were
+# open, connections opened, closed by the server with an answer (by status) or without.
+import json, os, selectors, signal, socket, sys, time
+
+host, port, stats_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+heads, bodies, addrs = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+HEAD = (f"GET /v1/projects HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: slowloris\r\n"
+        f"X-Padding: {'a' * 200}\r\n\r\n").encode()
+BODY_HEAD = (f"POST /v1/auth/login HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: slowloris\r\n"
+             "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+BODY = (b'{"username":"slowloris","password":"' + b"x" * 1000)[:1000]
+
+sel = selectors.DefaultSelector()
+conns = {}  # socket -> [kind, bytes to send slowly, position, source address]
+pending = []  # (kind, source address) of connections to open again
+st = {"open": 0, "min_open_held": None, "all_open": False, "opened": 0, "connect_errors": 0,
+      "answered": {}, "closed_silently": 0, "send_errors": 0}
+
+def open_conn(kind, addr):
+    s = socket.socket()
+    try:
+        s.bind((addr, 0))
+        s.settimeout(2)
+        s.connect((host, port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if kind == "body":
+            s.sendall(BODY_HEAD)
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        st["connect_errors"] += 1
+        return
+    st["opened"] += 1
+    conns[s] = [kind, HEAD if kind == "head" else BODY, 0, addr]
+    sel.register(s, selectors.EVENT_READ)
+
+def close_conn(s):
+    # Opened again at the next tick, not at once: a server that drops connections
+    # straight away must not turn this into a connection flood.
+    sel.unregister(s)
+    kind, _, _, addr = conns.pop(s)
+    s.close()
+    pending.append((kind, addr))
+
+def write_stats():
+    tmp = stats_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(st, f)
+    os.replace(tmp, stats_path)
+
+def stop(*_):
+    write_stats()
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+for i in range(heads + bodies):
+    open_conn("head" if i < heads else "body", addrs[i % len(addrs)])
+next_tick = time.monotonic()
+while True:
+    for key, _ in sel.select(timeout=max(0.0, next_tick - time.monotonic())):
+        s = key.fileobj
+        try:
+            data = s.recv(4096)
+        except OSError:
+            data = b""
+        if data.startswith(b"HTTP/1.1 "):
+            code = data[9:12].decode(errors="replace")
+            st["answered"][code] = st["answered"].get(code, 0) + 1
+        else:
+            st["closed_silently"] += 1
+        close_conn(s)
+    if time.monotonic() < next_tick:
+        continue
+    next_tick += 1.0
+    while pending:
+        open_conn(*pending.pop())
+    for s, c in list(conns.items()):
+        kind, payload, pos, _ = c
+        if pos < len(payload):
+            try:
+                s.send(payload[pos:pos + 1])
+                c[2] += 1
+            except OSError:
+                st["send_errors"] += 1
+                close_conn(s)
+    st["open"] = len(conns)
+    if len(conns) == heads + bodies:
+        st["all_open"] = True
+    if st["all_open"]:
+        st["min_open_held"] = len(conns) if st["min_open_held"] is None else min(st["min_open_held"], len(conns))
+    write_stats()
+EOF
+
+ms() {
+    # wrk prints latencies as e.g. 850.00us, 3.21ms, 1.02s, 1.50m.
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000; else if (u != "ms") n = -1
+        printf "%.2f", n }'
+}
+# load NAME: one wrk run of the authenticated GET; sets RPS, P99_MS, REQS, NON2XX,
+# SOCK_ERRS (connect + read + write), TIMEOUTS, OK (requests answered 2xx in time) and
+# SUCCESS_PCT (OK of the requests plus the connection failures).
+load() {
+    local name=$1 out="$T/wrk-$1.txt" p99
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 2s --latency -H "Authorization: Bearer $TOKEN" "$URL" \
+        >"$out" || { cat "$out" >&2; die "wrk ($name) failed"; }
+    RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p99=$(awk '$1 == "99%" { print $2 }' "$out")
+    REQS=$(awk '/requests in/ { print $1 }' "$out")
+    [ -n "$RPS" ] && [ -n "$p99" ] && [ -n "$REQS" ] || { cat "$out" >&2; die "could not read wrk's output ($name)"; }
+    P99_MS=$(ms "$p99")
+    [ "$P99_MS" != "-1.00" ] || die "unknown latency unit in $p99"
+    NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$out")
+    NON2XX=${NON2XX:-0}
+    read -r SOCK_ERRS TIMEOUTS < <(awk '/Socket errors:/ { gsub(/,/, ""); s = $4 + $6 + $8; t = $10 } END { print s + 0, t + 0 }' "$out")
+    OK=$((REQS - NON2XX - TIMEOUTS))
+    [ "$OK" -ge 0 ] || OK=0
+    # Rounded down, so it reads 100 only when nothing failed.
+    SUCCESS_PCT=$(awk -v ok="$OK" -v all=$((REQS + SOCK_ERRS)) \
+        'BEGIN { if (ok == all) print "100"; else if (all > 0) printf "%.3f", int(100000 * ok / all) / 1000; else print 0 }')
+    printf '  %-9s %8.0f req/s   p99 %7s ms   %s requests, %s non-2xx, %s socket errors, %s timeouts: %s%% success\n' \
+        "$name" "$RPS" "$P99_MS" "$REQS" "$NON2XX" "$SOCK_ERRS" "$TIMEOUTS" "$SUCCESS_PCT"
+}
+
+sleep 1
+IDLE_RSS_KIB=$(rss_kib VmRSS)
+printf '\nwrk -t%s -c%s -d%ss --timeout 2s --latency, GET /v1/projects with an API token\n' "$THREADS" "$CONNECTIONS" "$DURATION"
+
+load unloaded
+[ "$NON2XX" = 0 ] && [ "$SOCK_ERRS" = 0 ] && [ "$TIMEOUTS" = 0 ] \
+    || die "the unloaded run had failures ($NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts)"
+BASE_P99=$P99_MS BASE_RPS=$RPS
+berth_alive "during the unloaded run"
+
+# The slow clients. Each download must have received bytes, and every slowloris
+# connection must be open, before the loaded run starts.
+mkdir -p "$T/dl"
+for i in $(seq 1 "$DOWNLOADS"); do
+    curl -sS --interface "$DL_ADDR" --limit-rate "$RATE" -H "Authorization: Bearer $TOKEN" \
+        -o "$T/dl/$i" "$BLOB_URL" 2>"$T/dl/$i.err" &
+    DL_PIDS+=($!)
+done
+python3 "$T/slowloris.py" 127.0.0.1 "$PORT" "$T/slowloris.json" $((SLOWLORIS / 2)) $((SLOWLORIS - SLOWLORIS / 2)) \
+    "${SLOW_ADDRS[@]}" 2>"$T/slowloris.err" &
+SLOW_PID=$!
+ready=0
+for _ in $(seq 1 100); do
+    started=0
+    for i in $(seq 1 "$DOWNLOADS"); do
+        if [ -s "$T/dl/$i" ]; then
+            started=$((started + 1))
+        fi
+    done
+    held=$(jq -r '.all_open' "$T/slowloris.json" 2>/dev/null || echo false)
+    if [ "$started" = "$DOWNLOADS" ] && [ "$held" = true ]; then
+        ready=1
+        break
+    fi
+    kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slowloris.err" >&2; die "the slowloris client exited"; }
+    sleep 0.1
+done
+[ "$ready" = 1 ] || die "the slow clients did not get going in 10 s ($started of $DOWNLOADS downloads receiving; slowloris: $(cat "$T/slowloris.json" 2>/dev/null))"
+berth_alive "while the slow clients connected"
+
+load loaded
+LOADED_P99=$P99_MS LOADED_RPS=$RPS LOADED_SUCCESS=$SUCCESS_PCT LOADED_OK=$OK LOADED_ALL=$((REQS + SOCK_ERRS))
+LOADED_DETAIL="$NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts"
+berth_alive "under the slow clients"
+PEAK_RSS_KIB=$(rss_kib VmHWM)
+
+# The slow clients must still have been there at the end of the loaded run: each
+# download still in flight, and the slowloris connections held.
+for i in $(seq 1 "$DOWNLOADS"); do
+    kill -0 "${DL_PIDS[$((i - 1))]}" 2>/dev/null \
+        || die "download $i ended before the loaded run did: $(cat "$T/dl/$i.err") ($(stat -c %s "$T/dl/$i") bytes)"
+done
+kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slowloris.err" >&2; die "the slowloris client exited"; }
+kill "$SLOW_PID" 2>/dev/null || true
+wait "$SLOW_PID" 2>/dev/null || true
+SLOW_PID=""
+SLOW_STATS=$(cat "$T/slowloris.json")
+SLOW_HELD=$(jq -r '.min_open_held' <<<"$SLOW_STATS")
+[ "$SLOWLORIS" = 0 ] || [ "$SLOW_HELD" -gt 0 ] || die "no slowloris connection stayed open: $SLOW_STATS"
+DL_BYTES=0
+for i in $(seq 1 "$DOWNLOADS"); do
+    DL_BYTES=$((DL_BYTES + $(stat -c %s "$T/dl/$i")))
+done
+stop_slow_clients
+DL_MIB=$(awk -v b="$DL_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
+
+sleep 2
+load after
+AFTER_P99=$P99_MS
+berth_alive "after the slow clients"
+sleep 2
+AFTER_RSS_KIB=$(rss_kib VmRSS)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+P99_RATIO=$(ratio "$LOADED_P99" "$BASE_P99")
+MODE=""
+[ "$SMOKE" != 1 ] || MODE="smoke, "
+
+cat <<EOF
+
+berth stall benchmark (${MODE}${DURATION}s per wrk run, wrk -t$THREADS -c$CONNECTIONS from 127.0.0.1)
+  slow clients   $DOWNLOADS downloads of a $BLOB_MIB MiB blob at $RATE/s from $DL_ADDR ($DL_MIB MiB received in all);
+                 $SLOWLORIS slowloris connections from ${SLOW_ADDRS[0]}-${SLOW_ADDRS[-1]} ($((SLOWLORIS / 2)) heads, $((SLOWLORIS - SLOWLORIS / 2)) login bodies, a byte a second): at least $SLOW_HELD open throughout
+                 slowloris counters: $SLOW_STATS
+  unloaded       $(printf '%.0f' "$BASE_RPS") req/s, p99 $BASE_P99 ms
+  loaded         $(printf '%.0f' "$LOADED_RPS") req/s ($(ratio "$LOADED_RPS" "$BASE_RPS") of unloaded), p99 $LOADED_P99 ms ($P99_RATIO of unloaded; target <= $TARGET_P99_RATIO)
+                 success $LOADED_SUCCESS% ($LOADED_OK of $LOADED_ALL; $LOADED_DETAIL; target 100%)
+  after          p99 $AFTER_P99 ms ($(ratio "$AFTER_P99" "$BASE_P99") of unloaded; no target)
+  berth RSS      idle $(mib "$IDLE_RSS_KIB") MiB, peak $(mib "$PEAK_RSS_KIB") MiB, after $(mib "$AFTER_RSS_KIB") MiB
+EOF
+
+MISSED=()
+# Exact: one failed request in a million still rounds to 100.00%.
+[ "$LOADED_OK" = "$LOADED_ALL" ] || MISSED+=(success)
+awk -v a="$P99_RATIO" -v b="$TARGET_P99_RATIO" 'BEGIN { exit !(a <= b) }' || MISSED+=(p99)
+if [ "${#MISSED[@]}" -eq 0 ]; then
+    TARGETS="targets=met"
+else
+    TARGETS="targets=missed:$(IFS=,; echo "${MISSED[*]}")"
+fi
+[ "$SMOKE" = 1 ] && TARGETS="$TARGETS(smoke: not enforced)"
+
+VERDICT_PRINTED=1
+printf 'stall: success=%s%% (%s of %s requests; target 100%%) p99_ms=%s (%s of unloaded %s ms; target <= %s) req_per_s=%.0f (%s of unloaded) slow_clients=%s downloads+%s slowloris peak_rss_mib=%s %s\n' \
+    "$LOADED_SUCCESS" "$LOADED_OK" "$LOADED_ALL" \
+    "$LOADED_P99" "$P99_RATIO" "$BASE_P99" "$TARGET_P99_RATIO" \
+    "$LOADED_RPS" "$(ratio "$LOADED_RPS" "$BASE_RPS")" "$DOWNLOADS" "$SLOWLORIS" "$(mib "$PEAK_RSS_KIB")" "$TARGETS"
+
+if [ "$SMOKE" != 1 ] && [ "${#MISSED[@]}" -gt 0 ]; then
+    exit 1
+fi
