@@ -10,15 +10,19 @@
 # random blob (one monolithic `POST /v2/bench/big/blobs/uploads/?digest=`). Then three
 # wrk runs (2 threads, 64 connections, 2 s timeout) of the authenticated GET:
 #  1. unloaded: nothing else talks to berth;
-#  2. loaded, with the slow clients running:
-#     - DOWNLOADS (32) `curl --limit-rate 100k` downloads of the blob
-#       (`GET /v2/bench/big/blobs/sha256:...` with the API token), each pulling at
-#       100 KiB/s, so each stays in flight for the whole run (64 MiB take ~11 min);
-#     - SLOWLORIS (256) connections on the API listener from a python3 script, half
-#       sending a request head one byte a second, half sending a complete
-#       `POST /v1/auth/login` head with `Content-Length: 1000` and then the body one
-#       byte a second; a connection the server closes is opened again at once;
-#  3. unloaded again, after the slow clients were killed (no target: shows recovery).
+#  2. loaded, with the slow clients of one python3 process running:
+#     - DOWNLOADS (32) downloads of the blob (`GET /v2/bench/big/blobs/sha256:...`
+#       with the API token), each reading RATE_KIB (100) KiB a second in steps of a
+#       tenth of that, with a 64 KiB receive buffer, so each stays in flight for the
+#       whole run (64 MiB take ~11 min) with berth's side of the socket full;
+#     - SLOWLORIS (256) connections on the API listener, half sending a request head
+#       one byte a second, half sending a complete `POST /v1/auth/login` head with
+#       `Content-Length: 1000` and then the body one byte a second; a connection the
+#       server closes is opened again a second later;
+#  3. unloaded again, after the slow clients were stopped (no target: shows recovery).
+# (curl --limit-rate is not used for the downloads: curl 7.88 reads a first burst of
+# megabytes at full speed and then stops reading until its average falls back, so
+# its downloads are a burst and a stall rather than a steady slow reader.)
 #
 # Addresses: wrk comes from 127.0.0.1; the downloads from 127.0.0.2 and the slowloris
 # connections from 127.0.0.3-127.0.0.10 (32 each), all on loopback. berth runs with its
@@ -31,10 +35,12 @@
 # As the very last line, the loaded run against the unloaded one:
 #   success 100% (a non-2xx answer, a socket error or a timeout of wrk counts as a
 #   failure), p99 <= 2 x the unloaded run's p99.
+# A smoke run fails when something does not work: setup, a failure in the unloaded
+# run, a slow client that could not connect or was cut off, berth dying.
 #
 # Environment: BENCH_SMOKE=1, DURATION (seconds per wrk run), BLOB_MIB, DOWNLOADS,
-# SLOWLORIS, RATE (curl's --limit-rate), BERTH_BIN (a prebuilt binary; otherwise
-# `cargo build --release` is run first, a no-op when up to date).
+# RATE_KIB, SLOWLORIS, BERTH_BIN (a prebuilt binary; otherwise `cargo build --release`
+# is run first, a no-op when up to date).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,7 +55,7 @@ else
 fi
 DOWNLOADS=${DOWNLOADS:-32}
 SLOWLORIS=${SLOWLORIS:-256}
-RATE=${RATE:-100k}
+RATE_KIB=${RATE_KIB:-100}
 THREADS=2
 CONNECTIONS=64
 PROJECTS=20
@@ -90,7 +96,6 @@ fi
 T=$(mktemp -d -t berth-bench-stall.XXXXXX)
 PID=""
 SLOW_PID=""
-DL_PIDS=()
 VERDICT_PRINTED=0
 stop_pid() {
     if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
@@ -98,18 +103,9 @@ stop_pid() {
         wait "$1" 2>/dev/null || true
     fi
 }
-stop_slow_clients() {
-    local p
-    for p in "${DL_PIDS[@]}"; do
-        stop_pid "$p"
-    done
-    DL_PIDS=()
-    stop_pid "$SLOW_PID"
-    SLOW_PID=""
-}
 cleanup() {
     local rc=$?
-    stop_slow_clients
+    stop_pid "$SLOW_PID"
     stop_pid "$PID"
     if [ "$rc" -ne 0 ] && [ "$VERDICT_PRINTED" = 0 ]; then
         printf 'stall: FAILED (%s)\n' "$(head -n 1 "$T/failure" 2>/dev/null || echo "exit status $rc")"
@@ -180,7 +176,8 @@ URL="$BASE/v1/projects"
 # The blob the slow clients download: random bytes, pushed in one request.
 head -c $((BLOB_MIB * 1024 * 1024)) /dev/urandom >"$T/blob.bin" || die "could not write the blob"
 BLOB_HEX=$(sha256sum "$T/blob.bin" | awk '{ print $1 }')
-BLOB_URL="$BASE/v2/bench/big/blobs/sha256:$BLOB_HEX"
+BLOB_PATH="/v2/bench/big/blobs/sha256:$BLOB_HEX"
+BLOB_URL="$BASE$BLOB_PATH"
 STATUS=$(curl -sS -o "$T/resp" -w '%{http_code}' -X POST -T "$T/blob.bin" -H 'Expect:' \
     -H 'Content-Type: application/octet-stream' -H "Authorization: Bearer $TOKEN" \
     --request-target "/v2/bench/big/blobs/uploads/?digest=sha256:$BLOB_HEX" "$BASE/") || die "blob upload: curl failed"
@@ -190,56 +187,110 @@ STATUS=$(curl -sS -o /dev/null -I -w '%{http_code} %header{content-length}' -H "
 [ "$STATUS" = "200 $((BLOB_MIB * 1024 * 1024))" ] || die "HEAD of the blob answered '$STATUS' (status, length)"
 rm -f "$T/blob.bin"
 
-cat >"$T/slowloris.py" <<'EOF'
-# slowloris.py HOST PORT STATS HEADS BODIES ADDR...: holds HEADS connections sending a
-# request head one byte a second and BODIES connections sending a login request's body
-# one byte a second (its head at once), spread over the source addresses ADDR...; a
-# connection the server closes is opened again a second later. Every second it writes its counters to
-# STATS (JSON): open now, the fewest open in any second since the first time all were
-# open, connections opened, closed by the server with an answer (by status) or without.
+cat >"$T/slowclients.py" <<'EOF'
+# slowclients.py STATS: the slow clients of bench/stall.sh, set up by environment
+# variables (HOST, PORT, TOKEN; DOWNLOADS, DL_ADDR, DL_PATH, DL_RATE in bytes/s;
+# HEADS, BODIES, SLOW_ADDRS). Runs until SIGTERM; every tick (0.1 s) it writes its
+# counters to STATS (JSON).
+# - DOWNLOADS connections from DL_ADDR GET DL_PATH and read DL_RATE bytes a second,
+#   a tenth each tick, with a 64 KiB receive buffer. One that is refused (not a 200)
+#   or closed is counted and not opened again.
+# - HEADS connections send a request head one byte a second, BODIES connections a
+#   login request's head at once and then its body one byte a second, spread over
+#   SLOW_ADDRS. One the server closes is counted (by the status it answered, if any)
+#   and opened again at the next second.
 import json, os, selectors, signal, socket, sys, time
 
-host, port, stats_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-heads, bodies, addrs = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+env = os.environ
+host, port, stats_path = env["HOST"], int(env["PORT"]), sys.argv[1]
+downloads, dl_addr, dl_rate = int(env["DOWNLOADS"]), env["DL_ADDR"], int(env["DL_RATE"])
+heads, bodies, slow_addrs = int(env["HEADS"]), int(env["BODIES"]), env["SLOW_ADDRS"].split()
+TICK = 0.1
+DL_REQ = (f"GET {env['DL_PATH']} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: slow-download\r\n"
+          f"Authorization: Bearer {env['TOKEN']}\r\n\r\n").encode()
 HEAD = (f"GET /v1/projects HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: slowloris\r\n"
         f"X-Padding: {'a' * 200}\r\n\r\n").encode()
 BODY_HEAD = (f"POST /v1/auth/login HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: slowloris\r\n"
              "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
 BODY = (b'{"username":"slowloris","password":"' + b"x" * 1000)[:1000]
 
+dl = {"open": 0, "started": 0, "bytes": 0, "closed": 0, "connect_errors": 0, "refused": {}}
+sl = {"open": 0, "all_open": False, "fewest_open": None, "opened": 0, "connect_errors": 0,
+      "answered": {}, "closed_silently": 0, "send_errors": 0}
+st = {"downloads": dl, "slowloris": sl}
+
+def connect(addr, rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind((addr, 0))
+    s.settimeout(2)
+    s.connect((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+readers = {}  # socket -> bytes received (the response head included)
+for _ in range(downloads):
+    try:
+        s = connect(dl_addr, rcvbuf=64 << 10)
+        s.sendall(DL_REQ)
+        s.setblocking(False)
+        readers[s] = 0
+    except OSError:
+        dl["connect_errors"] += 1
+
 sel = selectors.DefaultSelector()
 conns = {}  # socket -> [kind, bytes to send slowly, position, source address]
-pending = []  # (kind, source address) of connections to open again
-st = {"open": 0, "min_open_held": None, "all_open": False, "opened": 0, "connect_errors": 0,
-      "answered": {}, "closed_silently": 0, "send_errors": 0}
+pending = []  # (kind, source address) of slowloris connections to open again
 
-def open_conn(kind, addr):
-    s = socket.socket()
+def open_slow(kind, addr):
     try:
-        s.bind((addr, 0))
-        s.settimeout(2)
-        s.connect((host, port))
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s = connect(addr)
         if kind == "body":
             s.sendall(BODY_HEAD)
         s.setblocking(False)
     except OSError:
-        s.close()
-        st["connect_errors"] += 1
+        sl["connect_errors"] += 1
+        pending.append((kind, addr))
         return
-    st["opened"] += 1
+    sl["opened"] += 1
     conns[s] = [kind, HEAD if kind == "head" else BODY, 0, addr]
     sel.register(s, selectors.EVENT_READ)
 
-def close_conn(s):
-    # Opened again at the next tick, not at once: a server that drops connections
+def close_slow(s):
+    # Opened again at the next second, not at once: a server that drops connections
     # straight away must not turn this into a connection flood.
     sel.unregister(s)
     kind, _, _, addr = conns.pop(s)
     s.close()
     pending.append((kind, addr))
 
+def read_some(s):
+    """Reads up to a tick's share; False when the download is over (refused or closed)."""
+    quota = max(1, int(dl_rate * TICK))
+    while quota > 0:
+        try:
+            data = s.recv(min(quota, 65536))
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            dl["closed"] += 1
+            return False
+        if readers[s] == 0:
+            if not data.startswith(b"HTTP/1.1 200"):
+                code = data[9:12].decode(errors="replace")
+                dl["refused"][code] = dl["refused"].get(code, 0) + 1
+                return False
+            dl["started"] += 1
+        readers[s] += len(data)
+        dl["bytes"] += len(data)
+        quota -= len(data)
+    return True
+
 def write_stats():
+    dl["open"], sl["open"] = len(readers), len(conns)
     tmp = stats_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(st, f)
@@ -251,8 +302,8 @@ def stop(*_):
 
 signal.signal(signal.SIGTERM, stop)
 for i in range(heads + bodies):
-    open_conn("head" if i < heads else "body", addrs[i % len(addrs)])
-next_tick = time.monotonic()
+    open_slow("head" if i < heads else "body", slow_addrs[i % len(slow_addrs)])
+tick, next_tick = 0, time.monotonic()
 while True:
     for key, _ in sel.select(timeout=max(0.0, next_tick - time.monotonic())):
         s = key.fileobj
@@ -262,29 +313,35 @@ while True:
             data = b""
         if data.startswith(b"HTTP/1.1 "):
             code = data[9:12].decode(errors="replace")
-            st["answered"][code] = st["answered"].get(code, 0) + 1
+            sl["answered"][code] = sl["answered"].get(code, 0) + 1
         else:
-            st["closed_silently"] += 1
-        close_conn(s)
+            sl["closed_silently"] += 1
+        close_slow(s)
     if time.monotonic() < next_tick:
         continue
-    next_tick += 1.0
-    while pending:
-        open_conn(*pending.pop())
-    for s, c in list(conns.items()):
-        kind, payload, pos, _ = c
-        if pos < len(payload):
-            try:
-                s.send(payload[pos:pos + 1])
-                c[2] += 1
-            except OSError:
-                st["send_errors"] += 1
-                close_conn(s)
-    st["open"] = len(conns)
-    if len(conns) == heads + bodies:
-        st["all_open"] = True
-    if st["all_open"]:
-        st["min_open_held"] = len(conns) if st["min_open_held"] is None else min(st["min_open_held"], len(conns))
+    next_tick += TICK
+    tick += 1
+    for s in list(readers):
+        if not read_some(s):
+            del readers[s]
+            s.close()
+    if tick % 10 == 0:
+        retry, pending[:] = pending[:], []
+        for kind, addr in retry:
+            open_slow(kind, addr)
+        for s, c in list(conns.items()):
+            kind, payload, pos, _ = c
+            if pos < len(payload):
+                try:
+                    s.send(payload[pos:pos + 1])
+                    c[2] += 1
+                except OSError:
+                    sl["send_errors"] += 1
+                    close_slow(s)
+        if len(conns) == heads + bodies:
+            sl["all_open"] = True
+        if sl["all_open"]:
+            sl["fewest_open"] = len(conns) if sl["fewest_open"] is None else min(sl["fewest_open"], len(conns))
     write_stats()
 EOF
 
@@ -332,32 +389,20 @@ berth_alive "during the unloaded run"
 
 # The slow clients. Each download must have received bytes, and every slowloris
 # connection must be open, before the loaded run starts.
-mkdir -p "$T/dl"
-for i in $(seq 1 "$DOWNLOADS"); do
-    curl -sS --interface "$DL_ADDR" --limit-rate "$RATE" -H "Authorization: Bearer $TOKEN" \
-        -o "$T/dl/$i" "$BLOB_URL" 2>"$T/dl/$i.err" &
-    DL_PIDS+=($!)
-done
-python3 "$T/slowloris.py" 127.0.0.1 "$PORT" "$T/slowloris.json" $((SLOWLORIS / 2)) $((SLOWLORIS - SLOWLORIS / 2)) \
-    "${SLOW_ADDRS[@]}" 2>"$T/slowloris.err" &
+HOST=127.0.0.1 PORT=$PORT TOKEN=$TOKEN DOWNLOADS=$DOWNLOADS DL_ADDR=$DL_ADDR DL_PATH=$BLOB_PATH \
+    DL_RATE=$((RATE_KIB * 1024)) HEADS=$((SLOWLORIS / 2)) BODIES=$((SLOWLORIS - SLOWLORIS / 2)) \
+    SLOW_ADDRS="${SLOW_ADDRS[*]}" python3 "$T/slowclients.py" "$T/slow.json" 2>"$T/slow.err" &
 SLOW_PID=$!
 ready=0
 for _ in $(seq 1 100); do
-    started=0
-    for i in $(seq 1 "$DOWNLOADS"); do
-        if [ -s "$T/dl/$i" ]; then
-            started=$((started + 1))
-        fi
-    done
-    held=$(jq -r '.all_open' "$T/slowloris.json" 2>/dev/null || echo false)
-    if [ "$started" = "$DOWNLOADS" ] && [ "$held" = true ]; then
+    if jq -e --argjson d "$DOWNLOADS" '.downloads.started == $d and .slowloris.all_open' "$T/slow.json" >/dev/null 2>&1; then
         ready=1
         break
     fi
-    kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slowloris.err" >&2; die "the slowloris client exited"; }
+    kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slow.err" >&2; die "the slow clients exited"; }
     sleep 0.1
 done
-[ "$ready" = 1 ] || die "the slow clients did not get going in 10 s ($started of $DOWNLOADS downloads receiving; slowloris: $(cat "$T/slowloris.json" 2>/dev/null))"
+[ "$ready" = 1 ] || die "the slow clients did not get going in 10 s: $(cat "$T/slow.json" 2>/dev/null)"
 berth_alive "while the slow clients connected"
 
 load loaded
@@ -366,25 +411,17 @@ LOADED_DETAIL="$NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts"
 berth_alive "under the slow clients"
 PEAK_RSS_KIB=$(rss_kib VmHWM)
 
-# The slow clients must still have been there at the end of the loaded run: each
-# download still in flight, and the slowloris connections held.
-for i in $(seq 1 "$DOWNLOADS"); do
-    kill -0 "${DL_PIDS[$((i - 1))]}" 2>/dev/null \
-        || die "download $i ended before the loaded run did: $(cat "$T/dl/$i.err") ($(stat -c %s "$T/dl/$i") bytes)"
-done
-kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slowloris.err" >&2; die "the slowloris client exited"; }
-kill "$SLOW_PID" 2>/dev/null || true
-wait "$SLOW_PID" 2>/dev/null || true
+# The slow clients must still have been there at the end of the loaded run: every
+# download in flight, and the slowloris connections held.
+kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slow.err" >&2; die "the slow clients exited during the loaded run"; }
+stop_pid "$SLOW_PID"
 SLOW_PID=""
-SLOW_STATS=$(cat "$T/slowloris.json")
-SLOW_HELD=$(jq -r '.min_open_held' <<<"$SLOW_STATS")
+SLOW_STATS=$(cat "$T/slow.json")
+DL_OPEN=$(jq -r '.downloads.open' <<<"$SLOW_STATS")
+[ "$DL_OPEN" = "$DOWNLOADS" ] || die "only $DL_OPEN of $DOWNLOADS downloads were still in flight at the end of the loaded run: $SLOW_STATS"
+SLOW_HELD=$(jq -r '.slowloris.fewest_open // 0' <<<"$SLOW_STATS")
 [ "$SLOWLORIS" = 0 ] || [ "$SLOW_HELD" -gt 0 ] || die "no slowloris connection stayed open: $SLOW_STATS"
-DL_BYTES=0
-for i in $(seq 1 "$DOWNLOADS"); do
-    DL_BYTES=$((DL_BYTES + $(stat -c %s "$T/dl/$i")))
-done
-stop_slow_clients
-DL_MIB=$(awk -v b="$DL_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
+DL_MIB=$(jq -r '.downloads.bytes / 1048576 * 10 | floor / 10' <<<"$SLOW_STATS")
 
 sleep 2
 load after
@@ -402,9 +439,9 @@ MODE=""
 cat <<EOF
 
 berth stall benchmark (${MODE}${DURATION}s per wrk run, wrk -t$THREADS -c$CONNECTIONS from 127.0.0.1)
-  slow clients   $DOWNLOADS downloads of a $BLOB_MIB MiB blob at $RATE/s from $DL_ADDR ($DL_MIB MiB received in all);
-                 $SLOWLORIS slowloris connections from ${SLOW_ADDRS[0]}-${SLOW_ADDRS[-1]} ($((SLOWLORIS / 2)) heads, $((SLOWLORIS - SLOWLORIS / 2)) login bodies, a byte a second): at least $SLOW_HELD open throughout
-                 slowloris counters: $SLOW_STATS
+  slow clients   $DOWNLOADS downloads of a $BLOB_MIB MiB blob at $RATE_KIB KiB/s each from $DL_ADDR ($DL_MIB MiB received in all);
+                 $SLOWLORIS slowloris connections from ${SLOW_ADDRS[0]}-${SLOW_ADDRS[-1]} ($((SLOWLORIS / 2)) heads, $((SLOWLORIS - SLOWLORIS / 2)) login bodies, a byte a second): at least $SLOW_HELD open at every second
+                 counters: $SLOW_STATS
   unloaded       $(printf '%.0f' "$BASE_RPS") req/s, p99 $BASE_P99 ms
   loaded         $(printf '%.0f' "$LOADED_RPS") req/s ($(ratio "$LOADED_RPS" "$BASE_RPS") of unloaded), p99 $LOADED_P99 ms ($P99_RATIO of unloaded; target <= $TARGET_P99_RATIO)
                  success $LOADED_SUCCESS% ($LOADED_OK of $LOADED_ALL; $LOADED_DETAIL; target 100%)
