@@ -112,7 +112,9 @@ run_dir = "$T/run"
 rate_limit_per_minute = 100000000
 EOF
 
-BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --config "$T/berth.toml" \
+# berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
+# all (BERTH_BIN among them) so only the config written above applies.
+env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --config "$T/berth.toml" \
     >"$T/berth.log" 2>&1 &
 PID=$!
 

@@ -32,9 +32,15 @@
 # raised (as in api.sh), so the per-token limiter stays in the path without refusing
 # wrk; the slowloris clients are anonymous and stay under the per-address limit.
 #
+# Beside each wrk run, a canary client (python3) sends the same GET every 10 ms with a
+# 2 s deadline: wrk counts only requests that were answered, so a request still
+# waiting when its run ends is in none of wrk's figures (a daemon that never answers
+# reads "0 requests, 0 errors"); the canary's are.
+#
 # As the very last line, the loaded run against the unloaded one:
-#   success 100% (a non-2xx answer, a socket error or a timeout of wrk counts as a
-#   failure), p99 <= 2 x the unloaded run's p99.
+#   success 100% (of wrk's requests and the canary's; a non-2xx answer, a socket error,
+#   a timeout, or no answer within 2 s counts as a failure), p99 (wrk's) <= 2 x the
+#   unloaded run's p99.
 # A smoke run fails when something does not work: setup, a failure in the unloaded
 # run, a slow client that could not connect or was cut off, berth dying.
 #
@@ -133,7 +139,9 @@ run_dir = "$T/run"
 rate_limit_per_minute = 100000000
 EOF
 
-BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --config "$T/berth.toml" \
+# berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
+# all (BERTH_BIN among them) so only the config written above applies.
+env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --config "$T/berth.toml" \
     >"$T/berth.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do
@@ -352,29 +360,87 @@ ms() {
         if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000; else if (u != "ms") n = -1
         printf "%.2f", n }'
 }
-# load NAME: one wrk run of the authenticated GET; sets RPS, P99_MS, REQS, NON2XX,
-# SOCK_ERRS (connect + read + write), TIMEOUTS, OK (requests answered 2xx in time) and
-# SUCCESS_PCT (OK of the requests plus the connection failures).
+cat >"$T/canary.py" <<'EOF'
+# canary.py HOST PORT PATH SECONDS OUT (TOKEN in the environment): one more normal
+# client beside wrk, for what wrk does not count. wrk reports only requests that were
+# answered: one still waiting when the run ends is in no figure, so a daemon that
+# never answers reads as "0 requests, 0 errors". This client sends the same GET every
+# 10 ms on a kept-alive connection, gives each answer 2 s (a new connection after a
+# failure), and writes to OUT (JSON) how many got a 200 in time, how many did not
+# (by cause), and the slowest answer.
+import http.client, json, os, sys, time
+
+host, port, path, seconds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
+headers = {"Authorization": "Bearer " + os.environ["TOKEN"]}
+st = {"ok": 0, "failed": 0, "causes": {}, "max_ms": 0.0}
+conn = None
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    try:
+        if conn is None:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        took = time.monotonic() - t0
+        if r.status == 200 and took <= 2:
+            st["ok"] += 1
+        else:
+            cause = str(r.status) if r.status != 200 else "slower than 2 s"
+            st["failed"] += 1
+            st["causes"][cause] = st["causes"].get(cause, 0) + 1
+        st["max_ms"] = max(st["max_ms"], took * 1000)
+    except (OSError, http.client.HTTPException) as e:
+        st["failed"] += 1
+        cause = type(e).__name__
+        st["causes"][cause] = st["causes"].get(cause, 0) + 1
+        st["max_ms"] = max(st["max_ms"], (time.monotonic() - t0) * 1000)
+        if conn is not None:
+            conn.close()
+        conn = None
+    time.sleep(0.01)
+with open(out, "w") as f:
+    json.dump(st, f)
+EOF
+
+# load NAME: one wrk run of the authenticated GET with the canary beside it; sets RPS,
+# P99_MS, REQS, NON2XX, SOCK_ERRS (connect + read + write), TIMEOUTS, CANARY (its
+# JSON), OK and ALL (requests of both that got a 2xx in time, and every request of
+# both: wrk's answered ones and socket errors, the canary's) and SUCCESS_PCT.
 load() {
-    local name=$1 out="$T/wrk-$1.txt" p99
+    local name=$1 out="$T/wrk-$1.txt" p99 canary_pid c_ok c_failed
+    TOKEN=$TOKEN python3 "$T/canary.py" 127.0.0.1 "$PORT" /v1/projects "$DURATION" "$T/canary-$name.json" &
+    canary_pid=$!
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 2s --latency -H "Authorization: Bearer $TOKEN" "$URL" \
         >"$out" || { cat "$out" >&2; die "wrk ($name) failed"; }
+    wait "$canary_pid" || die "the canary client failed ($name)"
+    CANARY=$(cat "$T/canary-$name.json")
     RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p99=$(awk '$1 == "99%" { print $2 }' "$out")
     REQS=$(awk '/requests in/ { print $1 }' "$out")
     [ -n "$RPS" ] && [ -n "$p99" ] && [ -n "$REQS" ] || { cat "$out" >&2; die "could not read wrk's output ($name)"; }
     P99_MS=$(ms "$p99")
     [ "$P99_MS" != "-1.00" ] || die "unknown latency unit in $p99"
+    # No answer at all: the p99 is at least the run's length.
+    [ "$REQS" != 0 ] || P99_MS=$((DURATION * 1000)).00
     NON2XX=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$out")
     NON2XX=${NON2XX:-0}
     read -r SOCK_ERRS TIMEOUTS < <(awk '/Socket errors:/ { gsub(/,/, ""); s = $4 + $6 + $8; t = $10 } END { print s + 0, t + 0 }' "$out")
+    c_ok=$(jq -r .ok <<<"$CANARY")
+    c_failed=$(jq -r .failed <<<"$CANARY")
     OK=$((REQS - NON2XX - TIMEOUTS))
     [ "$OK" -ge 0 ] || OK=0
+    OK=$((OK + c_ok))
+    ALL=$((REQS + SOCK_ERRS + c_ok + c_failed))
+    # wrk answered nothing: each of its connections had a request that got no answer.
+    [ "$REQS" != 0 ] || ALL=$((ALL + CONNECTIONS))
     # Rounded down, so it reads 100 only when nothing failed.
-    SUCCESS_PCT=$(awk -v ok="$OK" -v all=$((REQS + SOCK_ERRS)) \
-        'BEGIN { if (ok == all) print "100"; else if (all > 0) printf "%.3f", int(100000 * ok / all) / 1000; else print 0 }')
-    printf '  %-9s %8.0f req/s   p99 %7s ms   %s requests, %s non-2xx, %s socket errors, %s timeouts: %s%% success\n' \
-        "$name" "$RPS" "$P99_MS" "$REQS" "$NON2XX" "$SOCK_ERRS" "$TIMEOUTS" "$SUCCESS_PCT"
+    SUCCESS_PCT=$(awk -v ok="$OK" -v all="$ALL" \
+        'BEGIN { if (ok == all && all > 0) print "100"; else if (all > 0) printf "%.3f", int(100000 * ok / all) / 1000; else print 0 }')
+    printf '  %-9s %8.0f req/s   p99 %7s ms   wrk: %s answered, %s non-2xx, %s socket errors, %s timeouts; canary: %s ok, %s failed, slowest %s ms: %s%% success\n' \
+        "$name" "$RPS" "$P99_MS" "$REQS" "$NON2XX" "$SOCK_ERRS" "$TIMEOUTS" "$c_ok" "$c_failed" \
+        "$(jq -r '.max_ms | floor' <<<"$CANARY")" "$SUCCESS_PCT"
 }
 
 sleep 1
@@ -382,32 +448,34 @@ IDLE_RSS_KIB=$(rss_kib VmRSS)
 printf '\nwrk -t%s -c%s -d%ss --timeout 2s --latency, GET /v1/projects with an API token\n' "$THREADS" "$CONNECTIONS" "$DURATION"
 
 load unloaded
-[ "$NON2XX" = 0 ] && [ "$SOCK_ERRS" = 0 ] && [ "$TIMEOUTS" = 0 ] \
-    || die "the unloaded run had failures ($NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts)"
+[ "$OK" = "$ALL" ] && [ "$REQS" -gt 0 ] \
+    || die "the unloaded run had failures ($NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts; canary $CANARY)"
 BASE_P99=$P99_MS BASE_RPS=$RPS
 berth_alive "during the unloaded run"
 
-# The slow clients. Each download must have received bytes, and every slowloris
-# connection must be open, before the loaded run starts.
+# The slow clients. Every download must be connected and every slowloris connection
+# open before the loaded run starts; the downloads are given up to 10 s to get their
+# answer (a daemon that cannot answer them in that time is stalling already, which
+# the loaded run then shows; the summary reports how many were answered).
 HOST=127.0.0.1 PORT=$PORT TOKEN=$TOKEN DOWNLOADS=$DOWNLOADS DL_ADDR=$DL_ADDR DL_PATH=$BLOB_PATH \
     DL_RATE=$((RATE_KIB * 1024)) HEADS=$((SLOWLORIS / 2)) BODIES=$((SLOWLORIS - SLOWLORIS / 2)) \
     SLOW_ADDRS="${SLOW_ADDRS[*]}" python3 "$T/slowclients.py" "$T/slow.json" 2>"$T/slow.err" &
 SLOW_PID=$!
-ready=0
 for _ in $(seq 1 100); do
-    if jq -e --argjson d "$DOWNLOADS" '.downloads.started == $d and .slowloris.all_open' "$T/slow.json" >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
+    jq -e --argjson d "$DOWNLOADS" '.downloads.started == $d and .slowloris.all_open' "$T/slow.json" >/dev/null 2>&1 \
+        && break
     kill -0 "$SLOW_PID" 2>/dev/null || { cat "$T/slow.err" >&2; die "the slow clients exited"; }
     sleep 0.1
 done
-[ "$ready" = 1 ] || die "the slow clients did not get going in 10 s: $(cat "$T/slow.json" 2>/dev/null)"
+jq -e --argjson d "$DOWNLOADS" '.downloads.open == $d and .slowloris.all_open' "$T/slow.json" >/dev/null 2>&1 \
+    || die "the slow clients did not get going in 10 s: $(cat "$T/slow.json" 2>/dev/null)"
+DL_STARTED=$(jq -r '.downloads.started' "$T/slow.json")
+[ "$DL_STARTED" = "$DOWNLOADS" ] || printf 'bench/stall: only %s of %s downloads were answered within 10 s\n' "$DL_STARTED" "$DOWNLOADS" >&2
 berth_alive "while the slow clients connected"
 
 load loaded
-LOADED_P99=$P99_MS LOADED_RPS=$RPS LOADED_SUCCESS=$SUCCESS_PCT LOADED_OK=$OK LOADED_ALL=$((REQS + SOCK_ERRS))
-LOADED_DETAIL="$NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts"
+LOADED_P99=$P99_MS LOADED_RPS=$RPS LOADED_SUCCESS=$SUCCESS_PCT LOADED_OK=$OK LOADED_ALL=$ALL
+LOADED_DETAIL="wrk: $REQS answered, $NON2XX non-2xx, $SOCK_ERRS socket errors, $TIMEOUTS timeouts; canary: $CANARY"
 berth_alive "under the slow clients"
 PEAK_RSS_KIB=$(rss_kib VmHWM)
 
@@ -418,6 +486,7 @@ stop_pid "$SLOW_PID"
 SLOW_PID=""
 SLOW_STATS=$(cat "$T/slow.json")
 DL_OPEN=$(jq -r '.downloads.open' <<<"$SLOW_STATS")
+DL_STARTED=$(jq -r '.downloads.started' <<<"$SLOW_STATS")
 [ "$DL_OPEN" = "$DOWNLOADS" ] || die "only $DL_OPEN of $DOWNLOADS downloads were still in flight at the end of the loaded run: $SLOW_STATS"
 SLOW_HELD=$(jq -r '.slowloris.fewest_open // 0' <<<"$SLOW_STATS")
 [ "$SLOWLORIS" = 0 ] || [ "$SLOW_HELD" -gt 0 ] || die "no slowloris connection stayed open: $SLOW_STATS"
@@ -439,7 +508,7 @@ MODE=""
 cat <<EOF
 
 berth stall benchmark (${MODE}${DURATION}s per wrk run, wrk -t$THREADS -c$CONNECTIONS from 127.0.0.1)
-  slow clients   $DOWNLOADS downloads of a $BLOB_MIB MiB blob at $RATE_KIB KiB/s each from $DL_ADDR ($DL_MIB MiB received in all);
+  slow clients   $DOWNLOADS downloads of a $BLOB_MIB MiB blob at $RATE_KIB KiB/s each from $DL_ADDR ($DL_STARTED answered by the end of the loaded run, $DL_MIB MiB received in all);
                  $SLOWLORIS slowloris connections from ${SLOW_ADDRS[0]}-${SLOW_ADDRS[-1]} ($((SLOWLORIS / 2)) heads, $((SLOWLORIS - SLOWLORIS / 2)) login bodies, a byte a second): at least $SLOW_HELD open at every second
                  counters: $SLOW_STATS
   unloaded       $(printf '%.0f' "$BASE_RPS") req/s, p99 $BASE_P99 ms
@@ -451,7 +520,7 @@ EOF
 
 MISSED=()
 # Exact: one failed request in a million still rounds to 100.00%.
-[ "$LOADED_OK" = "$LOADED_ALL" ] || MISSED+=(success)
+[ "$LOADED_OK" = "$LOADED_ALL" ] && [ "$LOADED_ALL" -gt 0 ] || MISSED+=(success)
 awk -v a="$P99_RATIO" -v b="$TARGET_P99_RATIO" 'BEGIN { exit !(a <= b) }' || MISSED+=(p99)
 if [ "${#MISSED[@]}" -eq 0 ]; then
     TARGETS="targets=met"
@@ -461,10 +530,10 @@ fi
 [ "$SMOKE" = 1 ] && TARGETS="$TARGETS(smoke: not enforced)"
 
 VERDICT_PRINTED=1
-printf 'stall: success=%s%% (%s of %s requests; target 100%%) p99_ms=%s (%s of unloaded %s ms; target <= %s) req_per_s=%.0f (%s of unloaded) slow_clients=%s downloads+%s slowloris peak_rss_mib=%s %s\n' \
+printf 'stall: success=%s%% (%s of %s requests; target 100%%) p99_ms=%s (%s of unloaded %s ms; target <= %s) req_per_s=%.0f (%s of unloaded) slow_clients=%s downloads (%s answered)+%s slowloris peak_rss_mib=%s %s\n' \
     "$LOADED_SUCCESS" "$LOADED_OK" "$LOADED_ALL" \
     "$LOADED_P99" "$P99_RATIO" "$BASE_P99" "$TARGET_P99_RATIO" \
-    "$LOADED_RPS" "$(ratio "$LOADED_RPS" "$BASE_RPS")" "$DOWNLOADS" "$SLOWLORIS" "$(mib "$PEAK_RSS_KIB")" "$TARGETS"
+    "$LOADED_RPS" "$(ratio "$LOADED_RPS" "$BASE_RPS")" "$DOWNLOADS" "$DL_STARTED" "$SLOWLORIS" "$(mib "$PEAK_RSS_KIB")" "$TARGETS"
 
 if [ "$SMOKE" != 1 ] && [ "${#MISSED[@]}" -gt 0 ]; then
     exit 1
