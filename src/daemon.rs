@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::api;
 use crate::config::Config;
-use crate::state::AppState;
 use crate::error::PathError;
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -155,9 +155,8 @@ fn slow_and_stalled_clients_do_not_starve_the_api_and_are_cut_off() {
         assert!(took < Duration::from_secs(1), "fresh token {i} took {took:?} under load");
     }
     for i in 0..3 {
-        let (r, took) = timed(|| {
-            b.client().post("/v1/auth/login", &json!({"username": "admin", "password": ADMIN_PASSWORD}))
-        });
+        let (r, took) =
+            timed(|| b.client().post("/v1/auth/login", &json!({"username": "admin", "password": ADMIN_PASSWORD})));
         assert_eq!(r.status, 200, "login {i}: {}", r.text());
         assert!(took < Duration::from_secs(1), "login {i} took {took:?} under load");
     }
@@ -200,8 +199,10 @@ fn five_hundred_concurrent_wrong_logins_are_checked_at_most_ten_times() {
                 barrier.wait();
                 (0..5)
                     .map(|i| {
-                        let r = client
-                            .post("/v1/auth/login", &json!({"username": "admin", "password": format!("wrong-{t}-{i}")}));
+                        let r = client.post(
+                            "/v1/auth/login",
+                            &json!({"username": "admin", "password": format!("wrong-{t}-{i}")}),
+                        );
                         (r.status, r.header("retry-after").map(str::to_string))
                     })
                     .collect::<Vec<_>>()
@@ -219,8 +220,12 @@ fn five_hundred_concurrent_wrong_logins_are_checked_at_most_ten_times() {
     let rt = runtime();
     let mut s = connect_from(&rt, loopback(9), b.addr);
     let body = json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string();
-    write!(s, "POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-        .unwrap();
+    write!(
+        s,
+        "POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let (bytes, _) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&bytes));
 }
@@ -258,15 +263,12 @@ fn a_child_token_never_outlives_or_outranks_its_parent_nor_survives_it() {
     let grandchild = admin.with_token(r.json()["token"].as_str().unwrap());
     assert_eq!(child.get("/v1/me").status, 200);
     assert_eq!(grandchild.get("/v1/me").status, 200);
-    let parent_id = admin.get("/v1/api-tokens").json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "parent")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let parent_id =
+        admin.get("/v1/api-tokens").json()["data"].as_array().unwrap().iter().find(|t| t["name"] == "parent").unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
     assert_eq!(admin.delete(&format!("/v1/api-tokens/{parent_id}")).status, 204);
     for (who, c) in [("child", &child), ("grandchild", &grandchild)] {
         let r = c.get("/v1/me");
