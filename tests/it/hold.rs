@@ -511,3 +511,96 @@ fn lists_are_paginated_and_registry_changes_are_audited_once() {
     assert_eq!(r.status, 401);
     assert!(r.text().contains("bootstrap is done"), "{}", r.text());
 }
+
+/// Registry GC never takes the blobs a replica runs from, even once no tag holds
+/// them: after a reboot the replica must be able to rebuild its root filesystem.
+#[test]
+fn gc_keeps_the_blobs_a_replica_runs_from() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (mut b, pat) = crate::registry::setup("[registry]\ngc_grace_seconds = 0\n");
+    let layer = random(5000, 21);
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = push_image(&pat, "alpha/web", "v1", config, &[&layer]);
+    let blobs = [digest(&manifest), digest(config), digest(&layer)];
+    let data = b.data_dir();
+    let file = |d: &str| data.join("registry/blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    let rt = runtime();
+    let replica_rows = |add: bool| {
+        let store = berth::store::Store::open(&data.join("state.db")).unwrap();
+        let manifest = blobs[0].clone();
+        rt.block_on(async {
+            store
+                .write(move |c| {
+                    if !add {
+                        berth::store::replicas::delete(c, "rep_00000000000000000000000077")?;
+                        return Ok(());
+                    }
+                    let cfg = berth::engine::ReplicaConfig {
+                        project_id: "prj_00000000000000000000000077".into(),
+                        service: "web".into(),
+                        root: berth::engine::RootSource::Image { manifest },
+                        args: vec![],
+                        env: vec![],
+                        cwd: "/".into(),
+                        uid: 0,
+                        gid: 0,
+                        memory_bytes: None,
+                        cpus: None,
+                        pids: None,
+                        restart: berth::engine::RestartPolicy::No,
+                        network: false,
+                        netns: None,
+                        hosts_file: None,
+                        resolv_file: None,
+                        volumes: vec![],
+                    };
+                    let r = berth::store::replicas::Replica {
+                        id: "rep_00000000000000000000000077".into(),
+                        project_id: cfg.project_id.clone(),
+                        service: "web".into(),
+                        state: "stopped".into(),
+                        pid: None,
+                        restarts: 0,
+                        exit_code: None,
+                        signal: None,
+                        oom_killed: false,
+                        error: None,
+                        created_at: berth::ids::now_rfc3339(),
+                        started_at: None,
+                        finished_at: None,
+                        address: None,
+                        next_restart_at: None,
+                        window_start: None,
+                        window_restarts: 0,
+                    };
+                    let json = serde_json::to_string(&cfg).unwrap();
+                    berth::store::replicas::insert(c, &r, &json)
+                })
+                .await
+                .unwrap();
+            store.close();
+        });
+    };
+    // A replica recorded on the node (stopped: it may be started again).
+    b.stop();
+    replica_rows(true);
+    b.spawn();
+    let pat = b.client().with_token(pat.token.as_deref().unwrap());
+    assert_eq!(pat.delete("/v2/alpha/web/manifests/v1").status, 202);
+    let gc = b.admin_session().post("/v1/registry/gc", &json!({}));
+    assert_eq!(gc.status, 200, "{}", gc.text());
+    for d in &blobs {
+        assert!(file(d).exists(), "{d} was collected while a replica runs from it: {}", gc.text());
+    }
+    // Without the replica, the untagged image goes.
+    b.stop();
+    replica_rows(false);
+    b.spawn();
+    let gc = b.admin_session().post("/v1/registry/gc", &json!({}));
+    assert_eq!(gc.status, 200, "{}", gc.text());
+    for d in &blobs {
+        assert!(!file(d).exists(), "{d} outlived its last user: {}", gc.text());
+    }
+}
