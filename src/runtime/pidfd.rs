@@ -21,8 +21,10 @@ impl PidFd {
     /// Opens a pidfd for `pid`. The caller must know `pid` cannot have been reused
     /// yet: its own child (or one reparented to it) that it has not reaped.
     pub(crate) fn open(pid: i32) -> io::Result<PidFd> {
-        let p = Pid::from_raw(pid)
-            .filter(|p| p.as_raw_nonzero().get() > 0)
+        // Pid::from_raw asserts the number is not negative.
+        let p = (pid > 0)
+            .then(|| Pid::from_raw(pid))
+            .flatten()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{pid} is not a process id")))?;
         Ok(PidFd(rustix::process::pidfd_open(p, PidfdFlags::empty())?))
     }
