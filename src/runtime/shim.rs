@@ -5,7 +5,9 @@
 //! When runc exits, the container's init is reparented to the
 //! shim, which reaps it and so learns its exit status. Meanwhile it writes the
 //! output as JSON lines with timestamps and stream tags into size-capped, rotated
-//! log files, and answers `status` and `kill <signal>` on a unix socket. When the
+//! log files, and answers `status` and `kill <signal>` on a unix socket (a kill goes
+//! through a pidfd taken before the first reap, so it can never reach a process that
+//! was given the init's pid after it; see adr/011). When the
 //! container exits it records the exit code, signal and whether the kernel OOM-killed
 //! it in `exit.json` (written atomically), has runc delete the container (and with it
 //! the cgroup), and exits.
