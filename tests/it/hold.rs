@@ -322,6 +322,26 @@ fn every_bound_refuses_past_its_limit_and_memory_stays_flat() {
     assert_eq!(r.json()["data"].as_array().unwrap().len(), 3, "{}", r.text());
     assert_eq!(first.get("/v1/me").status, 401, "the oldest session was ended");
     assert_eq!(later[0].get("/v1/me").status, 200);
+    // `docker login` with a password: each /v2/token call opens a short session,
+    // counted against the same cap, never a pile of day-long ones.
+    let basic = {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}")))
+    };
+    for _ in 0..20 {
+        let r = b2.client().send("GET", "/v2/token?service=berth", None, &[("Authorization", &basic)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["expires_in"], 3600);
+    }
+    let sessions = b2.login("admin", ADMIN_PASSWORD).get("/v1/auth/sessions").json();
+    let rows = sessions["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{sessions}");
+    let hour = time::OffsetDateTime::now_utc() + time::Duration::minutes(61);
+    let short = rows
+        .iter()
+        .filter(|s| berth::ids::parse_time(s["expires_at"].as_str().unwrap()).is_some_and(|t| t < hour))
+        .count();
+    assert!(short >= 2, "registry sessions live an hour: {sessions}");
 
     // Upload sessions per project.
     let b3 = Berth::start("[registry]\nmax_open_uploads_per_project = 4\n[api]\nrate_limit_per_minute = 100000\n");
