@@ -18,10 +18,10 @@
 #  3. `docker run -d --rm --network host` of the same image in a private engine until
 #     a 200 on loopback;
 #  4. a 200 MiB gzip layer of many text files: berth's unpack_layer vs `tar -xzf`;
-#  5. VmRSS of each replica's `berth shim`.
+#  5. memory of each replica's `berth shim` (VmRSS, and Pss with several running).
 # Medians of the rounds; as the very last line, each figure as a ratio of its target:
 #   start <= 1.5 x bare runc and <= 0.7 x docker run, unpack >= 0.8 x tar -x's speed,
-#   each shim's RSS <= 4 MiB.
+#   each shim's Pss (its proportional share, shared text counted once) <= 4 MiB.
 #
 # Environment: BENCH_SMOKE=1, ROUNDS (repetitions), LAYER_MIB (size of the unpack layer).
 set -euo pipefail

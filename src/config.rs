@@ -46,6 +46,34 @@ pub struct Config {
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
+    /// Keys the operator set that no code reads yet (the ingress, ACME and DNS are
+    /// planned); the daemon says so at start instead of ignoring them silently.
+    #[serde(skip)]
+    pub not_yet_used: Vec<String>,
+}
+
+/// Keys accepted (they are part of the documented contract) but not read by any
+/// code yet.
+const NOT_YET_USED: &[(&str, &str)] =
+    &[("ingress", "http_listen"), ("ingress", "https_listen"), ("ingress", "apps_domain"), ("acme", "*"), ("dns", "*")];
+
+fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
+    let mut out = Vec::new();
+    for (section, key) in NOT_YET_USED {
+        let Some(toml::Value::Table(t)) = table.get(*section) else { continue };
+        for k in t.keys() {
+            if *key == "*" || k == key {
+                out.push(format!("{section}.{k}"));
+            }
+        }
+    }
+    if flags.http_listen.is_some() {
+        out.push("--http-listen".into());
+    }
+    if flags.https_listen.is_some() {
+        out.push("--https-listen".into());
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +215,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
             dev: false,
+            not_yet_used: Vec::new(),
         }
     }
 }
@@ -313,11 +342,13 @@ impl Config {
                 _ => return Err(unknown_env(&name)),
             }
         }
+        let unused = not_yet_used(&table, flags);
         let table = if flags.dev { dev_base(&table) } else { table };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             ConfigError::Parse { origin: format!("key `{}`", e.path()), message: e.inner().message().to_string() }
         })?;
         config.dev = flags.dev;
+        config.not_yet_used = unused;
         if let Some(d) = &flags.data_dir {
             config.data_dir = d.clone();
         }
@@ -479,6 +510,21 @@ mod tests {
         assert_eq!(c.ingress.https_listen.port(), 8443);
         assert!(!c.acme.enabled);
         assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
+        assert_eq!(c.not_yet_used, vec!["ingress.http_listen".to_string()], "the ingress is not built yet");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn settings_nothing_reads_yet_are_named() {
+        let d = tmp();
+        let p = write(
+            &d,
+            "[ingress]
+control_domain = \"b.example.com\"\n[acme]\nenabled = false\n",
+        );
+        let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
+        let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
+        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string(), "dns.overrides".to_string()]);
         std::fs::remove_dir_all(d).unwrap();
     }
 

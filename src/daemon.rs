@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::api;
 use crate::config::Config;
-use crate::state::AppState;
 use crate::error::PathError;
+use crate::state::AppState;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,12 @@ pub enum DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    if !config.not_yet_used.is_empty() {
+        tracing::warn!(
+            keys = config.not_yet_used.join(", "),
+            "these settings are accepted but not used yet: the ingress, ACME and DNS overrides are planned"
+        );
+    }
     for dir in [&config.data_dir, &config.run_dir] {
         std::fs::DirBuilder::new()
             .recursive(true)

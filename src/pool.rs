@@ -99,8 +99,7 @@ impl<S: 'static> Pool<S> {
         T: Send + 'static,
         F: FnOnce(&mut S) -> T + Send + 'static,
     {
-        let permit =
-            self.admitted.clone().acquire_owned().await.map_err(|_| PoolError::Stopped(self.name))?;
+        let permit = self.admitted.clone().acquire_owned().await.map_err(|_| PoolError::Stopped(self.name))?;
         self.dispatch(permit, f).await
     }
 

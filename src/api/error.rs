@@ -159,7 +159,8 @@ impl From<crate::http::login::LoginError> for ApiError {
             LoginError::RateLimited(retry) => ApiError::rate_limited(retry),
             LoginError::TooLong => ApiError::invalid(e.to_string()),
             LoginError::Invalid => ApiError::new(Kind::InvalidCredentials, e.to_string()),
-            LoginError::Busy => ApiError { retry_after: Some(1), ..ApiError::new(Kind::Unavailable, e.to_string()) },
+            // Too many logins at once for the hashing pool: a rate limit of the node's.
+            LoginError::Busy => ApiError { retry_after: Some(1), ..ApiError::new(Kind::RateLimited, e.to_string()) },
             LoginError::Store(e) => e.into(),
             LoginError::Internal(cause) => ApiError::internal(cause),
         }

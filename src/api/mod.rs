@@ -19,6 +19,9 @@ pub mod session;
 pub mod tokens;
 pub mod users;
 
+#[cfg(test)]
+mod tests;
+
 pub use crate::state::AppState;
 use crate::validate;
 use error::{ApiError, ApiResult};

@@ -85,8 +85,10 @@ pub async fn create(
     JsonBody(body): JsonBody<NewToken>,
 ) -> ApiResult<impl IntoResponse> {
     let name = body.name.trim().to_string();
-    if name.is_empty() || !crate::validate::is_text(&name, 64) {
-        return Err(ApiError::invalid("name must be 1-64 printable characters"));
+    if name.is_empty() || !crate::validate::is_name_text(&name, 64) {
+        return Err(ApiError::invalid(
+            "name must be 1-64 printable characters on one line, without invisible or bidirectional control characters",
+        ));
     }
     let scopes = resolve_scopes(body.scopes, &p.scopes)?;
     let requested = match body.expires_at {

@@ -160,11 +160,7 @@ mod tests {
     use super::*;
 
     fn policy(grace_ms: u64, rate: u64, idle_ms: u64) -> BodyPolicy {
-        BodyPolicy {
-            grace: Duration::from_millis(grace_ms),
-            min_rate: rate,
-            idle: Duration::from_millis(idle_ms),
-        }
+        BodyPolicy { grace: Duration::from_millis(grace_ms), min_rate: rate, idle: Duration::from_millis(idle_ms) }
     }
 
     /// A body fed by hand through a channel.
@@ -178,7 +174,10 @@ mod tests {
     impl http_body::Body for Chan {
         type Data = Bytes;
         type Error = std::convert::Infallible;
-        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
         }
     }

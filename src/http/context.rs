@@ -52,7 +52,7 @@ impl Gate {
                 config.api.login_failures_per_minute,
                 std::time::Duration::from_secs(config.api.login_window_seconds),
             ),
-            hashing: Pool::new("argon2", threads, threads * 8),
+            hashing: Pool::new("argon2", threads, threads * 16),
             surface,
             store,
             config,
@@ -63,9 +63,13 @@ impl Gate {
 /// A refusal the context layer answers itself, in the protocol of the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    RateLimited { retry_after: u64 },
+    RateLimited {
+        retry_after: u64,
+    },
     /// `Content-Length` is over the route's limit.
-    TooLarge { limit: u64 },
+    TooLarge {
+        limit: u64,
+    },
     /// The request line and headers are over [`super::serve::MAX_HEAD_BYTES`].
     HeadTooLarge,
 }
@@ -215,11 +219,8 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub async fn layer(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request_id_from(req.headers());
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let source =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -112,6 +112,7 @@ fn ceil_secs(d: Duration) -> u64 {
 /// Per-address, per-credential and per-user request budgets.
 pub struct RateLimiter<C: Clock = DefaultClock> {
     clock: C,
+    max_keys: usize,
     addresses: Bucket<AddrKey, C>,
     credentials: Bucket<String, C>,
     users: Bucket<String, C>,
@@ -128,6 +129,7 @@ impl RateLimiter<DefaultClock> {
 impl<C: Clock + Clone> RateLimiter<C> {
     pub fn with_clock(per_credential: u32, per_address: u32, clock: C) -> Self {
         RateLimiter {
+            max_keys: MAX_KEYS,
             addresses: Bucket::new(per_address, clock.clone()),
             credentials: Bucket::new(per_credential, clock.clone()),
             users: Bucket::new(per_credential, clock.clone()),
@@ -138,9 +140,9 @@ impl<C: Clock + Clone> RateLimiter<C> {
     /// Counts one request against the source address.
     pub fn check_address(&self, ip: IpAddr) -> Decision {
         let mut key = AddrKey::of(ip);
-        if self.addresses.gcra.len() >= MAX_KEYS {
+        if self.addresses.gcra.len() >= self.max_keys {
             self.addresses.gcra.retain_recent();
-            if self.addresses.gcra.len() >= MAX_KEYS {
+            if self.addresses.gcra.len() >= self.max_keys {
                 key = AddrKey::Overflow;
             }
         }
@@ -330,6 +332,26 @@ mod tests {
         }
         assert_eq!(allowed, 4, "20 tokens of one user get the user's 4, not 4 each");
         assert!(l.check_principal("tok_x", "usr_2").allowed);
+    }
+
+    #[test]
+    fn past_the_key_bound_new_addresses_share_one_bucket() {
+        let clock = FakeRelativeClock::default();
+        let mut l = RateLimiter::with_clock(100, 1, clock.clone());
+        l.max_keys = 10;
+        for i in 0..10u32 {
+            assert!(l.check_address(IpAddr::from((i + 1).to_be_bytes())).allowed);
+        }
+        // The eleventh address is counted in the overflow bucket, and so is the twelfth.
+        assert!(l.check_address(ip("10.9.9.1")).allowed);
+        assert!(!l.check_address(ip("10.9.9.2")).allowed, "the overflow bucket is shared");
+        assert_eq!(l.addresses.gcra.len(), 11, "ten addresses and the overflow, no more");
+        // Once buckets have refilled (and an interval more), they are dropped and
+        // addresses get their own again.
+        clock.advance(Duration::from_secs(121));
+        l.prune();
+        assert!(l.check_address(ip("10.9.9.2")).allowed);
+        assert!(l.check_address(ip("10.9.9.3")).allowed);
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn is_opaque(dir: BorrowedFd<'_>) -> std::io::Result<bool> {
     Ok(fs::fxattrs(dir)?.iter().any(|(n, v)| n.as_bytes() == b"trusted.overlay.opaque" && v == b"y"))
 }
 
-fn mtime(st: &libc::stat) -> Timestamp {
+fn mtime(st: &fs::Stat) -> Timestamp {
     Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }
 }
 
@@ -168,7 +168,7 @@ impl Merge<'_> {
         &mut self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
-        st: &libc::stat,
+        st: &fs::Stat,
         rel: &str,
     ) -> Result<(), ImageError> {
         let err = |op, e| io_err(self.layer, rel, op, e);

@@ -91,8 +91,7 @@ impl Drop for Scratch {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     if !root {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "image unpack tests need root under CI");
         eprintln!("skipping: needs root (mknod, chown, trusted.* xattrs)");
@@ -196,12 +195,9 @@ fn small_limits() -> Limits {
 }
 
 fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
     let mut buf = [0u8; 256];
-    // SAFETY: both strings are valid, `buf` is writable for its length.
-    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (r >= 0).then(|| buf[..r as usize].to_vec())
+    let len = rustix::fs::lgetxattr(path, name, &mut buf[..]).ok()?;
+    Some(buf[..len].to_vec())
 }
 
 fn lstat(p: &Path) -> std::fs::Metadata {
@@ -957,19 +953,16 @@ impl ReadOnlyOverlay {
         std::fs::create_dir_all(target).unwrap();
         let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
         let data = CString::new(format!("lowerdir={}", lower.join(":"))).unwrap();
-        let t = CString::new(target.as_os_str().as_bytes()).unwrap();
-        // SAFETY: every pointer is a valid C string that outlives the call.
-        let r = unsafe { libc::mount(c"overlay".as_ptr(), t.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast()) };
-        assert_eq!(r, 0, "mount overlay: {}", io::Error::last_os_error());
+        rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
+            .unwrap_or_else(|e| panic!("mount overlay: {e}"));
         ReadOnlyOverlay(target.to_path_buf())
     }
 }
 
 impl Drop for ReadOnlyOverlay {
     fn drop(&mut self) {
-        let t = CString::new(self.0.as_os_str().as_bytes()).unwrap();
-        // SAFETY: `t` is a valid C string; MNT_DETACH never blocks on busy files.
-        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        // MNT_DETACH never blocks on busy files.
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
     }
 }
 

@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
+use rustix::fs::FileType;
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
@@ -309,12 +310,12 @@ fn join(components: &[&[u8]]) -> Vec<u8> {
     components.join(&b'/')
 }
 
-fn describe(st: &io::Result<libc::stat>) -> &'static str {
+fn describe(st: &io::Result<fs::Stat>) -> &'static str {
     match st {
-        Ok(st) => match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => "symlink",
-            libc::S_IFREG => "regular file",
-            libc::S_IFCHR if st.st_rdev == 0 => "whiteout",
+        Ok(st) if fs::is_whiteout(st) => "whiteout",
+        Ok(st) => match fs::file_type(st) {
+            FileType::Symlink => "symlink",
+            FileType::RegularFile => "regular file",
             _ => "special file",
         },
         Err(_) => "missing entry",
@@ -853,7 +854,7 @@ impl<'l> Extractor<'l> {
             Err(e) => return Err(ImageError::entry(name, "look up hardlink target", e)),
         };
         // Linking a symlink links the symlink itself (no AT_SYMLINK_FOLLOW).
-        if !matches!(tst.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFLNK) {
+        if !matches!(fs::file_type(&tst), FileType::RegularFile | FileType::Symlink) {
             return Err(bad("is not a regular file"));
         }
         let Some((last, parents)) = parts.split_last() else {

@@ -256,21 +256,21 @@ impl http_body::Body for ChannelBody {
 /// Bytes written between asking the kernel to start writing an upload to disk.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// `sync_file_range(2)`, which no wrapper crate covers. A failure is harmless for
+/// both uses below: the fsync at commit still makes the data durable.
+fn sync_range(f: &File, offset: u64, len: u64, flags: libc::c_uint) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads the descriptor (valid: `f` is borrowed for
+    // the call) and the integers; it touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, flags);
+    }
+}
+
 /// Starts writeback of a range without waiting for it, so the disk works while the
 /// rest of the upload streams in and the fsync at commit has little left to do.
 fn start_writeback(f: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads the descriptor and the integers; with
-    // SYNC_FILE_RANGE_WRITE alone it initiates writeback and returns. A failure is
-    // harmless: the fsync at commit still makes the data durable.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
+    sync_range(f, offset, len, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 /// Waits for a range whose writeback started a window ago and drops it from the
@@ -279,14 +279,10 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
 /// memory for the page cache is what makes big writes slow (on a VM, several times
 /// the cost of the copy itself), and nothing reads a blob's bytes back right away.
 fn retire(f: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
     let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: both calls only read the descriptor and the integers. A failure is
-    // harmless: the pages stay cached, and the fsync at commit still runs.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, wait);
-        libc::posix_fadvise(f.as_raw_fd(), offset as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED);
-    }
+    sync_range(f, offset, len, wait);
+    // A failure leaves the pages cached, which costs memory, not correctness.
+    let _ = rustix::fs::fadvise(f, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
 }
 
 /// The state an upload carries between requests.

@@ -49,9 +49,7 @@ pub enum RegistryError {
     /// The request body arrived too slowly (408).
     #[error("{0}")]
     Timeout(String),
-    /// The server is too busy to take this now (503).
-    #[error("{0}")]
-    Busy(String),
+
     /// The cause is logged; the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,7 +79,6 @@ impl RegistryError {
             RegistryError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             RegistryError::HeaderTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "UNSUPPORTED"),
             RegistryError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "BLOB_UPLOAD_INVALID"),
-            RegistryError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             RegistryError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }
     }
@@ -123,7 +120,7 @@ impl From<crate::http::login::LoginError> for RegistryError {
         use crate::http::login::LoginError;
         match e {
             LoginError::RateLimited(retry_after) => RegistryError::TooManyRequests { retry_after },
-            LoginError::Busy => RegistryError::Busy(e.to_string()),
+            LoginError::Busy => RegistryError::TooManyRequests { retry_after: 1 },
             LoginError::Store(e) => e.into(),
             LoginError::Internal(cause) => RegistryError::Internal(cause),
             // The caller turns these into a challenge.
@@ -161,9 +158,6 @@ impl IntoResponse for RegistryError {
             }
             RegistryError::TooManyRequests { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
-            }
-            RegistryError::Busy(_) => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             _ => {}
         }

@@ -73,7 +73,8 @@ pub async fn run(reg: &Registry, pinned: &HashSet<String>) -> RegistryResult<GcR
                 }
             }
         }
-        let dirs: Vec<PathBuf> = read_dir(&blobs.uploads_dir()).into_iter().filter(|d| older_than(d, upload_ttl)).collect();
+        let dirs: Vec<PathBuf> =
+            read_dir(&blobs.uploads_dir()).into_iter().filter(|d| older_than(d, upload_ttl)).collect();
         (files, dirs)
     })
     .await?;
@@ -106,8 +107,7 @@ pub async fn run(reg: &Registry, pinned: &HashSet<String>) -> RegistryResult<GcR
         bytes_freed += freed;
     }
     for batch in upload_candidates.chunks(ORPHAN_BATCH) {
-        let ids: Vec<String> =
-            batch.iter().filter_map(|d| d.file_name()?.to_str().map(str::to_string)).collect();
+        let ids: Vec<String> = batch.iter().filter_map(|d| d.file_name()?.to_str().map(str::to_string)).collect();
         let _exclusive = reg.gc_lock.write().await;
         let lookup = ids.clone();
         let known = reg.store.read(move |c| sql::known_uploads(c, &lookup)).await?;

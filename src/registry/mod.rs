@@ -474,3 +474,37 @@ impl Registry {
         Ok(self.store.read(move |c| sql::referrers(c, id, &d)).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_upload_states_are_dropped_past_the_bound() {
+        let (store, dir) = crate::store::test_store();
+        let settings = Settings {
+            root: dir.join("registry"),
+            gc_grace: Duration::from_secs(60),
+            upload_ttl: Duration::from_secs(60),
+            max_open_uploads_per_project: 1,
+        };
+        let reg = Registry::new(settings, store.clone());
+        let slot = || Arc::new(tokio::sync::Mutex::new(Some(Appended::new())));
+        // Three uploads with a request in flight (their slot is held).
+        let held: Vec<UploadSlot> = (0..3).map(|i| reg.keep_slot(&format!("held{i}"), slot())).collect();
+        for i in 0..MAX_UPLOAD_SLOTS * 2 {
+            reg.keep_slot(&format!("idle{i}"), slot());
+        }
+        assert!(reg.upload_slots() <= MAX_UPLOAD_SLOTS, "{} states held", reg.upload_slots());
+        let map = reg.uploads.lock().unwrap();
+        for i in 0..3 {
+            assert!(map.contains_key(&format!("held{i}")), "an upload in flight lost its state");
+        }
+        drop(map);
+        drop(held);
+        reg.forget_uploads(&["held0".to_string()]);
+        assert!(!reg.uploads.lock().unwrap().contains_key("held0"));
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -221,10 +221,15 @@ impl Runtime {
         let err = log.try_clone().map_err(|e| PathError::new("open", &log_path, e))?;
         let mut cmd = command(&self.shim_exe);
         cmd.arg("shim").args(args.to_args()).stdin(Stdio::null()).stdout(log).stderr(err).current_dir("/");
-        // SAFETY: setsid is async-signal-safe and touches only the new child, which
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe work is allowed: setsid is one raw system call through
+        // rustix, with no allocation or lock. It touches only the new child, which
         // then runs in a session of its own, detached from the daemon's.
         unsafe {
-            cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            cmd.pre_exec(|| {
+                rustix::process::setsid()?;
+                Ok(())
+            });
         }
         let mut child =
             cmd.spawn().map_err(|e| RuntimeError::Command { command: "berth shim".into(), message: e.to_string() })?;

@@ -2,10 +2,12 @@
 //! or with a terminal: what the console and one-off commands are built on.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+
+use rustix::termios::Winsize;
 
 use super::RuntimeError;
 use super::container::Runtime;
@@ -93,14 +95,16 @@ impl Runtime {
                         }
                         (Err(e), _) | (_, Err(e)) => return Err(pty_error(e)),
                     }
-                    // SAFETY: setsid and ioctl are async-signal-safe; between fork
-                    // and exec they make runc a session leader whose controlling
-                    // terminal is the pty on its stdin, so it gets SIGWINCH.
+                    // SAFETY: the closure runs in the child between fork and exec,
+                    // where only async-signal-safe work is allowed: setsid and
+                    // ioctl(TIOCSCTTY) are one raw system call each through rustix,
+                    // with no allocation or lock. They make runc a session leader
+                    // whose controlling terminal is the pty on its stdin, so it gets
+                    // SIGWINCH.
                     unsafe {
                         cmd.pre_exec(|| {
-                            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
+                            rustix::process::setsid()?;
+                            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
                             Ok(())
                         });
                     }
@@ -129,23 +133,17 @@ fn pty_error(e: std::io::Error) -> RuntimeError {
 
 /// A new pty pair (master, slave), close-on-exec, with the given (rows, columns).
 fn open_pty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (mut master, mut slave) = (-1, -1);
+    use rustix::pty::OpenptFlags;
+    // What openpty(3) does, minus the termios it leaves alone when given none.
+    // Command dup2s the slave onto the child's stdio, which clears CLOEXEC there.
+    let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+    let master = rustix::pty::openpt(flags)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    // The slave straight from the master (TIOCGPTPEER), not by its /dev/pts name.
+    let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags)?;
     let (rows, cols) = size.unwrap_or((24, 80));
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: the out-pointers are valid for writes; a null name and termios are
-    // allowed; `ws` is read only.
-    if unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        // SAFETY: setting FD_CLOEXEC on a descriptor we own; Command dup2s the
-        // slave onto the child's stdio, which clears the flag there.
-        if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    rustix::termios::tcsetwinsize(&slave, Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 })?;
     Ok((master, slave))
 }
 

@@ -93,21 +93,9 @@ fn parse_meminfo(s: &str) -> Memory {
 }
 
 fn statvfs(path: &Path) -> Disk {
-    use std::os::unix::ffi::OsStrExt;
     let mut disk = Disk { path: path.display().to_string(), ..Default::default() };
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return disk };
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a NUL-terminated path and `st` points to writable memory of the
-    // right size; statvfs only writes into it and we read it only on success.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return disk;
-    }
-    // SAFETY: statvfs returned 0, so it initialised the struct.
-    let st = unsafe { st.assume_init() };
-    // The field types differ by architecture; widen them all to u64.
-    let [frag, blocks, bavail, bfree]: [u64; 4] =
-        [st.f_frsize as _, st.f_blocks as _, st.f_bavail as _, st.f_bfree as _];
+    let Ok(st) = rustix::fs::statvfs(path) else { return disk };
+    let [frag, blocks, bavail, bfree] = [st.f_frsize, st.f_blocks, st.f_bavail, st.f_bfree];
     disk.total_bytes = blocks * frag;
     disk.available_bytes = bavail * frag;
     disk.used_bytes = blocks.saturating_sub(bfree) * frag;

@@ -7,6 +7,7 @@
 //! - `runc`: the `runc` command line.
 //! - `shim`: `berth shim`, the per-container supervisor that owns the container's
 //!   stdio, logs and exit status, so containers outlive the daemon.
+//! - `pidfd`: signalling a process by a pidfd, never by a pid that may be reused.
 //! - `network`: bridges, veth pairs, IPAM, NAT and isolation.
 //! - `host`: facts about the machine.
 
@@ -15,6 +16,7 @@ pub mod container;
 pub mod exec;
 pub mod host;
 pub mod network;
+mod pidfd;
 pub mod rootfs;
 pub mod runc;
 pub mod shim;

@@ -1,9 +1,13 @@
 //! A container's root filesystem: an overlay of read-only layer snapshots plus a
 //! private upper directory.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::HashSet;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+use rustix::mount::{MountFlags, UnmountFlags};
 
 use super::RuntimeError;
 use crate::error::PathError;
@@ -38,52 +42,82 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     for d in [upper, work, target] {
         std::fs::create_dir_all(d).map_err(|e| PathError::new("create", d, e))?;
     }
-    let c = |s: &[u8]| CString::new(s).map_err(|_| RuntimeError::InvalidSpec("a path holds a NUL byte".into()));
-    let (src, tgt, fs, data) = (c(b"overlay")?, c(target.as_os_str().as_bytes())?, c(b"overlay")?, c(opts.as_bytes())?);
-    // SAFETY: all four pointers are NUL-terminated strings that outlive the call.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), libc::MS_NODEV, data.as_ptr().cast()) };
-    if rc != 0 {
-        return Err(PathError::new("mount overlay", target, std::io::Error::last_os_error()).into());
-    }
+    let data = CString::new(opts).map_err(|_| RuntimeError::InvalidSpec("a path holds a NUL byte".into()))?;
+    rustix::mount::mount("overlay", target, "overlay", MountFlags::NODEV, data.as_c_str())
+        .map_err(|e| PathError::new("mount overlay", target, e.into()))?;
     Ok(())
 }
 
 /// Unmounts `target` (lazily, so a busy mount still goes); not mounted is fine.
 pub fn unmount(target: &Path) -> Result<(), RuntimeError> {
-    let Ok(t) = CString::new(target.as_os_str().as_bytes()) else { return Ok(()) };
-    // SAFETY: `t` is a NUL-terminated path; MNT_DETACH only affects that mount.
-    let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-            return Err(PathError::new("unmount", target, e).into());
-        }
+    match rustix::mount::unmount(target, UnmountFlags::DETACH) {
+        Ok(()) | Err(Errno::INVAL | Errno::NOENT) => Ok(()),
+        Err(e) => Err(PathError::new("unmount", target, e.into()).into()),
     }
-    Ok(())
 }
 
 /// Every lowerdir of every overlay mounted on this host's mount namespace (from
 /// /proc/self/mountinfo): the snapshots containers are using right now.
-pub fn mounted_lowers() -> std::collections::HashSet<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    lowers_in_mountinfo(&info)
+pub fn mounted_lowers() -> HashSet<PathBuf> {
+    lowers_in_mountinfo(&read_mountinfo())
 }
 
-fn lowers_in_mountinfo(info: &str) -> std::collections::HashSet<PathBuf> {
-    let mut out = std::collections::HashSet::new();
-    for line in info.lines() {
-        // `<id> <parent> <dev> <root> <mount point> <options> [optional...] - <fs type> <source> <super options>`
-        let Some((_, tail)) = line.split_once(" - ") else { continue };
-        let mut fields = tail.split(' ');
-        if fields.next() != Some("overlay") {
-            continue;
+/// /proc/self/mountinfo as bytes: paths need not be UTF-8, and one mount with
+/// such a path must not hide all the others.
+fn read_mountinfo() -> Vec<u8> {
+    std::fs::read("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// One line of mountinfo:
+/// `<id> <parent> <dev> <root> <mount point> <options> [optional...] - <fs type> <source> <super options>`.
+struct MountLine<'a> {
+    /// Still escaped; see [`unescape`].
+    mount_point: &'a [u8],
+    fs_type: &'a [u8],
+    super_options: &'a [u8],
+}
+
+fn mount_lines(info: &[u8]) -> impl Iterator<Item = MountLine<'_>> {
+    info.split(|b| *b == b'\n').filter_map(|line| {
+        let mount_point = line.split(|b| *b == b' ').nth(4)?;
+        let sep = line.windows(3).position(|w| w == b" - ")?;
+        let mut tail = line[sep + 3..].split(|b| *b == b' ');
+        let fs_type = tail.next()?;
+        let super_options = tail.nth(1)?;
+        Some(MountLine { mount_point, fs_type, super_options })
+    })
+}
+
+/// Undoes the kernel's escapes in a mountinfo field: a space, tab, newline,
+/// backslash (and, in options, a comma or `=`) are written as `\` and three octal
+/// digits, `\040` for a space.
+fn unescape(field: &[u8]) -> PathBuf {
+    let octal = |b: &u8| (b'0'..=b'7').contains(b);
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        match field.get(i..i + 4) {
+            Some([b'\\', a, b, c]) if [a, b, c].into_iter().all(octal) && *a <= b'3' => {
+                out.push((a - b'0') << 6 | (b - b'0') << 3 | (c - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(field[i]);
+                i += 1;
+            }
         }
-        let Some(options) = fields.nth(1) else { continue };
-        for opt in options.split(',') {
-            if let Some(list) = opt.strip_prefix("lowerdir=") {
-                // berth's overlay paths never hold `:`, `,` or whitespace (mount_overlay
-                // refuses them); mountinfo escapes a space as \040.
-                out.extend(list.split(':').filter(|p| !p.is_empty()).map(|p| PathBuf::from(p.replace("\\040", " "))));
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+fn lowers_in_mountinfo(info: &[u8]) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    for m in mount_lines(info).filter(|m| m.fs_type == b"overlay") {
+        for opt in m.super_options.split(|b| *b == b',') {
+            if let Some(list) = opt.strip_prefix(b"lowerdir=") {
+                // berth's overlay paths never hold `:` or `,` (mount_overlay refuses
+                // them), and the kernel escapes a `,` inside a path.
+                out.extend(list.split(|b| *b == b':').filter(|p| !p.is_empty()).map(unescape));
             }
         }
     }
@@ -92,20 +126,74 @@ fn lowers_in_mountinfo(info: &str) -> std::collections::HashSet<PathBuf> {
 
 /// Whether something is mounted at `target` (from /proc/self/mountinfo).
 pub fn is_mounted(target: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let t = target.display().to_string();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(t.as_str()))
+    mounted_at(&read_mountinfo(), target)
+}
+
+fn mounted_at(info: &[u8], target: &Path) -> bool {
+    mount_lines(info).any(|m| unescape(m.mount_point) == target)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
     #[test]
     fn lowers_come_from_overlay_lines_only() {
-        let info = "36 25 0:31 / /run/c1/rootfs rw,relatime shared:1 - overlay overlay rw,lowerdir=/s/a:/s/b,upperdir=/c1/upper,workdir=/c1/work\n\
+        let info = b"36 25 0:31 / /run/c1/rootfs rw,relatime shared:1 - overlay overlay rw,lowerdir=/s/a:/s/b,upperdir=/c1/upper,workdir=/c1/work\n\
                     37 25 0:32 / /data rw - ext4 /dev/vda rw,lowerdir=/not/overlay\n\
                     38 25 0:33 / /run/c2/rootfs rw - overlay overlay rw,lowerdir=/s/b,upperdir=/c2/u,workdir=/c2/w\n";
-        let mut got: Vec<_> = super::lowers_in_mountinfo(info).into_iter().collect();
+        let mut got: Vec<_> = lowers_in_mountinfo(info).into_iter().collect();
         got.sort();
-        assert_eq!(got, [std::path::PathBuf::from("/s/a"), "/s/b".into()]);
+        assert_eq!(got, [PathBuf::from("/s/a"), "/s/b".into()]);
+    }
+
+    #[test]
+    fn escaped_paths_are_read_back_as_they_are() {
+        let info = b"40 25 0:40 / /var/lib/berth/my\\040app/rootfs rw - overlay overlay rw,lowerdir=/s/with\\040space:/s/tab\\011and\\134slash,upperdir=/u,workdir=/w\n\
+                     41 25 0:41 / /mnt/caf\xc3\xa9\\012x rw - tmpfs tmpfs rw\n";
+        assert!(mounted_at(info, Path::new("/var/lib/berth/my app/rootfs")));
+        assert!(!mounted_at(info, Path::new("/var/lib/berth/my\\040app/rootfs")));
+        assert!(!mounted_at(info, Path::new("/var/lib/berth/my")));
+        assert!(mounted_at(info, Path::new("/mnt/café\nx")));
+        let got = lowers_in_mountinfo(info);
+        assert_eq!(got, [PathBuf::from("/s/with space"), PathBuf::from("/s/tab\tand\\slash")].into());
+    }
+
+    #[test]
+    fn unescape_leaves_what_is_not_an_escape() {
+        assert_eq!(unescape(b"/a\\040b"), Path::new("/a b"));
+        assert_eq!(unescape(b"/a\\0"), Path::new("/a\\0"), "too short");
+        assert_eq!(unescape(b"/a\\09x"), Path::new("/a\\09x"), "not octal");
+        assert_eq!(unescape(b"/a\\777"), Path::new("/a\\777"), "above one byte");
+        assert_eq!(unescape(b"/a\\134040"), Path::new("/a\\040"), "an escaped backslash is not unescaped twice");
+    }
+
+    /// A real mount whose path holds a space, read back from the kernel's mountinfo.
+    #[test]
+    fn a_mount_point_with_a_space_is_mounted() {
+        if !rustix::process::geteuid().is_root() {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "mounting needs root under CI");
+            eprintln!("SKIPPED: mounting needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(crate::ids::new_id("mnt test"));
+        let target = dir.join("root fs");
+        std::fs::create_dir_all(&target).unwrap();
+        struct Cleanup(PathBuf, PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = unmount(&self.1);
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(dir.clone(), target.clone());
+        assert!(!is_mounted(&target));
+        rustix::mount::mount("tmpfs", &target, "tmpfs", MountFlags::empty(), None).unwrap();
+        assert!(is_mounted(&target), "{} is mounted", target.display());
+        unmount(&target).unwrap();
+        assert!(!is_mounted(&target));
+        unmount(&target).expect("unmounting what is not mounted is fine");
     }
 }

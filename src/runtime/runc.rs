@@ -18,9 +18,11 @@ fn parse_version(text: &str) -> Option<String> {
     text.lines().next()?.strip_prefix("runc version ").map(|v| v.trim().to_string())
 }
 
-/// Builds a command; the one place in berth where processes are created.
+/// Builds a command; the one place in berth where processes are created. Private
+/// to `runtime`: other modules ask runtime for what they need done, never for a
+/// process to run.
 #[expect(clippy::disallowed_methods, reason = "runtime is the module that runs processes")]
-pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(super) fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     Command::new(program)
 }
 
@@ -36,7 +38,9 @@ impl Runc {
         Self { binary: PathBuf::from("runc"), root }
     }
 
-    pub fn cmd(&self) -> Command {
+    /// A runc command line with berth's state root; private to `runtime` like
+    /// [`command`].
+    pub(super) fn cmd(&self) -> Command {
         let mut c = command(&self.binary);
         c.arg("--root").arg(&self.root);
         c

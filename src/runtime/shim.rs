@@ -5,7 +5,9 @@
 //! When runc exits, the container's init is reparented to the
 //! shim, which reaps it and so learns its exit status. Meanwhile it writes the
 //! output as JSON lines with timestamps and stream tags into size-capped, rotated
-//! log files, and answers `status` and `kill <signal>` on a unix socket. When the
+//! log files, and answers `status` and `kill <signal>` on a unix socket (a kill goes
+//! through a pidfd taken before the first reap, so it can never reach a process that
+//! was given the init's pid after it; see adr/011). When the
 //! container exits it records the exit code, signal and whether the kernel OOM-killed
 //! it in `exit.json` (written atomically), has runc delete the container (and with it
 //! the cgroup), and exits.
@@ -26,7 +28,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use rustix::io::Errno;
+use rustix::process::{Pid, WaitOptions};
+
 use super::RuntimeError;
+use super::pidfd::PidFd;
 use super::runc::Runc;
 use crate::error::PathError;
 
@@ -115,27 +121,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PathError> {
     let mut f = std::fs::File::create(&tmp).map_err(|e| PathError::new("create", &tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| PathError::new("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| PathError::new("rename", path, e))
-}
-
-/// Drops this process's mappings of the code pages start-up touched (argument
-/// parsing, spawning runc) so the shim's resident set is what it keeps running: the
-/// pages stay in the page cache, shared with the daemon, and fault back in if used
-/// again. Only `r-xp` file mappings (code, never written) are touched; data mappings
-/// hold relocated, private pages and must keep them.
-fn release_code_pages() {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 || fields[1] != "r-xp" || !fields[5].starts_with('/') {
-            continue;
-        }
-        let Some((start, end)) = fields[0].split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else { continue };
-        // SAFETY: the range is one of this process's own private, read-only, executable
-        // file mappings (from /proc/self/maps); MADV_DONTNEED only drops its page-table
-        // entries, and the unchanged file contents fault back in on the next access.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-    }
 }
 
 /// Atomic for readers (rename) but not flushed to disk.
@@ -245,10 +230,10 @@ pub fn run(args: ShimArgs) -> i32 {
 }
 
 fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and only changes this
-    // process's own reaping behaviour.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let shim_err = |m: String| RuntimeError::Shim { id: a.id.clone(), message: m };
+    // Orphans in this subtree, the container's init first, become this process's
+    // children. (The argument is a flag; any pid turns it on.)
+    rustix::process::set_child_subreaper(Some(Pid::INIT)).map_err(|e| shim_err(format!("become a subreaper: {e}")))?;
     let log = LogWriter::open(a.state_dir.join("container.log"), a.log_max_bytes, a.log_files)
         .map_err(|e| PathError::new("open", a.state_dir.join("container.log"), e))?;
     let log = Arc::new(Mutex::new(log));
@@ -287,29 +272,36 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| shim_err("runc run wrote no pid".into()))?;
+    // Taken before the first wait below: nothing has reaped the init yet (runc does
+    // not, and it is this shim's child now), so `pid` is still the container's init
+    // and the handle refers to it, never to a later process given the same pid.
+    let init = match PidFd::open(pid) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = runc.delete(&a.id);
+            return Err(shim_err(format!("pidfd_open {pid}: {e} (berth needs Linux 5.3 or later)")));
+        }
+    };
     let started = Started { pid, started_at: now() };
     let exit: Arc<Mutex<Option<Exit>>> = Arc::new(Mutex::new(None));
-    serve_socket(a, started.clone(), exit.clone())?;
+    serve_socket(a, started.clone(), exit.clone(), init)?;
     // Not fsynced: after a power cut the container is gone anyway; exit.json is the
     // record that must last.
     write_renamed(&a.state_dir.join("started.json"), &serde_json::to_vec(&started).unwrap_or_default())?;
-    release_code_pages();
     // Reap until the container's init is gone.
-    let mut status = 0;
     let recorded = loop {
-        // SAFETY: waitpid with a valid out-pointer; we only reap our own children.
-        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if r == pid {
-            break Some(status);
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            break None;
+        match rustix::process::wait(WaitOptions::empty()) {
+            Ok(Some((p, status))) if p.as_raw_nonzero().get() == pid => break Some(status),
+            Ok(_) => {}
+            Err(Errno::CHILD) => break None,
+            // EINTR: wait again.
+            Err(_) => {}
         }
     };
     let oom_after = oom_kills(a.oom_file.as_deref());
     let (exit_code, signal) = match recorded {
-        Some(s) if libc::WIFEXITED(s) => (Some(libc::WEXITSTATUS(s)), None),
-        Some(s) if libc::WIFSIGNALED(s) => (None, Some(libc::WTERMSIG(s))),
+        Some(s) if s.exited() => (s.exit_status(), None),
+        Some(s) if s.signaled() => (None, s.terminating_signal()),
         _ => (None, None),
     };
     let result = Exit {
@@ -345,7 +337,15 @@ fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
-fn serve_socket(a: &ShimArgs, started: Started, exit: Arc<Mutex<Option<Exit>>>) -> Result<(), RuntimeError> {
+/// Answers `status` and `kill <signal>` on `shim.sock`. A kill goes through
+/// `init`'s pidfd: once the reaper has reaped the container's init it fails with
+/// ESRCH, whatever process holds that pid by then.
+fn serve_socket(
+    a: &ShimArgs,
+    started: Started,
+    exit: Arc<Mutex<Option<Exit>>>,
+    init: PidFd,
+) -> Result<(), RuntimeError> {
     let path = a.state_dir.join("shim.sock");
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| PathError::new("bind", &path, e))?;
@@ -369,11 +369,9 @@ fn serve_socket(a: &ShimArgs, started: Started, exit: Arc<Mutex<Option<Exit>>>) 
                     })
                     .unwrap_or_default()
                 }
-                ("kill", sig) => match sig.trim().parse::<i32>() {
-                    // SAFETY: kill with a pid we reaped-parent and a signal number; at
-                    // worst it fails with ESRCH once the process is gone.
-                    Ok(s) if unsafe { libc::kill(started.pid, s) } == 0 => "ok".to_string(),
-                    Ok(_) => format!("error {}", std::io::Error::last_os_error()),
+                ("kill", sig) => match sig.trim().parse::<i32>().map(|s| init.signal(s)) {
+                    Ok(Ok(())) => "ok".to_string(),
+                    Ok(Err(e)) => format!("error {e}"),
                     Err(_) => "error bad signal".to_string(),
                 },
                 _ => "error unknown command".to_string(),
@@ -460,6 +458,36 @@ mod tests {
         let tail = logs(&dir, 3, 2);
         assert_eq!(tail.iter().map(|l| l.log.as_str()).collect::<Vec<_>>(), vec!["line 497", "line 498", "line 499"]);
         assert_eq!(tail[2].stream, "stderr");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The socket's `kill` goes through the pidfd: once the init is reaped it
+    /// answers an error instead of signalling whatever holds the pid next.
+    #[test]
+    fn kill_after_the_init_is_reaped_reaches_nothing() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("shimkill"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child =
+            super::super::runc::command("sleep").arg("1000").stdin(std::process::Stdio::null()).spawn().unwrap();
+        let pid = child.id() as i32;
+        let a = ShimArgs {
+            id: "t".into(),
+            bundle: dir.clone(),
+            runc_root: dir.clone(),
+            state_dir: dir.clone(),
+            oom_file: None,
+            log_max_bytes: 4096,
+            log_files: 1,
+        };
+        let started = Started { pid, started_at: "t".into() };
+        serve_socket(&a, started, Arc::new(Mutex::new(None)), PidFd::open(pid).unwrap()).unwrap();
+        assert_eq!(kill(&dir, 1000).unwrap_err(), "error 1000 is not a signal berth sends");
+        assert!(child.try_wait().unwrap().is_none());
+        kill(&dir, libc::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+        let err = kill(&dir, libc::SIGKILL).unwrap_err();
+        assert!(err.contains("os error 3"), "ESRCH once reaped: {err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

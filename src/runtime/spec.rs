@@ -207,10 +207,9 @@ pub fn build(c: &ContainerSpec) -> Result<Spec, RuntimeError> {
 /// Open files allowed in a container: 65536, or the daemon's own hard limit when
 /// that is lower (a container cannot be given more than its creator holds).
 fn nofile_limit() -> u64 {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
-    if ok { 65_536u64.min(r.rlim_max) } else { 1024 }
+    // `None` is unlimited.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    hard.map_or(65_536, |max| max.min(65_536))
 }
 
 /// Resolves an image's `User` (`name`, `uid`, `uid:gid`, `name:group`) against the

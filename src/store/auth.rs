@@ -274,4 +274,57 @@ mod tests {
         store.close();
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn sessions_page_trim_and_expire() {
+        let (store, dir) = crate::store::test_store();
+        store
+            .write(|c| {
+                let u = User { id: "usr_1".into(), username: "a".into(), super_admin: false, created_at: "t".into() };
+                crate::store::users::insert(c, &u, "h")?;
+                for i in 0..6 {
+                    let id = format!("ses_{i}");
+                    let created = format!("2026-01-0{}T00:00:00Z", i + 1);
+                    let expires = if i == 0 { "2026-01-01T00:00:01Z" } else { "2099-01-01T00:00:00Z" };
+                    insert_session(
+                        c,
+                        &NewSession {
+                            id: &id,
+                            user_id: "usr_1",
+                            secret_hash: b"h",
+                            created_at: &created,
+                            expires_at: expires,
+                            source_addr: "127.0.0.1",
+                            user_agent: "t",
+                        },
+                    )?;
+                }
+                // ses_1 was used last: it is the most recently used.
+                touch_session(c, "ses_1", "2026-02-01T00:00:00Z")?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // Pages in id order; the current one is marked.
+        let q = PageQuery { limit: 4, after: None };
+        let page = store.read(move |c| page_sessions(c, "usr_1", Some("ses_2"), &q)).await.unwrap();
+        assert!(page.has_more);
+        let ids: Vec<&str> = page.rows.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, vec!["ses_0", "ses_1", "ses_2", "ses_3"]);
+        assert_eq!(page.rows.iter().filter(|s| s.current).count(), 1);
+        // Expired ones are purged.
+        assert_eq!(store.write(|c| purge_expired_sessions(c, "2026-06-01T00:00:00Z")).await.unwrap(), 1);
+        // Keeping three keeps the most recently used: ses_1 (touched), ses_5, ses_4.
+        assert_eq!(store.write(|c| trim_sessions(c, "usr_1", 3)).await.unwrap(), 2);
+        let q = PageQuery { limit: 10, after: None };
+        let page = store.read(move |c| page_sessions(c, "usr_1", None, &q)).await.unwrap();
+        let ids: Vec<&str> = page.rows.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, vec!["ses_1", "ses_4", "ses_5"]);
+        // Revoking the others keeps only the one named.
+        assert_eq!(store.write(|c| delete_other_sessions(c, "usr_1", Some("ses_4"))).await.unwrap(), 2);
+        assert!(!store.write(|c| delete_session(c, "usr_2", "ses_4")).await.unwrap(), "not another user's");
+        assert!(store.write(|c| delete_session(c, "usr_1", "ses_4")).await.unwrap());
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -393,4 +393,33 @@ mod tests {
         assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Closed)));
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn detached_writes_past_the_queue_bound_are_dropped_not_queued() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (store, dir) = test_store();
+        // Hold the writer thread so nothing drains the queue.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        store.write_detached(move |_| {
+            let _ = held.recv();
+            Ok(())
+        });
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..WRITE_QUEUE * 3 {
+            let ran = ran.clone();
+            store.write_detached(move |_| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+        }
+        release.send(()).unwrap();
+        // A waited write goes after whatever was queued.
+        store.write(|_| Ok(())).await.unwrap();
+        let n = ran.load(Ordering::Relaxed);
+        // The queue, plus what the writer took into its batch before it blocked.
+        assert!(n <= WRITE_QUEUE + MAX_BATCH, "{n} of {} writes ran; the queue holds {WRITE_QUEUE}", WRITE_QUEUE * 3);
+        assert!(n > 0);
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -247,3 +247,34 @@ pub fn upsert_member(c: &Connection, project_id: &str, user_id: &str, role: Role
 pub fn remove_member(c: &Connection, project_id: &str, user_id: &str) -> Result<bool> {
     Ok(c.execute("DELETE FROM members WHERE project_id = ?1 AND user_id = ?2", [project_id, user_id])? > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_corrupt_json_column_is_an_error_not_an_empty_default() {
+        let (store, dir) = crate::store::test_store();
+        let p = Project {
+            id: "prj_1".into(),
+            name: "alpha".into(),
+            description: String::new(),
+            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            limits: Limits::default(),
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        };
+        store.write(move |c| insert(c, &p)).await.unwrap();
+        assert_eq!(store.read(|c| get(c, "prj_1")).await.unwrap().unwrap().env["A"], "1");
+        store
+            .write(|c| {
+                c.execute("UPDATE projects SET env = '{not json' WHERE id = 'prj_1'", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(store.read(|c| get(c, "prj_1")).await.is_err());
+        store.close();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -55,7 +55,14 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         s.gate.logins.prune();
         std::future::ready(())
     });
-    let mut all = vec![sessions, limits];
+    // Memory freed after a burst (connection buffers, blob chunks) sits in malloc's
+    // free lists, fragmented, where the kernel cannot take it back; trimming hands
+    // those pages back so the daemon returns to its idle size after load.
+    let trim = spawn("memory-trim", Duration::from_secs(5), shutdown.clone(), || {
+        trim_heap();
+        std::future::ready(())
+    });
+    let mut all = vec![sessions, limits, trim];
     if let Some(engine) = state.engine.clone() {
         all.push(spawn("replica-supervisor", Duration::from_secs(1), shutdown.clone(), move || {
             let engine = engine.clone();
@@ -80,3 +87,16 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
     }
     all
 }
+
+/// Returns free heap pages to the kernel (glibc's `malloc_trim`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists under its locks
+    // and madvises pages no allocation uses; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}

@@ -155,9 +155,8 @@ fn slow_and_stalled_clients_do_not_starve_the_api_and_are_cut_off() {
         assert!(took < Duration::from_secs(1), "fresh token {i} took {took:?} under load");
     }
     for i in 0..3 {
-        let (r, took) = timed(|| {
-            b.client().post("/v1/auth/login", &json!({"username": "admin", "password": ADMIN_PASSWORD}))
-        });
+        let (r, took) =
+            timed(|| b.client().post("/v1/auth/login", &json!({"username": "admin", "password": ADMIN_PASSWORD})));
         assert_eq!(r.status, 200, "login {i}: {}", r.text());
         assert!(took < Duration::from_secs(1), "login {i} took {took:?} under load");
     }
@@ -200,8 +199,10 @@ fn five_hundred_concurrent_wrong_logins_are_checked_at_most_ten_times() {
                 barrier.wait();
                 (0..5)
                     .map(|i| {
-                        let r = client
-                            .post("/v1/auth/login", &json!({"username": "admin", "password": format!("wrong-{t}-{i}")}));
+                        let r = client.post(
+                            "/v1/auth/login",
+                            &json!({"username": "admin", "password": format!("wrong-{t}-{i}")}),
+                        );
                         (r.status, r.header("retry-after").map(str::to_string))
                     })
                     .collect::<Vec<_>>()
@@ -219,8 +220,12 @@ fn five_hundred_concurrent_wrong_logins_are_checked_at_most_ten_times() {
     let rt = runtime();
     let mut s = connect_from(&rt, loopback(9), b.addr);
     let body = json!({"username": "admin", "password": ADMIN_PASSWORD}).to_string();
-    write!(s, "POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-        .unwrap();
+    write!(
+        s,
+        "POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let (bytes, _) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&bytes));
 }
@@ -258,15 +263,12 @@ fn a_child_token_never_outlives_or_outranks_its_parent_nor_survives_it() {
     let grandchild = admin.with_token(r.json()["token"].as_str().unwrap());
     assert_eq!(child.get("/v1/me").status, 200);
     assert_eq!(grandchild.get("/v1/me").status, 200);
-    let parent_id = admin.get("/v1/api-tokens").json()["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "parent")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let parent_id =
+        admin.get("/v1/api-tokens").json()["data"].as_array().unwrap().iter().find(|t| t["name"] == "parent").unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
     assert_eq!(admin.delete(&format!("/v1/api-tokens/{parent_id}")).status, 204);
     for (who, c) in [("child", &child), ("grandchild", &grandchild)] {
         let r = c.get("/v1/me");
@@ -320,6 +322,26 @@ fn every_bound_refuses_past_its_limit_and_memory_stays_flat() {
     assert_eq!(r.json()["data"].as_array().unwrap().len(), 3, "{}", r.text());
     assert_eq!(first.get("/v1/me").status, 401, "the oldest session was ended");
     assert_eq!(later[0].get("/v1/me").status, 200);
+    // `docker login` with a password: each /v2/token call opens a short session,
+    // counted against the same cap, never a pile of day-long ones.
+    let basic = {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}")))
+    };
+    for _ in 0..20 {
+        let r = b2.client().send("GET", "/v2/token?service=berth", None, &[("Authorization", &basic)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["expires_in"], 3600);
+    }
+    let sessions = b2.login("admin", ADMIN_PASSWORD).get("/v1/auth/sessions").json();
+    let rows = sessions["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{sessions}");
+    let hour = time::OffsetDateTime::now_utc() + time::Duration::minutes(61);
+    let short = rows
+        .iter()
+        .filter(|s| berth::ids::parse_time(s["expires_at"].as_str().unwrap()).is_some_and(|t| t < hour))
+        .count();
+    assert!(short >= 2, "registry sessions live an hour: {sessions}");
 
     // Upload sessions per project.
     let b3 = Berth::start("[registry]\nmax_open_uploads_per_project = 4\n[api]\nrate_limit_per_minute = 100000\n");
@@ -508,4 +530,97 @@ fn lists_are_paginated_and_registry_changes_are_audited_once() {
     let r = b.client().post("/v1/bootstrap", &json!({"username": "x", "password": "yyyyyyyyyyyyyyyy"}));
     assert_eq!(r.status, 401);
     assert!(r.text().contains("bootstrap is done"), "{}", r.text());
+}
+
+/// Registry GC never takes the blobs a replica runs from, even once no tag holds
+/// them: after a reboot the replica must be able to rebuild its root filesystem.
+#[test]
+fn gc_keeps_the_blobs_a_replica_runs_from() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (mut b, pat) = crate::registry::setup("[registry]\ngc_grace_seconds = 0\n");
+    let layer = random(5000, 21);
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = push_image(&pat, "alpha/web", "v1", config, &[&layer]);
+    let blobs = [digest(&manifest), digest(config), digest(&layer)];
+    let data = b.data_dir();
+    let file = |d: &str| data.join("registry/blobs/sha256").join(&d[7..9]).join(&d[7..]);
+    let rt = runtime();
+    let replica_rows = |add: bool| {
+        let store = berth::store::Store::open(&data.join("state.db")).unwrap();
+        let manifest = blobs[0].clone();
+        rt.block_on(async {
+            store
+                .write(move |c| {
+                    if !add {
+                        berth::store::replicas::delete(c, "rep_00000000000000000000000077")?;
+                        return Ok(());
+                    }
+                    let cfg = berth::engine::ReplicaConfig {
+                        project_id: "prj_00000000000000000000000077".into(),
+                        service: "web".into(),
+                        root: berth::engine::RootSource::Image { manifest },
+                        args: vec![],
+                        env: vec![],
+                        cwd: "/".into(),
+                        uid: 0,
+                        gid: 0,
+                        memory_bytes: None,
+                        cpus: None,
+                        pids: None,
+                        restart: berth::engine::RestartPolicy::No,
+                        network: false,
+                        netns: None,
+                        hosts_file: None,
+                        resolv_file: None,
+                        volumes: vec![],
+                    };
+                    let r = berth::store::replicas::Replica {
+                        id: "rep_00000000000000000000000077".into(),
+                        project_id: cfg.project_id.clone(),
+                        service: "web".into(),
+                        state: "stopped".into(),
+                        pid: None,
+                        restarts: 0,
+                        exit_code: None,
+                        signal: None,
+                        oom_killed: false,
+                        error: None,
+                        created_at: berth::ids::now_rfc3339(),
+                        started_at: None,
+                        finished_at: None,
+                        address: None,
+                        next_restart_at: None,
+                        window_start: None,
+                        window_restarts: 0,
+                    };
+                    let json = serde_json::to_string(&cfg).unwrap();
+                    berth::store::replicas::insert(c, &r, &json)
+                })
+                .await
+                .unwrap();
+            store.close();
+        });
+    };
+    // A replica recorded on the node (stopped: it may be started again).
+    b.stop();
+    replica_rows(true);
+    b.spawn();
+    let pat = b.client().with_token(pat.token.as_deref().unwrap());
+    assert_eq!(pat.delete("/v2/alpha/web/manifests/v1").status, 202);
+    let gc = b.admin_session().post("/v1/registry/gc", &json!({}));
+    assert_eq!(gc.status, 200, "{}", gc.text());
+    for d in &blobs {
+        assert!(file(d).exists(), "{d} was collected while a replica runs from it: {}", gc.text());
+    }
+    // Without the replica, the untagged image goes.
+    b.stop();
+    replica_rows(false);
+    b.spawn();
+    let gc = b.admin_session().post("/v1/registry/gc", &json!({}));
+    assert_eq!(gc.status, 200, "{}", gc.text());
+    for d in &blobs {
+        assert!(!file(d).exists(), "{d} outlived its last user: {}", gc.text());
+    }
 }

@@ -1,6 +1,12 @@
 //! berth's integration tests: each starts the real daemon and talks to it as a user would.
 
 #![expect(clippy::disallowed_methods, reason = "the tests drive real processes: berth, curl, python")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test by panicking; the daemon's own code may not"
+)]
 
 mod bad_input;
 mod bench_start;

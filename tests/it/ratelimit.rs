@@ -61,7 +61,10 @@ fn every_response_carries_rate_limit_headers_and_the_window_is_enforced() {
     assert!(r.header("retry-after").is_some() && r.header("x-ratelimit-reset").is_some());
     // An address that is refused cannot have unknown tokens looked up: a session
     // made earlier but never used is refused before the store is asked.
-    let r = b.client().with_token("berth_ses_ses_00000000000000000000000000_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").get("/v1/me");
+    let r = b
+        .client()
+        .with_token("berth_ses_ses_00000000000000000000000000_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+        .get("/v1/me");
     assert_eq!(r.status, 429, "{}", r.text());
     // A verified token has its own budget: four more, then refused.
     let mut statuses = Vec::new();

@@ -19,11 +19,9 @@ pub(super) async fn get(call: &Call<'_>, d: &str, range: Option<&str>, head: boo
         .ok_or_else(|| RegistryError::BlobUnknown(format!("blob {d} is not in {}", call.name)))?;
     let range = match range {
         None => None,
-        Some(text) => {
-            Some(parse_range(text, size).ok_or_else(|| {
-                RegistryError::RangeInvalid(format!("range {text:?} cannot be served from {size} bytes"))
-            })?)
-        }
+        Some(text) => Some(parse_range(text, size).ok_or_else(|| {
+            RegistryError::RangeInvalid(format!("range {text:?} cannot be served from {size} bytes"))
+        })?),
     };
     let (status, start, len) = match range {
         None => (StatusCode::OK, 0, size),

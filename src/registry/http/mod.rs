@@ -181,8 +181,7 @@ async fn caller(state: &AppState, ctx: &Ctx, scope: Option<(&str, Need)>) -> Reg
                     scopes: None,
                     expires_unix: None,
                 })),
-                Err(e @ crate::http::login::LoginError::Invalid)
-                | Err(e @ crate::http::login::LoginError::TooLong) => {
+                Err(e @ crate::http::login::LoginError::Invalid) | Err(e @ crate::http::login::LoginError::TooLong) => {
                     tracing::debug!(error = %e, "registry password refused");
                     Err(unauthorized())
                 }

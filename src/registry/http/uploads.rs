@@ -70,8 +70,7 @@ pub(super) async fn finish(call: &Call<'_>, id: &str, req: Request) -> RegistryR
     let repo = call.existing().await?;
     let q = query(&req);
     let d = digest(
-        param(&q, "digest")
-            .ok_or_else(|| RegistryError::DigestInvalid("finishing an upload needs ?digest=".into()))?,
+        param(&q, "digest").ok_or_else(|| RegistryError::DigestInvalid("finishing an upload needs ?digest=".into()))?,
     )?;
     let start = content_range_start(req.headers())?;
     let body = req.into_body();

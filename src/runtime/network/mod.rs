@@ -38,10 +38,8 @@ pub mod ipam;
 mod tests;
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -716,18 +714,8 @@ fn list_dir(dir: &Path) -> Vec<String> {
 
 /// True when `path` is a mounted namespace, not just a file left behind.
 fn netns_alive(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: `c` is a NUL-terminated path and `st` points to writable memory of the
-    // right size; statfs only writes into it and we read it only on success.
-    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return false;
-    }
-    // SAFETY: statfs returned 0, so it initialised the struct.
-    let st = unsafe { st.assume_init() };
     // The field's type differs by architecture.
-    st.f_type as u64 == NSFS_MAGIC
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as u64 == NSFS_MAGIC)
 }
 
 fn del_link(name: &str) -> Result<()> {

@@ -120,8 +120,7 @@ fn hosts_files_list_every_replica_under_its_service_name() {
 /// Whether the live tests can run here; under `CI=true` a missing need fails instead.
 fn live() -> bool {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         missing.push("root");
     }
     let tools: [(&str, &[&str]); 5] = [
