@@ -33,15 +33,18 @@ BUDGET_P99_MS=10
 BUDGET_RSS_MIB=20
 
 die() { printf 'bench/api: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-for tool in wrk curl jq python3 awk; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (apt-get install -y $tool)"
+# A missing tool: a failure under CI, SKIPPED otherwise (skip in scripts/lib.sh).
+for tool in wrk:wrk curl:curl jq:jq python3:python3 awk:mawk; do
+    need_tool "${tool%%:*}" "${tool#*:}"
 done
 
 if [ -n "${BERTH_BIN:-}" ]; then
     BIN=$BERTH_BIN
 else
-    command -v cargo >/dev/null 2>&1 || die "cargo not found and BERTH_BIN not set"
+    command -v cargo >/dev/null 2>&1 || skip "cargo not found (install Rust with rustup) and BERTH_BIN not set"
     cargo build --release --quiet --bin berth
     BIN=target/release/berth
 fi

@@ -74,14 +74,18 @@ step() {
     printf '==> %s\n' "$1" >&2
 }
 
-for tool in skopeo docker-registry busybox curl jq python3 openssl dd awk sync; do
-    command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+# A missing tool: a failure under CI, SKIPPED otherwise (skip in scripts/lib.sh).
+for tool in skopeo:skopeo docker-registry:docker-registry busybox:busybox-static curl:curl jq:jq python3:python3 \
+    openssl:openssl dd:coreutils awk:mawk sync:coreutils; do
+    need_tool "${tool%%:*}" "${tool#*:}"
 done
 
 if [ -n "${BERTH_BIN:-}" ]; then
     BIN=$BERTH_BIN
 else
-    command -v cargo >/dev/null 2>&1 || fail "cargo not found and BERTH_BIN not set"
+    command -v cargo >/dev/null 2>&1 || skip "cargo not found (install Rust with rustup) and BERTH_BIN not set"
     cargo build --release --quiet --bin berth
     BIN=target/release/berth
 fi
