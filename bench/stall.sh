@@ -80,12 +80,10 @@ die() {
     fi
     exit 1
 }
-# A need that is not met (a missing tool): a failure under CI=true, else a SKIPPED line.
-skip() {
-    [ "${CI:-}" != true ] || die "$* (required under CI=true)"
-    printf 'SKIPPED: bench/stall.sh: %s\n' "$*"
-    exit 0
-}
+# A need that is not met (a missing tool): a failure under CI=true, else a SKIPPED
+# line, and the run does not pass unless BERTH_ALLOW_SKIP=1 (skip in scripts/lib.sh).
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 for tool in wrk:wrk curl:curl jq:jq python3:python3 awk:mawk sha256sum:coreutils; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || skip "${tool%%:*} is not installed (apt-get install -y ${tool#*:})"
 done

@@ -8,15 +8,17 @@
 #
 # The CI machines are cgroup v1 hybrid and their hierarchies must not be touched, so
 # this boots Debian's kernel under qemu with `cgroup_no_v1=all` from an initramfs that
-# holds static busybox, runc, the test binary and the berth binary (at the same
-# absolute paths as here: the test binary has the berth path compiled in) and their
-# shared libraries. The VM's /init copies the initramfs into a tmpfs and switch_roots
-# into it (runc's pivot_root fails on the initramfs root), mounts cgroup2 on
-# /sys/fs/cgroup, runs the tests as root with CI=true, prints `VM-RESULT: PASS` or
+# holds static busybox, runc, the test binary and the berth binary (in /opt/berth-test,
+# which no mount inside the VM covers, whatever the checkout's path) and their shared
+# libraries. The VM's /init copies the initramfs into a tmpfs and switch_roots into it
+# (runc's pivot_root fails on the initramfs root), mounts cgroup2 on /sys/fs/cgroup and
+# a tmpfs on /tmp, links the berth path compiled into the test binary to the copy in
+# /opt/berth-test, runs the tests as root with CI=true, prints `VM-RESULT: PASS` or
 # `VM-RESULT: FAIL <code>` on the serial console and powers off.
 #
 # Exits 0 only when the VM reports PASS. When qemu, a kernel or another tool is
-# missing it prints "skipped: ..." and exits 0, except under CI=true, where it fails.
+# missing, or it does not run as root, it fails under CI=true and otherwise prints
+# `SKIPPED: ...` and fails too, unless BERTH_ALLOW_SKIP=1 (scripts/lib.sh, adr/013).
 #
 # Environment:
 #   BERTH_VM_KERNEL   kernel image (default: the newest /boot/vmlinuz-*)
@@ -49,13 +51,10 @@ die() {
     printf 'cgroup-v2-vm: error: %s\n' "$*" >&2
     exit 1
 }
-skip() {
-    [ "${CI:-}" != true ] || die "$* (required under CI=true)"
-    say "skipped: $*"
-    exit 0
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash scripts/cgroup-v2-vm.sh"
+[ "$(id -u)" -eq 0 ] || skip "not root: the VM runs containers (bash scripts/cgroup-v2-vm.sh as root, or with sudo)"
 
 # --- prerequisites -------------------------------------------------------------
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
@@ -66,8 +65,8 @@ fi
 if [ -z "$KERNEL" ] || [ ! -r "$KERNEL" ]; then
     skip "no readable kernel in /boot (apt-get install linux-image-amd64)"
 fi
-for tool in cpio gzip jq ldd runc; do
-    command -v "$tool" >/dev/null || skip "$tool is not installed"
+for tool in cpio:cpio gzip:gzip jq:jq ldd:libc-bin runc:runc; do
+    need_tool "${tool%%:*}" "${tool#*:}"
 done
 BUSYBOX=/bin/busybox
 if [ ! -x "$BUSYBOX" ] || ldd "$BUSYBOX" >/dev/null 2>&1; then
@@ -100,8 +99,10 @@ if [ -z "$BERTH" ] || [ ! -x "$BERTH" ]; then
     BERTH="$ROOT/target/debug/berth"
 fi
 [ -x "$BERTH" ] || die "no berth binary at $BERTH"
-# The test binary runs `berth shim` from the path cargo compiled into it.
+# The test binary runs `berth shim` from the path cargo compiled into it; inside the
+# VM that path is a link to the copy in $VM_DIR.
 grep -qaF "$BERTH" "$IT" || die "the test binary does not refer to $BERTH"
+VM_DIR=/opt/berth-test
 
 # --- the initramfs -------------------------------------------------------------------
 WORK=$(mktemp -d /tmp/berth-cgroup-v2-vm.XXXXXX)
@@ -143,15 +144,17 @@ while read -r applet; do
     [ -e "$R/$applet" ] || [ -L "$R/$applet" ] || { mkdir -p "$R/$(dirname "$applet")" && ln -s /bin/busybox "$R/$applet"; }
 done < <("$BUSYBOX" --list-full)
 put_exe "$RUNC" /usr/sbin/runc
-put_exe "$IT" "$IT" strip
-put_exe "$BERTH" "$BERTH" strip
+put_exe "$IT" "$VM_DIR/it" strip
+put_exe "$BERTH" "$VM_DIR/berth" strip
 
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$R/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$R/etc/group"
 printf 'passwd: files\ngroup: files\nhosts: files\n' >"$R/etc/nsswitch.conf"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$R/etc/hosts"
 {
-    printf 'IT=%q\n' "$IT"
+    printf 'IT=%q\n' "$VM_DIR/it"
+    printf 'BERTH=%q\n' "$VM_DIR/berth"
+    printf 'BERTH_COMPILED_IN=%q\n' "$BERTH"
     printf 'TEST_ARGS=%q\n' "${TEST_ARGS[*]}"
 } >"$R/etc/berth-vm.env"
 
@@ -189,6 +192,10 @@ ip link set lo up
 hostname berth-vm
 # shellcheck source=/dev/null
 . /etc/berth-vm.env
+# The berth path compiled into the test binary, wherever the checkout is (even under
+# /tmp, now a fresh tmpfs).
+mkdir -p "$(dirname "$BERTH_COMPILED_IN")"
+[ -e "$BERTH_COMPILED_IN" ] || ln -s "$BERTH" "$BERTH_COMPILED_IN"
 
 echo "VM: kernel $(uname -r), $(nproc) CPUs, $(grep MemTotal /proc/meminfo | tr -s ' ')"
 echo "VM: $(grep cgroup2 /proc/mounts)"

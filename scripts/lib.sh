@@ -1,5 +1,5 @@
-# Shared by scripts/dev.sh and scripts/test.sh (sourced after they define PACKAGES,
-# log and die, from the repository root).
+# Shared by the scripts in scripts/ and bench/ (sourced from the repository root;
+# install_packages needs PACKAGES, log and die defined first).
 
 # The packages of PACKAGES that dpkg does not have installed, one a line.
 missing_packages() {
@@ -23,9 +23,32 @@ install_packages() {
         log "system packages already installed"
         return
     fi
-    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run as root: sudo bash $0"
+    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run this as root (bash $0 in a root shell, or sudo bash $0)"
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+# A need of a script that is not met (a tool, root, a kernel), named by the
+# arguments: such a script never passes silently (adr/013). Under CI=true it fails.
+# Elsewhere it prints `SKIPPED: <script>: <need>` and stops: with status 0 when
+# BERTH_ALLOW_SKIP=1, else 1.
+skip() {
+    local script=${0#"$PWD"/}
+    if [ "${CI:-}" = true ]; then
+        printf '%s: error: %s (required under CI=true)\n' "$script" "$*" >&2
+        exit 1
+    fi
+    printf 'SKIPPED: %s: %s\n' "$script" "$*" >&2
+    if [ "${BERTH_ALLOW_SKIP:-}" = 1 ]; then
+        exit 0
+    fi
+    printf '%s: a run that skipped does not pass (BERTH_ALLOW_SKIP=1 lets it)\n' "$script" >&2
+    exit 1
+}
+
+# skip unless TOOL runs: need_tool TOOL PACKAGE
+need_tool() {
+    command -v "$1" >/dev/null 2>&1 || skip "$1 is not installed (apt-get install $2)"
 }

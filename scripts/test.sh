@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, in the order CI checks it.
 #
-#   sudo bash scripts/test.sh
+#   bash scripts/test.sh          # in a root shell
+#   sudo bash scripts/test.sh     # from an account with sudo
 #
 # 1. installs the system packages the tests drive for real (apt-get, missing ones only)
 #    and the Python OpenAPI validator (in a venv at .venv-test, put first on PATH);
@@ -10,12 +11,15 @@
 # 4. cargo test --all-targets (unit tests and the integration binary tests/it);
 # 5. the runtime and engine integration tests again, inside a pure cgroup v2 VM under
 #    qemu (scripts/cgroup-v2-vm.sh; this host is cgroup v1 hybrid);
-# 6. every benchmark in bench/ in smoke mode (short runs that check the benchmark
+# 6. every example of the README, run literally against command 1's daemon
+#    (scripts/readme-check.sh);
+# 7. every benchmark in bench/ in smoke mode (short runs that check the benchmark
 #    works, not that targets are met), on the release build.
 #
 # Stops at the first failure. Root is needed: the integration tests run runc, create
-# network namespaces and nftables tables. Under CI=true a test whose tool is missing
-# fails instead of skipping; this script neither sets nor clears CI.
+# network namespaces and nftables tables. A test or script that cannot run here (a
+# tool missing) fails, under CI=true always, elsewhere unless BERTH_ALLOW_SKIP=1
+# (adr/013); this script neither sets nor clears CI (.ci/run sets it).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,7 +44,7 @@ finish() {
     local rc=$?
     local took=$((SECONDS - STARTED))
     if [ "$rc" -eq 0 ]; then
-        printf '\ntest.sh: PASS (fmt, clippy, tests, benchmarks in smoke mode) in %ss\n' "$took"
+        printf '\ntest.sh: PASS (fmt, clippy, tests, cgroup v2 VM, README examples, benchmarks in smoke mode) in %ss\n' "$took"
     else
         printf '\ntest.sh: FAIL at step "%s" (exit %s) after %ss\n' "$STEP" "$rc" "$took" >&2
     fi
@@ -128,6 +132,9 @@ cargo test --all-targets
 
 step "cgroup v2 VM: runtime tests"
 bash scripts/cgroup-v2-vm.sh
+
+step "README examples (scripts/readme-check.sh)"
+bash scripts/readme-check.sh
 
 step "nothing left behind by the tests (mounts, netns, links, nftables, cgroups, processes)"
 bash scripts/check-leftovers.sh

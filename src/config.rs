@@ -27,7 +27,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Directory holding `state.db`, the registry, images, containers, volumes and secrets.
     pub data_dir: PathBuf,
-    /// Directory for runtime files (runc root, shim and console sockets).
+    /// Directory for runtime files (runc root, shim and console sockets). In dev mode,
+    /// unless set, `<data_dir>/run`, so each dev daemon has its own.
     pub run_dir: PathBuf,
     /// The management API and registry listener.
     pub api: ApiConfig,
@@ -343,6 +344,7 @@ impl Config {
             }
         }
         let unused = not_yet_used(&table, flags);
+        let run_dir_set = table.contains_key("run_dir");
         let table = if flags.dev { dev_base(&table) } else { table };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             ConfigError::Parse { origin: format!("key `{}`", e.path()), message: e.inner().message().to_string() }
@@ -351,6 +353,9 @@ impl Config {
         config.not_yet_used = unused;
         if let Some(d) = &flags.data_dir {
             config.data_dir = d.clone();
+        }
+        if flags.dev && !run_dir_set {
+            config.run_dir = config.data_dir.join("run");
         }
         if let Some(a) = flags.api_listen {
             config.api.listen = a;
@@ -430,7 +435,6 @@ fn dev_base(table: &toml::Table) -> toml::Table {
     let mut base: toml::Table = toml::from_str(
         r#"
         data_dir = ".berth-dev"
-        run_dir = ".berth-dev/run"
         [api]
         listen = "127.0.0.1:7420"
         [ingress]
@@ -511,6 +515,18 @@ mod tests {
         assert!(!c.acme.enabled);
         assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
         assert_eq!(c.not_yet_used, vec!["ingress.http_listen".to_string()], "the ingress is not built yet");
+        assert_eq!(c.run_dir, PathBuf::from(".berth-dev/run"));
+        // The run dir follows the data dir, wherever it is set, unless set itself.
+        let flags = Overrides { dev: true, data_dir: Some("/srv/x".into()), ..Default::default() };
+        assert_eq!(Config::load(Some(&p), vec![], &flags).unwrap().run_dir, PathBuf::from("/srv/x/run"));
+        let env = vec![("BERTH_DATA_DIR".to_string(), "/srv/y".to_string())];
+        let c = Config::load(Some(&p), env, &Overrides { dev: true, ..Default::default() }).unwrap();
+        assert_eq!(c.run_dir, PathBuf::from("/srv/y/run"));
+        let p = write(&d, "run_dir = \"/run/mine\"\n");
+        assert_eq!(Config::load(Some(&p), vec![], &flags).unwrap().run_dir, PathBuf::from("/run/mine"));
+        assert_eq!(Config::load(Some(&p), vec![], &Overrides::default()).unwrap().run_dir, PathBuf::from("/run/mine"));
+        let p = write(&d, "");
+        assert_eq!(Config::load(Some(&p), vec![], &Overrides::default()).unwrap().run_dir, PathBuf::from("/run/berth"));
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -519,8 +535,7 @@ mod tests {
         let d = tmp();
         let p = write(
             &d,
-            "[ingress]
-control_domain = \"b.example.com\"\n[acme]\nenabled = false\n",
+            "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n",
         );
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();

@@ -101,9 +101,10 @@ fn replicas_survive_the_engine_and_are_re_adopted() {
         store.close();
         (a, b)
     });
-    // The "daemon" is gone; nothing stops the shims.
+    // The "daemon" is gone; nothing stops the shims: the ticker goes on logging and
+    // the quitter exits on its own.
     let gone_at = berth::ids::now_rfc3339();
-    std::thread::sleep(Duration::from_millis(2500));
+    until_shims_did(&runtime, &serving.id, &gone_at, 10, &quitter.id);
     std::fs::create_dir_all(runtime.containers_dir.join("rep_leftover")).unwrap();
 
     tokio.block_on(async {
@@ -125,6 +126,28 @@ fn replicas_survive_the_engine_and_are_re_adopted() {
         assert!(engine.list().await.unwrap().is_empty());
         store.close();
     });
+}
+
+/// Waits (up to 30 s) until the container `ticker` has logged `ticks` "tick" lines
+/// after `since` and the container `quitter` has exited, both seen by their shims
+/// alone.
+fn until_shims_did(
+    runtime: &berth::runtime::container::Runtime,
+    ticker: &str,
+    since: &str,
+    ticks: usize,
+    quitter: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logged = runtime.logs(ticker, 1000).iter().filter(|l| l.log == "tick" && l.time.as_str() > since).count();
+        let status = runtime.status(quitter);
+        if logged >= ticks && status.state == berth::runtime::shim::State::Exited {
+            return;
+        }
+        assert!(Instant::now() < deadline, "after 30 s: {logged} ticks logged, the quitter is {status:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The parent of a process (the shim, for a container's init).
@@ -551,7 +574,7 @@ fn the_daemon_re_adopts_its_replicas_after_kill_9() {
     let gone_at = berth::ids::now_rfc3339();
     assert_eq!(answers(address, Duration::from_secs(5)).as_deref(), Some("adopted\n"), "serving without the daemon");
     std::fs::write(rootfs.join("tmp/go"), b"").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    until_shims_did(&node.runtime, &ticker.id, &gone_at, 5, &quitter.id);
     assert_eq!(answers(address, Duration::from_secs(5)).as_deref(), Some("adopted\n"));
 
     node.b.spawn();

@@ -1,11 +1,16 @@
 //! Every route in the route table × every kind of caller. The table is iterated, so
-//! a route added later is covered with no new test code.
+//! a route added later is covered with no new test code, and it fails until
+//! [`request`] knows how to call it: every request is one the handler accepts (a
+//! valid body, ids that exist), so "allowed" means the call succeeded (2xx), never
+//! that it got past authorization only to be refused as a bad request. On `/v2` the
+//! probes name a repository that exists.
 
 use berth::api::router::{Access, ROUTES, Route};
 use berth::auth::Role;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::harness::{Berth, Client, Resp};
+use crate::harness::{ADMIN_PASSWORD, Berth, Client, Resp};
+use crate::registry::{OCI_MANIFEST, digest, image_manifest, push_image};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Caller {
@@ -30,9 +35,30 @@ const CALLERS: &[Caller] = &[
     Caller::OtherAdmin,
 ];
 
+impl Caller {
+    /// Username and password, for the routes that need a session of the caller's own.
+    fn credentials(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Outsider => Some(("outsider", PASSWORD)),
+            Caller::Viewer => Some(("viewer", PASSWORD)),
+            Caller::Operator => Some(("operator", PASSWORD)),
+            Caller::Admin => Some(("padmin", PASSWORD)),
+            Caller::OtherAdmin => Some(("otheradmin", PASSWORD)),
+            Caller::SuperAdmin => Some(("admin", ADMIN_PASSWORD)),
+        }
+    }
+}
+
+const PASSWORD: &str = "password-123";
+
+/// The repository the `/v2` probes use, in the project [`Fixture::new`] makes first
+/// (`m0`, where the Viewer, Operator and Admin callers hold their roles).
+const REPO: &str = "m0/app";
+
 #[derive(Debug, PartialEq, Eq)]
 enum Expect {
-    /// Not refused: anything but 401/403, and not the hidden-project 404.
+    /// Served: a 2xx.
     Allowed,
     Unauthorized,
     Forbidden,
@@ -40,7 +66,15 @@ enum Expect {
     Hidden,
 }
 
-fn expected(access: Access, caller: Caller) -> Expect {
+/// The role a `/v2/{*path}` request needs in the repository's project.
+fn registry_role(route: &Route) -> Role {
+    match route.method.as_str() {
+        "GET" | "HEAD" => Role::Viewer,
+        _ => Role::Operator,
+    }
+}
+
+fn expected(route: &Route, caller: Caller) -> Expect {
     use Caller::*;
     use Expect::*;
     let role = match caller {
@@ -49,12 +83,17 @@ fn expected(access: Access, caller: Caller) -> Expect {
         Admin => Some(Role::Admin),
         _ => None,
     };
+    // Repository requests are checked against the repository's project, like a
+    // project route with the role the method needs.
+    let access = match route.access {
+        Access::Registry if route.path.contains('{') => Access::Project(registry_role(route)),
+        a => a,
+    };
     match (access, caller) {
         (Access::Public, _) => Allowed,
         (Access::Bootstrap, _) => Unauthorized,
-        (Access::Registry, Anonymous) => Unauthorized,
-        (Access::Registry, _) => Allowed,
         (_, Anonymous) => Unauthorized,
+        (Access::Registry, _) => Allowed,
         (Access::Authenticated, _) => Allowed,
         (_, SuperAdmin) => Allowed,
         (Access::SuperAdmin, _) => Forbidden,
@@ -78,6 +117,9 @@ struct Fixture {
     root: Client,
     tokens: Vec<(Caller, Option<Client>)>,
     ids: std::collections::HashMap<Caller, String>,
+    /// The manifest pushed to [`REPO`] as `v1`, and its one layer.
+    manifest: Vec<u8>,
+    layer: Vec<u8>,
 }
 
 impl Fixture {
@@ -87,17 +129,12 @@ impl Fixture {
         let mut tokens = Vec::new();
         let mut ids = std::collections::HashMap::new();
         let other = root.post("/v1/projects", &json!({"name": "other"})).json()["id"].as_str().unwrap().to_string();
-        for (caller, name) in [
-            (Caller::Outsider, "outsider"),
-            (Caller::Viewer, "viewer"),
-            (Caller::Operator, "operator"),
-            (Caller::Admin, "padmin"),
-            (Caller::OtherAdmin, "otheradmin"),
-        ] {
-            let r = root.post("/v1/users", &json!({"username": name, "password": "password-123"}));
+        for caller in [Caller::Outsider, Caller::Viewer, Caller::Operator, Caller::Admin, Caller::OtherAdmin] {
+            let (name, password) = caller.credentials().unwrap();
+            let r = root.post("/v1/users", &json!({"username": name, "password": password}));
             assert_eq!(r.status, 201, "{}", r.text());
             ids.insert(caller, r.json()["id"].as_str().unwrap().to_string());
-            let c = b.login(name, "password-123");
+            let c = b.login(name, password);
             let t = c.post("/v1/api-tokens", &json!({"name": "matrix"}));
             assert_eq!(t.status, 201, "{}", t.text());
             tokens.push((caller, Some(c.with_token(t.json()["token"].as_str().unwrap()))));
@@ -112,10 +149,15 @@ impl Fixture {
         let root = root.with_token(t.json()["token"].as_str().unwrap());
         tokens.push((Caller::SuperAdmin, Some(root.clone())));
         tokens.push((Caller::Anonymous, None));
-        let f = Fixture { b, root, tokens, ids };
+        let layer = crate::registry::random(1000, 7);
+        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+        let mut f = Fixture { b, root, tokens, ids, manifest: Vec::new(), layer };
         // Viewer, Operator and Admin hold their role somewhere from the start, so
-        // routes without a project id see them as members.
+        // routes without a project id see them as members; the registry probes use
+        // a repository of this project.
         f.project(0);
+        f.manifest = push_image(&f.root, REPO, "v1", &config, &[&f.layer]);
+        assert_eq!(f.manifest, image_manifest(&config, &[&f.layer]));
         f
     }
 
@@ -133,14 +175,145 @@ impl Fixture {
         }
         id
     }
+
+    /// A user of no project, made for one cell.
+    fn user(&self, n: usize) -> String {
+        let r = self.root.post("/v1/users", &json!({"username": format!("cell{n}"), "password": PASSWORD}));
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    }
 }
 
-fn call(client: &Client, route: &Route, path: &str) -> Resp {
-    let body = match route.method.as_str() {
-        "POST" | "PUT" | "PATCH" => Some(&b"{}"[..]),
-        _ => None,
+/// One request: method, path, body, headers, and the client to send it with.
+struct Request {
+    path: String,
+    body: Option<Vec<u8>>,
+    headers: Vec<(&'static str, String)>,
+    client: Client,
+}
+
+impl Request {
+    fn json(client: &Client, path: String, body: Value) -> Request {
+        let headers = vec![("Content-Type", "application/json".to_string())];
+        Request { path, body: Some(body.to_string().into_bytes()), headers, client: client.clone() }
+    }
+    fn empty(client: &Client, path: String) -> Request {
+        Request { path, body: None, headers: vec![], client: client.clone() }
+    }
+}
+
+/// A request the route's handler serves when authorization lets it through: a
+/// valid body and ids that exist, made for this cell (`n`) so a destructive call
+/// cannot disturb another. `client` is the caller's (an API token, or anonymous);
+/// routes that need a session get one of the caller's own.
+fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project: Option<&str>, n: usize) -> Request {
+    let project = project.unwrap_or("");
+    let session = || match caller.credentials() {
+        Some((name, password)) => f.b.login(name, password),
+        None => client.clone(),
     };
-    client.send(route.method.as_str(), path, body, &[("Content-Type", "application/json")])
+    match (route.method.as_str(), route.path) {
+        ("POST", "/v1/bootstrap") => {
+            Request::json(client, route.path.into(), json!({"username": format!("boot{n}"), "password": PASSWORD}))
+        }
+        ("POST", "/v1/auth/login") => {
+            Request::json(client, route.path.into(), json!({"username": "viewer", "password": PASSWORD}))
+        }
+        ("POST", "/v1/auth/logout") => Request::json(&session(), route.path.into(), json!({})),
+        ("DELETE", "/v1/auth/sessions/{session_id}") => {
+            // One of the caller's own sessions.
+            let id = match caller {
+                Caller::Anonymous => "ses_00000000000000000000000000".to_string(),
+                _ => session().get("/v1/me").json()["credential"]["id"].as_str().unwrap().to_string(),
+            };
+            Request::empty(client, format!("/v1/auth/sessions/{id}"))
+        }
+        ("POST", "/v1/users") => {
+            Request::json(client, route.path.into(), json!({"username": format!("new{n}"), "password": PASSWORD}))
+        }
+        ("DELETE", "/v1/users/{user_id}") => Request::empty(client, format!("/v1/users/{}", f.user(n))),
+        ("POST", "/v1/api-tokens") => Request::json(client, route.path.into(), json!({"name": format!("cell{n}")})),
+        ("DELETE", "/v1/api-tokens/{token_id}") => {
+            // One of the caller's own tokens.
+            let id = match caller {
+                Caller::Anonymous => "tok_00000000000000000000000000".to_string(),
+                _ => {
+                    let r = client.post("/v1/api-tokens", &json!({"name": format!("doomed{n}")}));
+                    assert_eq!(r.status, 201, "{}", r.text());
+                    r.json()["api_token"]["id"].as_str().unwrap().to_string()
+                }
+            };
+            Request::empty(client, format!("/v1/api-tokens/{id}"))
+        }
+        ("POST", "/v1/projects") => Request::json(client, route.path.into(), json!({"name": format!("new{n}")})),
+        ("PUT", "/v1/projects/{id}") => {
+            Request::json(client, format!("/v1/projects/{project}"), json!({"description": format!("cell {n}")}))
+        }
+        ("POST", "/v1/projects/{id}/members") => Request::json(
+            client,
+            format!("/v1/projects/{project}/members"),
+            json!({"user_id": f.user(n), "role": "viewer"}),
+        ),
+        ("DELETE", "/v1/projects/{id}/members/{user_id}") => {
+            let user = f.user(n);
+            let r =
+                f.root.post(&format!("/v1/projects/{project}/members"), &json!({"user_id": user, "role": "viewer"}));
+            assert_eq!(r.status, 201, "{}", r.text());
+            Request::empty(client, format!("/v1/projects/{project}/members/{user}"))
+        }
+        ("POST", "/v1/registry/gc") => Request::json(client, route.path.into(), json!({})),
+        ("GET", "/v2/{*path}") => Request::empty(client, format!("/v2/{REPO}/manifests/v1")),
+        ("HEAD", "/v2/{*path}") => Request::empty(client, format!("/v2/{REPO}/blobs/{}", digest(&f.layer))),
+        ("POST", "/v2/{*path}") => Request {
+            path: format!("/v2/{REPO}/blobs/uploads/"),
+            body: Some(Vec::new()),
+            headers: vec![],
+            client: client.clone(),
+        },
+        ("PATCH", "/v2/{*path}") => {
+            // An upload the super-admin started: its next chunk.
+            let r = f.root.send("POST", &format!("/v2/{REPO}/blobs/uploads/"), Some(b""), &[]);
+            assert_eq!(r.status, 202, "{}", r.text());
+            Request {
+                path: r.header("location").unwrap().to_string(),
+                body: Some(b"data".to_vec()),
+                headers: vec![
+                    ("Content-Type", "application/octet-stream".to_string()),
+                    ("Content-Range", "0-3".to_string()),
+                ],
+                client: client.clone(),
+            }
+        }
+        ("PUT", "/v2/{*path}") => Request {
+            path: format!("/v2/{REPO}/manifests/cell{n}"),
+            body: Some(f.manifest.clone()),
+            headers: vec![("Content-Type", OCI_MANIFEST.to_string())],
+            client: client.clone(),
+        },
+        ("DELETE", "/v2/{*path}") => {
+            // A tag of its own to delete.
+            let r = crate::registry::put_manifest(&f.root, REPO, &format!("doomed{n}"), &f.manifest, OCI_MANIFEST);
+            assert_eq!(r.status, 201, "{}", r.text());
+            Request::empty(client, format!("/v2/{REPO}/manifests/doomed{n}"))
+        }
+        (method, path) => {
+            // GETs and bodiless DELETEs need only the project; anything else needs an
+            // entry above, or the cell reports that it could not be exercised.
+            let path = path.replace("{id}", project);
+            match method {
+                "POST" | "PUT" | "PATCH" => Request::json(client, path, json!({})),
+                _ => Request::empty(client, path),
+            }
+        }
+    }
+}
+
+/// The OCI error code of a `/v2` error body.
+fn oci_code(r: &Resp) -> String {
+    serde_json::from_slice::<Value>(&r.body)
+        .ok()
+        .and_then(|v| v["errors"][0]["code"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 #[test]
@@ -150,46 +323,50 @@ fn every_route_by_every_caller() {
     let mut failures = Vec::new();
     let mut n = 0;
     for route in ROUTES {
+        let registry = route.access == Access::Registry;
         for &caller in CALLERS {
+            n += 1;
             let client = match f.tokens.iter().find(|(c, _)| *c == caller).unwrap() {
                 (_, Some(c)) => c.clone(),
                 (_, None) => anon.clone(),
             };
-            let project = if route.path.contains("{id}") {
-                n += 1;
-                Some(f.project(n))
-            } else {
-                None
-            };
-            let path = route
-                .path
-                .replace("{id}", project.as_deref().unwrap_or(""))
-                .replace("{user_id}", "usr_00000000000000000000000000")
-                .replace("{session_id}", "ses_00000000000000000000000000")
-                .replace("{token_id}", "tok_00000000000000000000000000")
-                .replace("{*path}", "nosuch/app/tags/list");
-            let r = call(&client, route, &path);
-            let want = expected(route.access, caller);
-            let hidden_project = |r: &Resp| {
-                r.status == 404
-                    && project.as_deref().is_some_and(|p| r.text().contains(&format!("project {p} not found")))
+            let project = route.path.contains("{id}").then(|| f.project(n));
+            let req = request(&f, route, caller, &client, project.as_deref(), n);
+            let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = req.client.send(route.method.as_str(), &req.path, req.body.as_deref(), &headers);
+            let want = expected(route, caller);
+            let hidden = |r: &Resp| match (registry, project.as_deref()) {
+                // A repository in a project the caller cannot see is unknown (HEAD
+                // answers without a body).
+                (true, _) => r.status == 404 && (route.method == "HEAD" || oci_code(r) == "NAME_UNKNOWN"),
+                (false, Some(p)) => r.status == 404 && r.text().contains(&format!("project {p} not found")),
+                (false, None) => false,
             };
             let ok = match want {
-                Expect::Allowed => r.status != 401 && r.status != 403 && !hidden_project(&r) && r.status < 500,
-                Expect::Unauthorized if route.access == Access::Registry => {
+                Expect::Allowed => (200..300).contains(&r.status),
+                Expect::Unauthorized if registry => {
                     r.status == 401
                         && r.header("www-authenticate")
                             .is_some_and(|c| c.starts_with("Bearer realm=") || c.starts_with("Basic realm="))
                 }
                 Expect::Unauthorized => r.status == 401 && r.code().contains("token"),
+                Expect::Forbidden if registry => r.status == 403 && oci_code(&r) == "DENIED",
                 Expect::Forbidden => r.status == 403 && r.code() == "forbidden",
-                Expect::Hidden => hidden_project(&r),
+                Expect::Hidden => hidden(&r),
             };
             if !ok {
+                let refused = matches!(r.status, 401 | 403) || hidden(&r);
+                let what = if want == Expect::Allowed && !refused {
+                    "could not be exercised (the request itself was refused)"
+                } else {
+                    "wrong authorization"
+                };
                 failures.push(format!(
-                    "{} {} as {caller:?}: expected {want:?}, got {} {}",
+                    "{} {} as {caller:?} ({} {}): {what}: expected {want:?}, got {} {}",
                     route.method,
                     route.path,
+                    route.method,
+                    req.path,
                     r.status,
                     r.text()
                 ));

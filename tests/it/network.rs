@@ -21,7 +21,7 @@ use crate::runtime::{Fixture, can_run};
 
 const PORT: u16 = 8080;
 
-/// Whether containers can run and be networked here; a missing need fails under CI.
+/// Whether containers can run and be networked here, through [`crate::harness::require`].
 fn can_network() -> bool {
     can_run() && require_tool("ip", &["-V"]) && require_tool("nft", &["--version"])
 }

@@ -425,8 +425,8 @@ fn gc_removes_exactly_the_unreferenced_blobs() {
     let mb = push_image(&c, repo, "b", &cb, &[&shared, &lb]);
     let stray = random(5_000, 13);
     push_blob(&c, repo, &stray);
+    // With a grace period of 0 everything unreferenced is collectable at once.
     assert_eq!(c.delete(&format!("/v2/{repo}/manifests/a")).status, 202);
-    std::thread::sleep(Duration::from_millis(1100));
     let r = b.admin_session().post("/v1/registry/gc", &json!({}));
     assert_eq!(r.status, 200, "{}", r.text());
     let report = r.json();
@@ -480,7 +480,13 @@ fn gc_running_during_pushes_loses_nothing() {
         let layer = random(200_000, 100 + i);
         push_blob(&c, "alpha/app", &config);
         push_blob(&c, "alpha/app", &layer);
-        std::thread::sleep(Duration::from_millis(150)); // let GC pass between blobs and manifest
+        // A whole GC run passes between the blobs and the manifest that references them.
+        let seen = runs.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while runs.load(Ordering::SeqCst) < seen + 2 {
+            assert!(Instant::now() < deadline, "no GC run finished within 30 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let m = image_manifest(&config, &[&layer]);
         let r = put_manifest(&c, "alpha/app", &format!("t{i}"), &m, OCI_MANIFEST);
         assert_eq!(r.status, 201, "{}", r.text());
@@ -573,8 +579,8 @@ fn kill_dash_nine_during_ten_pushes_then_restart() {
             assert!(r.status == 404 || r.body == layer, "{repo} layer {k}: {} with {} bytes", r.status, r.body.len());
         }
     }
-    // GC reclaims the leftovers: interrupted uploads and unreferenced blobs.
-    std::thread::sleep(Duration::from_millis(1100));
+    // GC reclaims the leftovers: interrupted uploads and unreferenced blobs (both
+    // collectable at once: upload TTL and grace period are 0).
     let root = b.admin_session();
     let report = root.post("/v1/registry/gc", &json!({})).json();
     assert_eq!(count_files(&b.data_dir().join("registry/uploads")), 0, "uploads left after GC: {report}");

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use berth::runtime::cgroups::{Layout, Limits};
 use berth::runtime::container::Runtime;
+use berth::runtime::host::CgroupVersion;
 use berth::runtime::shim::State;
 use berth::runtime::spec::ContainerSpec;
 
-use crate::harness::{TempDir, require_tool};
+use crate::harness::{TempDir, require_busybox, require_root, require_tool};
 
 /// A runtime in a temp dir with its own runc root and cgroup subtree; Drop removes
 /// every container, the cgroups and the dir, even when the test fails.
@@ -21,16 +22,10 @@ pub struct Fixture {
     pub project: String,
 }
 
-/// Whether this machine can run containers (root, runc, busybox); fails under CI.
+/// Whether this machine can run containers (root, runc, busybox), through
+/// [`crate::harness::require`].
 pub fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "container tests need root under CI");
-        eprintln!("skipping: not root");
-        return false;
-    }
-    require_tool("runc", &["--version"]) && Path::new("/bin/busybox").exists()
+    require_root() && require_tool("runc", &["--version"]) && require_busybox()
 }
 
 /// A minimal root filesystem: static busybox and the directories runc needs.
@@ -323,6 +318,9 @@ fn pids_limit_stops_a_fork_bomb() {
     assert_eq!(s.state, State::Exited);
 }
 
+/// Half a CPU reaches the container's cgroup as a CFS quota of 50 ms per 100 ms
+/// period, exactly, and the kernel enforces it: a busy loop gets throttled. How close
+/// its usage stays to 0.5 CPU is a timing, so no test asserts it.
 #[test]
 fn half_a_cpu_quota_holds_and_metrics_match() {
     if !can_run() {
@@ -332,14 +330,36 @@ fn half_a_cpu_quota_holds_and_metrics_match() {
     let id = "rep_00000000000000000000000004";
     let limits = Limits { cpus: Some(0.5), memory_bytes: Some(64 << 20), ..Default::default() };
     f.rt.create(&f.project, &f.spec(id, "while :; do :; done", limits), &[]).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let (t0, c0) = (Instant::now(), f.rt.metrics(&f.project, id).cpu_usage_ns);
-    std::thread::sleep(Duration::from_secs(3));
-    let (t1, m) = (Instant::now(), f.rt.metrics(&f.project, id));
-    let used = (m.cpu_usage_ns - c0) as f64 / (t1 - t0).as_nanos() as f64;
-    assert!((0.4..=0.6).contains(&used), "0.5 CPU ± 20%, used {used:.3}");
+    let layout = &f.rt.layout;
+    let dirs = layout.dirs(&layout.container_path(&f.project, id));
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (quota, cpu_stat) = match layout.version {
+        CgroupVersion::V2 => (read(dirs[0].1.join("cpu.max")), dirs[0].1.join("cpu.stat")),
+        CgroupVersion::V1 => {
+            let cpu = &dirs.iter().find(|(c, _)| c == "cpu").expect("the cpu hierarchy").1;
+            let quota =
+                format!("{} {}", read(cpu.join("cpu.cfs_quota_us")).trim(), read(cpu.join("cpu.cfs_period_us")));
+            (quota, cpu.join("cpu.stat"))
+        }
+    };
+    assert_eq!(quota.trim(), "50000 100000", "the container's CFS quota and period");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stat = read(cpu_stat.clone());
+        let throttled: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no nr_throttled in {}: {stat}", cpu_stat.display()));
+        if throttled > 0 && f.rt.metrics(&f.project, id).cpu_usage_ns > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a busy loop under the quota was never throttled in 30 s: {stat}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = f.rt.metrics(&f.project, id);
     assert_eq!(m.memory_limit_bytes, Some(64 << 20), "metrics read the cgroup's limit");
-    assert!(m.memory_bytes > 0 && m.pids >= 1);
+    assert!(m.memory_bytes > 0 && m.pids >= 1, "{m:?}");
     // SIGTERM is ignored by a busy shell as pid 1; the grace runs out and SIGKILL ends it.
     let s = f.rt.stop(id, Duration::from_millis(500)).unwrap();
     assert_eq!(s.exit.unwrap().signal, Some(libc::SIGKILL));
@@ -368,7 +388,11 @@ fn impossible_limits_and_missing_commands_leave_nothing_behind() {
     assert!(!f.rt.containers_dir.join("..").join("..").join("escaped").exists());
 }
 
-/// Shim memory stays small (the budget is 4 MiB per shim).
+/// Budget for one `berth shim`'s resident memory in this (debug) test build; the
+/// release build's 4 MiB target is measured by bench/start.sh.
+const SHIM_RSS_BUDGET_KIB: u64 = 8 << 10;
+
+/// A shim supervising a container stays within its memory budget.
 #[test]
 fn the_shim_is_small() {
     if !can_run() {
@@ -384,7 +408,7 @@ fn the_shim_is_small() {
         .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap()))
         .unwrap();
     eprintln!("shim RSS: {rss_kib} KiB");
-    assert!(rss_kib > 0);
+    assert!(rss_kib > 0 && rss_kib < SHIM_RSS_BUDGET_KIB, "shim RSS {rss_kib} KiB, budget {SHIM_RSS_BUDGET_KIB} KiB");
     f.rt.stop(id, Duration::from_secs(0)).unwrap();
 }
 

@@ -9,8 +9,8 @@
 //!   [`oci_index_two_platforms`], which write OCI image layouts on disk by hand
 //!   (uncompressed tar layers, sha256 digests) for `skopeo copy oci:DIR:TAG ...`.
 //!
-//! Every `start()` returns `None` when a tool is missing (after [`require_tool`],
-//! which fails the test instead under `CI=true`).
+//! Every `start()` returns `None` when a tool is missing and skipping is allowed
+//! (see [`crate::harness::require`]: otherwise the test fails, naming the tool).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -54,7 +54,7 @@ pub struct Dockerd {
 
 impl Dockerd {
     /// Starts an engine and waits (up to 60 s) until `docker info` answers. `None`
-    /// when docker or dockerd is missing (a failure under `CI=true`).
+    /// when docker or dockerd is missing and skipping is allowed ([`crate::harness::require`]).
     pub fn start() -> Option<Dockerd> {
         if !require_tool(DOCKER, &["--version"]) || !require_tool("dockerd", &["--version"]) {
             return None;
@@ -332,7 +332,7 @@ pub struct Distribution {
 
 impl Distribution {
     /// Starts a registry and waits (up to 30 s) until `GET /v2/` answers 200. `None`
-    /// when `docker-registry` is missing (a failure under `CI=true`).
+    /// when `docker-registry` is missing and skipping is allowed ([`crate::harness::require`]).
     pub fn start() -> Option<Distribution> {
         if !require_tool("docker-registry", &["--version"]) {
             return None;
@@ -449,7 +449,7 @@ pub fn skopeo_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether skopeo is installed (a failure under `CI=true`).
+/// Whether skopeo is installed, through [`crate::harness::require`].
 pub fn have_skopeo() -> bool {
     require_tool("skopeo", &["--version"])
 }

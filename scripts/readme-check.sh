@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Runs the README's examples, literally, against a fresh dev daemon started by
+# command 1. scripts/test.sh runs it (so CI does); by hand, as root:
+#
+#   bash scripts/readme-check.sh
+#
+# 1. Starts command 1, `bash scripts/dev.sh`, with its state in a temp dir
+#    (BERTH_DATA_DIR) and the API on a free loopback port (--api-listen), and waits
+#    until it answers /healthz.
+# 2. Starts a private Docker engine for the registry examples (its own data root, exec
+#    root, socket and client config, as TESTING.md shows; no bridge, no iptables).
+# 3. Takes every ```sh block of README.md in order, except a block right after a
+#    `<!-- readme-check: skip: <why> -->` line, and runs them as one bash script
+#    (`set -euo pipefail`, so the variables of one block reach the next), with the
+#    same two substitutions in every block: `127.0.0.1:7420` becomes the daemon's
+#    address and `.berth-dev` its temp state dir. The status of every curl is
+#    asserted: the status in the comment that ends the command (`# 201`,
+#    `# 403 {...}`), else any 2xx; every other command must exit 0.
+# 4. Checks that the README names every API token scope of src/auth/scopes.rs.
+#
+# Stops the daemon and the engine by their pids and removes its temp dir (unmounting
+# what the engine left there), also when a step fails. Like every script here, a
+# missing tool fails under CI=true and is a SKIPPED otherwise (scripts/lib.sh).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+say() { printf 'readme-check: %s\n' "$*" >&2; }
+die() {
+    printf 'readme-check: error: %s\n' "$*" >&2
+    exit 1
+}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+[ "$(id -u)" -eq 0 ] || skip "not root: command 1 and the docker examples need root (run it as root, or with sudo)"
+for tool in curl:curl jq:jq python3:python3 docker:docker.io dockerd:docker.io skopeo:skopeo; do
+    need_tool "${tool%%:*}" "${tool#*:}"
+done
+[ -x /bin/busybox ] || skip "no /bin/busybox (apt-get install busybox-static)"
+
+# A short dir: unix socket paths (the engine's) are limited to 108 bytes.
+T=$(mktemp -d /tmp/brc.XXXXXX)
+BERTH_PID=""
+DOCKERD_PID=""
+
+# Stops a process we started: SIGTERM, up to 30 s, then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    [ -z "$BERTH_PID" ] || stop_pid "$BERTH_PID"
+    if [ -n "$DOCKERD_PID" ]; then
+        # dockerd stops the containerd it started; kill that one too if dockerd had to be.
+        local containerd
+        containerd=$(cat "$T/docker/exec/containerd/containerd.pid" 2>/dev/null || true)
+        stop_pid "$DOCKERD_PID"
+        if [ -n "$containerd" ] && kill -0 "$containerd" 2>/dev/null; then
+            kill -KILL "$containerd" 2>/dev/null || true
+        fi
+    fi
+    # The engine bind-mounts its data root and may leave mounts behind: deepest first.
+    awk -v t="$T/" 'index($5, t) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf "$T"
+    if [ "$rc" -ne 0 ]; then
+        say "FAIL"
+    fi
+}
+trap cleanup EXIT
+
+# --- 1. command 1, on a free port with a temp state dir ------------------------------
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+DATA="$T/data"
+say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT (state in $DATA)"
+# dev.sh replaces itself with the daemon, so this pid is the daemon's.
+BERTH_DATA_DIR="$DATA" BERTH_LOG=warn bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" >"$T/dev.log" 2>&1 &
+BERTH_PID=$!
+# Command 1 may have to build first.
+for _ in $(seq 1800); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+    kill -0 "$BERTH_PID" 2>/dev/null || {
+        tail -40 "$T/dev.log" >&2
+        die "command 1 exited before answering"
+    }
+    sleep 0.2
+done
+curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" || {
+    tail -40 "$T/dev.log" >&2
+    die "command 1 did not answer /healthz within 6 minutes"
+}
+grep -q "bootstrap token in $DATA/bootstrap-token" "$T/dev.log" || {
+    tail -40 "$T/dev.log" >&2
+    die "command 1 did not print where the bootstrap token is"
+}
+
+# --- 2. a private Docker engine ------------------------------------------------------
+mkdir -p "$T/docker/config" "$T/bin" "$T/tmp"
+printf '{}\n' >"$T/docker/daemon.json"
+dockerd --config-file "$T/docker/daemon.json" --data-root "$T/docker/root" --exec-root "$T/docker/exec" \
+    --pidfile "$T/docker/docker.pid" -H "unix://$T/docker/docker.sock" \
+    --bridge=none --iptables=false --ip6tables=false --ip-masq=false --userland-proxy=false \
+    >"$T/docker/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+export DOCKER_HOST="unix://$T/docker/docker.sock" DOCKER_CONFIG="$T/docker/config"
+# Debian's client matches Debian's engine; another `docker` may come first on PATH.
+if [ -x /usr/bin/docker ]; then
+    ln -s /usr/bin/docker "$T/bin/docker"
+fi
+export PATH="$T/bin:$PATH"
+for _ in $(seq 600); do
+    docker info >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || {
+        tail -20 "$T/docker/dockerd.log" >&2
+        die "dockerd exited during start-up"
+    }
+    sleep 0.1
+done
+docker info >/dev/null 2>&1 || die "dockerd did not answer within 60 s"
+
+# --- 3. the README's sh blocks, as one script ------------------------------------------
+python3 - "$ROOT/README.md" "127.0.0.1:$PORT" "$DATA" >"$T/readme.sh" <<'EOF'
+import re
+import sys
+
+readme, addr, data = sys.argv[1:]
+lines = open(readme, encoding="utf-8").read().split("\n")
+out = []
+blocks = commands = 0
+i = 0
+skip_next = False
+while i < len(lines):
+    line = lines[i]
+    if line.startswith("<!-- readme-check: skip"):
+        skip_next = True
+    elif line.strip() == "```sh":
+        start = i + 1
+        i = start
+        while lines[i].strip() != "```":
+            i += 1
+        body = lines[start:i]
+        if skip_next:
+            skip_next = False
+        else:
+            blocks += 1
+            out.append(f"# --- README.md line {start} ---")
+            j = 0
+            while j < len(body):
+                # A command and its backslash-continued lines.
+                k = j
+                while body[k].rstrip().endswith("\\"):
+                    k += 1
+                cmd = [l.replace("127.0.0.1:7420", addr).replace(".berth-dev", data) for l in body[j : k + 1]]
+                text = "\n".join(cmd)
+                if text.strip() and not text.lstrip().startswith("#"):
+                    commands += 1
+                    out.append(f"README_LINE={start + j + 1}")
+                    if re.search(r"\bcurl\b", text):
+                        m = re.search(r"#\s*([1-5][0-9][0-9])\b[^#]*$", cmd[-1])
+                        out.append(f"expect {m.group(1) if m else '2xx'}")
+                out.append(text)
+                j = k + 1
+    elif line.startswith("```"):
+        # Some other fence: skip to its end, and any skip marker goes with it.
+        skip_next = False
+        i += 1
+        while not lines[i].startswith("```"):
+            i += 1
+    i += 1
+print(f"README_BLOCKS={blocks} README_COMMANDS={commands}")
+print("\n".join(out))
+EOF
+read -r COUNTS <"$T/readme.sh"
+say "running the README's examples (${COUNTS}) against command 1's daemon"
+
+cat >"$T/prelude.sh" <<'EOF'
+set -euo pipefail
+README_LINE=0
+EXPECT=2xx
+CURLS=0
+# The status the next curl must answer: NNN, or 2xx.
+expect() { EXPECT=$1; }
+# curl as the README calls it, plus the check of its status (the body still goes to
+# stdout, for the pipes and variables of the examples).
+curl() {
+    local body status
+    body=$(mktemp "$CHECK_DIR/curl.XXXXXX")
+    if ! status=$(command curl -o "$body" -w '%{http_code}' "$@"); then
+        printf 'README line %s: curl failed\n' "$README_LINE" >&2
+        return 1
+    fi
+    cat "$body"
+    if [[ "$EXPECT" == 2xx && "$status" == 2?? ]] || [ "$status" = "$EXPECT" ]; then
+        printf 'README line %s: %s\n' "$README_LINE" "$status" >>"$CHECK_DIR/statuses"
+        printf '\n[README line %s: %s as expected]\n' "$README_LINE" "$status" >&2
+        return 0
+    fi
+    printf '\nREADME line %s: expected %s, got %s: %s\n' "$README_LINE" "$EXPECT" "$status" "$(cat "$body")" >&2
+    return 1
+}
+trap 'printf "\nREADME line %s failed (exit %s)\n" "$README_LINE" "$?" >&2' ERR
+EOF
+mkdir -p "$T/check"
+(
+    cd "$ROOT"
+    export CHECK_DIR="$T/check" TMPDIR="$T/tmp"
+    bash -c "source '$T/prelude.sh'; source '$T/readme.sh'" </dev/null
+) >"$T/readme.out" 2>&1 || {
+    cat "$T/readme.out" >&2
+    die "a README example failed (see above)"
+}
+sed 's/^/    /' "$T/readme.out" >&2
+# Every curl ran once and answered as the README says.
+STATUSES=$(wc -l <"$T/check/statuses")
+EXPECTED=$(grep -c '^expect ' "$T/readme.sh")
+[ "$STATUSES" -eq "$EXPECTED" ] || {
+    cat "$T/readme.out" >&2
+    die "$EXPECTED curl commands in the README, $STATUSES statuses checked"
+}
+say "every example ran; $STATUSES curl statuses as the README says"
+
+# --- 4. every scope is in the README ------------------------------------------------------
+mapfile -t scopes < <(sed -n 's/^ *(Scope::[A-Za-z]*, "\([^"]*\)"),$/\1/p' src/auth/scopes.rs)
+[ "${#scopes[@]}" -ge 10 ] || die "found only ${#scopes[@]} scopes in src/auth/scopes.rs; has its ALL table changed shape?"
+missing=()
+for scope in "${scopes[@]}"; do
+    grep -qF "\`$scope\`" README.md || missing+=("$scope")
+done
+[ "${#missing[@]}" -eq 0 ] || die "the README does not list these API token scopes: ${missing[*]}"
+say "the README lists all ${#scopes[@]} API token scopes"
+say "PASS"
