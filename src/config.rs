@@ -533,10 +533,7 @@ mod tests {
     #[test]
     fn settings_nothing_reads_yet_are_named() {
         let d = tmp();
-        let p = write(
-            &d,
-            "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n",
-        );
+        let p = write(&d, "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n");
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
         assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string(), "dns.overrides".to_string()]);
