@@ -30,6 +30,8 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -59,7 +61,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let engine = start_engine(&config, &store, &host).await;
     let surfaces = Arc::new(api::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
     let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
-    let state = AppState::new(config.clone(), store.clone(), gate, host, engine);
+    let secrets_dir = config.data_dir.join("secrets");
+    let sealer = tokio::task::spawn_blocking(move || crate::secrets::Sealer::load_or_create(&secrets_dir))
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))??;
+    let state = AppState::new(crate::state::Parts {
+        config: config.clone(),
+        store: store.clone(),
+        gate,
+        host,
+        engine,
+        sealer: Arc::new(sealer),
+    });
     state.registry.blobs.init()?;
     let app = api::router::build(state.clone());
     raise_open_files_limit(config.api.max_connections);

@@ -22,6 +22,20 @@ pub struct Shared {
     pub registry: crate::registry::Registry,
     /// `None` when this daemon does not run containers (no runc, not root, or off).
     pub engine: Option<Arc<crate::engine::Engine>>,
+    /// Seals and opens secrets at rest with the host key.
+    pub sealer: Arc<crate::secrets::Sealer>,
+    /// The ingress's live routing table.
+    pub routes: Arc<crate::ingress::routes::RoutingTable>,
+}
+
+/// What the daemon builds before the shared state, handed over in one piece.
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub gate: Arc<Gate>,
+    pub host: crate::runtime::host::StaticFacts,
+    pub engine: Option<Arc<crate::engine::Engine>>,
+    pub sealer: Arc<crate::secrets::Sealer>,
 }
 
 impl Deref for AppState {
@@ -32,15 +46,20 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(
-        config: Arc<Config>,
-        store: Store,
-        gate: Arc<Gate>,
-        host: crate::runtime::host::StaticFacts,
-        engine: Option<Arc<crate::engine::Engine>>,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts { config, store, gate, host, engine, sealer } = parts;
         let registry = crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone());
-        AppState(Arc::new(Shared { engine, registry, config, gate, store, started: Instant::now(), host }))
+        AppState(Arc::new(Shared {
+            engine,
+            registry,
+            config,
+            gate,
+            store,
+            started: Instant::now(),
+            host,
+            sealer,
+            routes: Arc::new(crate::ingress::routes::RoutingTable::new()),
+        }))
     }
 }
 

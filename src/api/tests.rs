@@ -38,7 +38,14 @@ async fn world() -> World {
     let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
     let host =
         crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };
-    let state = AppState::new(config, store.clone(), gate, host, None);
+    let state = AppState::new(crate::state::Parts {
+        config,
+        store: store.clone(),
+        gate,
+        host,
+        engine: None,
+        sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
+    });
     let project = "prj_00000000000000000000000001".to_string();
     let p = Project {
         id: project.clone(),
