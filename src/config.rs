@@ -44,6 +44,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Running containers.
     pub runtime: RuntimeConfig,
+    /// Rollouts of services.
+    pub deploy: DeployConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
@@ -56,7 +58,7 @@ pub struct Config {
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
 const NOT_YET_USED: &[(&str, &str)] =
-    &[("ingress", "http_listen"), ("ingress", "https_listen"), ("ingress", "apps_domain"), ("acme", "*"), ("dns", "*")];
+    &[("ingress", "http_listen"), ("ingress", "https_listen"), ("acme", "*"), ("dns", "*")];
 
 fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
     let mut out = Vec::new();
@@ -186,6 +188,25 @@ pub struct RuntimeConfig {
     pub cgroup_prefix: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployConfig {
+    /// How long the previous deployment's replicas keep running after the routing
+    /// table has switched to the new ones, for the requests they are serving, in seconds.
+    pub drain_seconds: u64,
+    /// Time a replica gets between SIGTERM and SIGKILL when it is stopped, in seconds.
+    pub stop_grace_seconds: u64,
+    /// Longest a new replica may take to pass its health check before the rollout
+    /// (or scale-up) fails, in seconds.
+    pub health_deadline_seconds: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self { drain_seconds: 10, stop_grace_seconds: 10, health_deadline_seconds: 120 }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self { enabled: true, cgroup_prefix: "berth".into() }
@@ -215,6 +236,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
+            deploy: DeployConfig::default(),
             dev: false,
             not_yet_used: Vec::new(),
         }
@@ -279,7 +301,7 @@ impl Default for NetworkConfig {
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime"];
+const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime", "deploy"];
 /// Top-level keys a `BERTH_<KEY>` variable may name.
 const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
 /// `BERTH_*` variables that are not config keys.
@@ -422,6 +444,12 @@ impl Config {
         }
         if !crate::validate::is_dns_label(&self.runtime.cgroup_prefix) {
             return invalid("runtime.cgroup_prefix", "must be a DNS label");
+        }
+        if self.deploy.drain_seconds > 3600 || self.deploy.stop_grace_seconds > 3600 {
+            return invalid("deploy.drain_seconds", "must be at most 3600, and so must stop_grace_seconds");
+        }
+        if self.deploy.health_deadline_seconds == 0 || self.deploy.health_deadline_seconds > 3600 {
+            return invalid("deploy.health_deadline_seconds", "must be between 1 and 3600");
         }
         if self.acme.enabled && !self.acme.directory_url.starts_with("https://") {
             return invalid("acme.directory_url", "must be an https:// url");

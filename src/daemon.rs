@@ -1,7 +1,8 @@
 //! Start-up and shutdown order.
 //!
 //! Start: state dirs → store (migrations) → bootstrap token if there are no users →
-//! host facts → listener → `READY=1` → workers. Stop (SIGTERM/SIGINT): stop accepting,
+//! host facts → engine (re-adopts replicas) → services and deployments recovered
+//! (routing table rebuilt) → listener → `READY=1` → workers. Stop (SIGTERM/SIGINT): stop accepting,
 //! drain in-flight requests for at most `api.shutdown_grace_seconds`, stop workers,
 //! then close the store (the writer finishes queued commits, the WAL is checkpointed).
 
@@ -74,6 +75,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         sealer: Arc::new(sealer),
     });
     state.registry.blobs.init()?;
+    // Deployments a previous run left in flight end, replicas of no live
+    // deployment go, and the routing table comes back before anything is served.
+    if let Err(e) = state.deployer.recover().await {
+        tracing::error!(error = %e, "recovering services and deployments failed");
+    }
     let app = api::router::build(state.clone());
     raise_open_files_limit(config.api.max_connections);
 
@@ -143,12 +149,13 @@ async fn start_engine(
         }
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| "berth".into());
-    let runtime = crate::runtime::container::Runtime::new(
+    let mut runtime = crate::runtime::container::Runtime::new(
         config.run_dir.join("runc"),
         layout,
         config.data_dir.join("containers"),
         exe,
     );
+    runtime.host_key = Some(config.data_dir.join("secrets").join("host.key"));
     let mut engine = crate::engine::Engine::new(store.clone(), std::sync::Arc::new(runtime)).with_images(
         crate::registry::blobs::BlobStore::new(config.data_dir.join("registry")),
         crate::images::snapshots::SnapshotStore::new(config.data_dir.join("images").join("snapshots")),

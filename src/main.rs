@@ -41,6 +41,8 @@ struct ShimCli {
     log_max_bytes: u64,
     #[arg(long, default_value_t = 3)]
     log_files: u32,
+    #[arg(long)]
+    host_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                 oom_file: a.oom_file,
                 log_max_bytes: a.log_max_bytes,
                 log_files: a.log_files,
+                host_key: a.host_key,
             });
             std::process::exit(code);
         }

@@ -26,6 +26,26 @@ pub struct Shared {
     pub sealer: Arc<crate::secrets::Sealer>,
     /// The ingress's live routing table.
     pub routes: Arc<crate::ingress::routes::RoutingTable>,
+    /// Services and their deployments (rollouts, scaling, health, recovery).
+    pub deployer: Arc<crate::engine::deploy::Deployer>,
+    /// Tags pushed to the hosted registry, for the services that follow them. The
+    /// registry announces; it knows nothing of who listens.
+    pub pushes: tokio::sync::broadcast::Sender<Pushed>,
+}
+
+/// A manifest stored under a tag in the hosted registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+}
+
+impl Shared {
+    /// Announces a push; nobody listening is fine.
+    pub fn announce_push(&self, pushed: Pushed) {
+        let _ = self.pushes.send(pushed);
+    }
 }
 
 /// What the daemon builds before the shared state, handed over in one piece.
@@ -49,6 +69,17 @@ impl AppState {
     pub fn new(parts: Parts) -> Self {
         let Parts { config, store, gate, host, engine, sealer } = parts;
         let registry = crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone());
+        let routes = Arc::new(crate::ingress::routes::RoutingTable::new());
+        let settings = crate::engine::deploy::Settings {
+            apps_domain: config.ingress.apps_domain.clone(),
+            volumes_dir: config.data_dir.join("volumes"),
+            drain: std::time::Duration::from_secs(config.deploy.drain_seconds),
+            stop_grace: std::time::Duration::from_secs(config.deploy.stop_grace_seconds),
+            health_deadline: std::time::Duration::from_secs(config.deploy.health_deadline_seconds),
+        };
+        let deployer =
+            Arc::new(crate::engine::deploy::Deployer::new(store.clone(), engine.clone(), routes.clone(), settings));
+        let (pushes, _) = tokio::sync::broadcast::channel(256);
         AppState(Arc::new(Shared {
             engine,
             registry,
@@ -58,7 +89,9 @@ impl AppState {
             started: Instant::now(),
             host,
             sealer,
-            routes: Arc::new(crate::ingress::routes::RoutingTable::new()),
+            routes,
+            deployer,
+            pushes,
         }))
     }
 }
@@ -69,13 +102,12 @@ impl AppState {
     pub async fn collect_garbage(
         &self,
     ) -> Result<crate::store::registry::GcReport, crate::registry::error::RegistryError> {
-        let pinned = match &self.engine {
-            Some(engine) => engine
-                .pinned_blobs()
-                .await
-                .map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?,
-            None => Default::default(),
-        };
+        // The blobs replicas run from and those rollbacks may need.
+        let pinned = self
+            .deployer
+            .pinned_blobs()
+            .await
+            .map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?;
         let report = crate::registry::gc::run(&self.registry, &pinned).await?;
         if let Some(engine) = &self.engine {
             if let Err(e) = engine.gc_images().await {

@@ -27,10 +27,11 @@ pub async fn authorize(
         Some(c) => c.clone(),
         None => return ApiError::internal("request context missing").into_response(),
     };
-    let project_id = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string());
-    if let Err(e) = check(&state, route, &ctx, project_id.as_deref()).await {
-        return e.into_response();
-    }
+    let path_id = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string());
+    let project_id = match check(&state, route, &ctx, path_id.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
@@ -63,13 +64,14 @@ pub async fn authorize(
     resp
 }
 
-/// The access decision for one request; `Err` is the response to send instead.
-async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&str>) -> Result<(), ApiError> {
+/// The access decision for one request: the project the route's `{id}` resolves
+/// to (for the audit entry), or the response to send instead.
+async fn check(state: &AppState, route: &Route, ctx: &Ctx, path_id: Option<&str>) -> Result<Option<String>, ApiError> {
     let principal = match (route.access, &ctx.auth) {
-        (Access::Public | Access::Registry, _) => return Ok(()),
+        (Access::Public | Access::Registry, _) => return Ok(None),
         (Access::Bootstrap, Auth::Other(token)) => {
             return match state.gate.auth.check_bootstrap(token).await? {
-                crate::auth::Bootstrap::Valid => Ok(()),
+                crate::auth::Bootstrap::Valid => Ok(None),
                 crate::auth::Bootstrap::Done => Err(ApiError::new(
                     Kind::InvalidToken,
                     "bootstrap is done: the first super-admin exists; log in with POST /v1/auth/login",
@@ -106,8 +108,9 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
     };
     let super_admin = principal.user.super_admin;
     let user_id = principal.user.id.clone();
+    let mut project = None;
     match route.access {
-        Access::Public | Access::Bootstrap | Access::Authenticated | Access::Registry => {}
+        Access::Public | Access::Bootstrap | Access::Authenticated | Access::Registry | Access::InBody(_) => {}
         Access::SuperAdmin if super_admin => {}
         Access::SuperAdmin => return Err(ApiError::forbidden("this route is for super-admins")),
         Access::AnyMember | Access::AnyAdmin if super_admin => {}
@@ -122,34 +125,29 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
             }
         }
         Access::Project(min) => {
-            let id = project_id.unwrap_or_default().to_string();
-            let hidden = || ApiError::not_found(format!("project {id} not found"));
-            if !crate::ids::has_shape(&id, "prj") {
+            let id = path_id.unwrap_or_default().to_string();
+            require_role(state, &principal, &id, min, ApiError::not_found(format!("project {id} not found"))).await?;
+            project = Some(id);
+        }
+        Access::Service(min) | Access::Deployment(min) => {
+            let id = path_id.unwrap_or_default().to_string();
+            let (prefix, what) =
+                if matches!(route.access, Access::Service(_)) { ("svc", "service") } else { ("dep", "deployment") };
+            let hidden = || ApiError::not_found(format!("{what} {id} not found"));
+            if !crate::ids::has_shape(&id, prefix) {
                 return Err(hidden());
             }
             let lookup = id.clone();
-            let (exists, role) = state
+            let owner = state
                 .store
-                .read(move |c| {
-                    Ok((
-                        crate::store::projects::exists(c, &lookup)?,
-                        crate::store::projects::role_of(c, &lookup, &user_id)?,
-                    ))
+                .read(move |c| match prefix {
+                    "svc" => crate::store::services::project_of(c, &lookup),
+                    _ => crate::store::deployments::project_of(c, &lookup),
                 })
-                .await?;
-            match role {
-                _ if !exists => return Err(hidden()),
-                _ if super_admin => {}
-                None => return Err(hidden()),
-                Some(r) if r < min => {
-                    return Err(ApiError::forbidden(format!(
-                        "this needs the {} role in project {id}; you are {}",
-                        min.as_str(),
-                        r.as_str()
-                    )));
-                }
-                Some(_) => {}
-            }
+                .await?
+                .ok_or_else(hidden)?;
+            require_role(state, &principal, &owner, min, hidden()).await?;
+            project = Some(owner);
         }
     }
     if let Some(scope) = route.scope {
@@ -160,7 +158,40 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
             ));
         }
     }
-    Ok(())
+    Ok(project)
+}
+
+/// At least `min` in `project_id` (super-admins pass): a project that does not
+/// exist, or in which the caller holds no role, answers `hidden` (a 404 that names
+/// what the caller asked for); a lower role answers 403.
+pub async fn require_role(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    project_id: &str,
+    min: Role,
+    hidden: ApiError,
+) -> Result<(), ApiError> {
+    if !crate::ids::has_shape(project_id, "prj") {
+        return Err(hidden);
+    }
+    let (lookup, user_id) = (project_id.to_string(), principal.user.id.clone());
+    let (exists, role) = state
+        .store
+        .read(move |c| {
+            Ok((crate::store::projects::exists(c, &lookup)?, crate::store::projects::role_of(c, &lookup, &user_id)?))
+        })
+        .await?;
+    match role {
+        _ if !exists => Err(hidden),
+        _ if principal.user.super_admin => Ok(()),
+        None => Err(hidden),
+        Some(r) if r < min => Err(ApiError::forbidden(format!(
+            "this needs the {} role in project {project_id}; you are {}",
+            min.as_str(),
+            r.as_str()
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 pub async fn not_found(req: Request) -> ApiError {

@@ -3,9 +3,10 @@
 //! A request travels: `middleware::context` (request id, authentication, rate limit)
 //! → router → `middleware::authorize` (the route table's access and scope, then the
 //! audit entry) → a handler, which parses and validates input and calls `store`
-//! (later `engine`) to act. Handlers never hold SQL themselves.
+//! or `engine` (services, deployments) to act. Handlers never hold SQL themselves.
 
 pub mod audit;
+pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -15,6 +16,7 @@ pub mod openapi;
 pub mod projects;
 pub mod registry;
 pub mod router;
+pub mod services;
 pub mod session;
 pub mod tokens;
 pub mod users;

@@ -16,8 +16,11 @@
 //! Limits: images are given as layer snapshot directories or a plain rootfs; the
 //! image store and network attachment are wired in by the callers that have them.
 
+pub mod deploy;
+pub mod health;
 pub mod image;
 pub mod ipam;
+pub mod service;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,7 +58,7 @@ pub enum EngineError {
     Unavailable(&'static str),
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     No,
@@ -98,6 +101,14 @@ pub struct ReplicaConfig {
     pub hosts_file: Option<PathBuf>,
     pub resolv_file: Option<PathBuf>,
     pub volumes: Vec<(PathBuf, String)>,
+    /// Replaces the image's Cmd (kept after its Entrypoint) when `args` is empty.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// The service and deployment the replica belongs to (`None` for a bare replica).
+    #[serde(default)]
+    pub service_id: Option<String>,
+    #[serde(default)]
+    pub deployment_id: Option<String>,
 }
 
 const BACKOFF_START: i64 = 1;
@@ -151,19 +162,11 @@ impl Engine {
             RootSource::Image { manifest } => manifest.clone(),
         };
         let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
-        let prepared = tokio::task::spawn_blocking(move || {
-            let d = crate::oci::Digest::parse(&manifest)
-                .map_err(|_| EngineError::Image(format!("{manifest} is not a sha256 digest")))?;
-            let bytes = images
-                .0
-                .read_small(&d, crate::oci::MAX_MANIFEST_BYTES as u64)
-                .map_err(|e| EngineError::Image(e.to_string()))?;
-            image::prepare(&images.0, &images.1, bytes)
-        })
-        .await
-        .map_err(|e| EngineError::Task(e.to_string()))??;
+        let prepared = tokio::task::spawn_blocking(move || prepare_blocking(&images, &manifest))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
         if cfg.args.is_empty() {
-            cfg.args = prepared.config.command(None).ok_or_else(|| {
+            cfg.args = prepared.config.command(cfg.cmd.as_deref()).ok_or_else(|| {
                 EngineError::Image("the image sets neither Entrypoint nor Cmd and the replica gives no command".into())
             })?;
         }
@@ -178,6 +181,18 @@ impl Engine {
             cfg.cwd = prepared.config.working_dir.clone().unwrap_or_else(|| "/".into());
         }
         Ok(prepared.layers)
+    }
+
+    /// Unpacks an image's layers ahead of its replicas, so a deployment of an image
+    /// that cannot run fails before anything starts; returns the image's config.
+    pub async fn prepare_image(&self, manifest: &str) -> Result<crate::oci::ImageConfig, EngineError> {
+        let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
+        let manifest = manifest.to_string();
+        let _images = self.image_lock.read().await;
+        let prepared = tokio::task::spawn_blocking(move || prepare_blocking(&images, &manifest))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        Ok(prepared.config)
     }
 
     /// Rewrites, in place, the hosts files of every attached replica of a project
@@ -364,11 +379,6 @@ impl Engine {
         Ok(self.blocking(move |rt| rt.exec(&rid, &spec)).await??)
     }
 
-    /// Deletes unpacked layers nothing needs: a snapshot stays while an overlay
-    /// mount uses it (any replica not yet deleted, running or not) or while the
-    /// registry still holds its layer blob (the next replica of that image starts
-    /// without unpacking); flattened snapshots stay only while mounted (they are
-    /// hard links, quick to make again). Unfinished unpacks are removed too.
     /// The registry blobs replicas run from, which garbage collection must keep
     /// even when no tag references them any more (see `registry::gc`).
     pub async fn pinned_blobs(&self) -> Result<std::collections::HashSet<String>, EngineError> {
@@ -381,6 +391,27 @@ impl Engine {
         .map_err(|e| EngineError::Task(e.to_string()))
     }
 
+    /// [`Engine::pinned_blobs`] plus every blob the images `manifests` need.
+    pub async fn pinned_blobs_with(
+        &self,
+        manifests: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, EngineError> {
+        let mut pinned = self.pinned_blobs().await?;
+        let Some(images) = self.images.clone() else { return Ok(pinned) };
+        let more: Vec<String> = tokio::task::spawn_blocking(move || {
+            manifests.iter().flat_map(|m| image::referenced_blobs(&images.0, m)).collect()
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?;
+        pinned.extend(more);
+        Ok(pinned)
+    }
+
+    /// Deletes unpacked layers nothing needs: a snapshot stays while an overlay
+    /// mount uses it (any replica not yet deleted, running or not) or while the
+    /// registry still holds its layer blob (the next replica of that image starts
+    /// without unpacking); flattened snapshots stay only while mounted (they are
+    /// hard links, quick to make again). Unfinished unpacks are removed too.
     pub async fn gc_images(&self) -> Result<crate::images::snapshots::GcReport, EngineError> {
         let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
         let _exclusive = self.image_lock.write().await;
@@ -563,6 +594,17 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(id.into()))?;
         serde_json::from_str(&json).map_err(|e| EngineError::Task(format!("stored config of {id}: {e}")))
     }
+}
+
+/// Reads an image's manifest from the blob store and unpacks its layers.
+fn prepare_blocking(images: &(BlobStore, SnapshotStore), manifest: &str) -> Result<image::Prepared, EngineError> {
+    let d = crate::oci::Digest::parse(manifest)
+        .map_err(|_| EngineError::Image(format!("{manifest} is not a sha256 digest")))?;
+    let bytes = images
+        .0
+        .read_small(&d, crate::oci::MAX_MANIFEST_BYTES as u64)
+        .map_err(|e| EngineError::Image(e.to_string()))?;
+    image::prepare(&images.0, &images.1, bytes)
 }
 
 /// Seconds to wait before the next restart: 1 s doubling up to 5 minutes.

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub shim_exe: PathBuf,
     pub log_max_bytes: u64,
     pub log_files: u32,
+    /// The host key file the shim opens sealed environment values with.
+    pub host_key: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -42,6 +44,7 @@ impl Runtime {
             shim_exe,
             log_max_bytes: LOG_MAX_BYTES,
             log_files: LOG_FILES,
+            host_key: None,
         }
     }
 
@@ -188,6 +191,7 @@ impl Runtime {
             oom_file: Some(self.oom_file(cgroups_path)),
             log_max_bytes: self.log_max_bytes,
             log_files: self.log_files,
+            host_key: self.host_key.clone(),
         };
         self.spawn_shim(&args)?;
         // Wait for the shim to report the container running (or failed).

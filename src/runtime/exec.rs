@@ -151,8 +151,15 @@ fn open_pty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
 /// terminal of `spec`.
 fn process_json(init: &serde_json::Value, spec: &ExecSpec) -> serde_json::Value {
     let mut p = init.clone();
-    let mut env: Vec<String> =
-        p["env"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    // Sealed values stay with the container's init: a process started beside it
+    // does not get them (the daemon that starts it holds no plaintext).
+    let mut env: Vec<String> = p["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .filter(|e| !e.split_once('=').is_some_and(|(_, v)| v.starts_with(super::shim::SEALED_ENV_PREFIX)))
+        .collect();
     for entry in &spec.env {
         let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
         env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);

@@ -36,6 +36,12 @@ use super::pidfd::PidFd;
 use super::runc::Runc;
 use crate::error::PathError;
 
+/// Marks an environment value in a bundle's `config.json` as sealed with the host
+/// key (`KEY=<prefix>age:…`). A NUL cannot be part of a real environment value, so
+/// the mark cannot collide with one; the shim opens such values into a copy of the
+/// config on the runtime dir for runc, so plaintext never lands in the state dir.
+pub const SEALED_ENV_PREFIX: &str = "\u{0}sealed:";
+
 /// Everything the shim needs, passed as flags by the daemon.
 #[derive(Debug, Clone)]
 pub struct ShimArgs {
@@ -47,6 +53,8 @@ pub struct ShimArgs {
     pub oom_file: Option<PathBuf>,
     pub log_max_bytes: u64,
     pub log_files: u32,
+    /// The host key that opens sealed environment values (see [`SEALED_ENV_PREFIX`]).
+    pub host_key: Option<PathBuf>,
 }
 
 impl ShimArgs {
@@ -70,7 +78,17 @@ impl ShimArgs {
             a.push("--oom-file".into());
             a.push(o.clone().into());
         }
+        if let Some(k) = &self.host_key {
+            a.push("--host-key".into());
+            a.push(k.clone().into());
+        }
         a
+    }
+
+    /// Where the config with opened secrets goes while runc reads it: beside runc's
+    /// root, on the runtime dir (a tmpfs in production), never in the state dir.
+    fn open_bundle_dir(&self) -> PathBuf {
+        self.runc_root.with_file_name("bundles").join(&self.id)
     }
 }
 
@@ -243,6 +261,8 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
     let runc = Runc::new(a.runc_root.clone());
     let pid_file = a.state_dir.join("init.pid");
     let oom_before = oom_kills(a.oom_file.as_deref());
+    let opened = open_sealed_env(a)?;
+    let bundle = opened.as_deref().unwrap_or(&a.bundle);
     // One `runc run --detach` creates and starts the container (a separate create and
     // start would cost a second runc process on every start); the container's init
     // is then reparented to this shim.
@@ -251,15 +271,19 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
         .arg("run")
         .arg("--detach")
         .arg("--bundle")
-        .arg(&a.bundle)
+        .arg(bundle)
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&a.id)
         .stdin(std::process::Stdio::null())
         .stdout(out_w)
         .stderr(err_w)
-        .status()
-        .map_err(|e| shim_err(format!("run runc run: {e}")))?;
+        .status();
+    if let Some(dir) = &opened {
+        // runc has read it; the plaintext goes at once.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let created = created.map_err(|e| shim_err(format!("run runc run: {e}")))?;
     if !created.success() {
         // runc's own error went to the stderr pipe; let the pump finish writing it.
         for p in pumps {
@@ -321,6 +345,55 @@ fn supervise(a: &ShimArgs) -> Result<(), RuntimeError> {
     }
     let _ = std::fs::remove_file(a.state_dir.join("shim.sock"));
     Ok(())
+}
+
+/// When the bundle's config holds sealed environment values, writes a copy with
+/// them opened (by the host key) to [`ShimArgs::open_bundle_dir`] and returns that
+/// bundle; `None` when there is nothing to open.
+fn open_sealed_env(a: &ShimArgs) -> Result<Option<PathBuf>, RuntimeError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let shim_err = |m: String| RuntimeError::Shim { id: a.id.clone(), message: m };
+    let path = a.bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| PathError::new("read", &path, e))?;
+    let marker = serde_json::to_string(SEALED_ENV_PREFIX).unwrap_or_default();
+    let marker = marker.trim_matches('"');
+    if !text.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+        return Ok(None);
+    }
+    let key = a.host_key.as_deref().filter(|k| k.is_file()).ok_or_else(|| {
+        shim_err("the container's environment has sealed values and the host key that opens them is missing".into())
+    })?;
+    let sealer = crate::secrets::Sealer::load_or_create(key.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| shim_err(format!("host key: {e}")))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| shim_err(format!("{}: {e}", path.display())))?;
+    if let Some(env) = config["process"]["env"].as_array_mut() {
+        for entry in env.iter_mut() {
+            let Some((k, v)) = entry.as_str().and_then(|e| e.split_once('=')) else { continue };
+            let Some(sealed) = v.strip_prefix(SEALED_ENV_PREFIX) else { continue };
+            let plain = sealer
+                .open_string(sealed)
+                .map_err(|_| shim_err(format!("the sealed value of {k} cannot be opened with this host's key")))?;
+            *entry = serde_json::Value::String(format!("{k}={}", plain.as_str()));
+        }
+    }
+    let dir = a.open_bundle_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| PathError::new("create", &dir, e))?;
+    let out = dir.join("config.json");
+    let bytes = serde_json::to_vec(&config).map_err(|e| shim_err(e.to_string()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&out)
+        .and_then(|mut f| f.write_all(&bytes))
+        .map_err(|e| PathError::new("write", &out, e))?;
+    Ok(Some(dir))
 }
 
 fn tail_lines(path: &Path, n: usize) -> Vec<String> {
@@ -478,6 +551,7 @@ mod tests {
             oom_file: None,
             log_max_bytes: 4096,
             log_files: 1,
+            host_key: None,
         };
         let started = Started { pid, started_at: "t".into() };
         serve_socket(&a, started, Arc::new(Mutex::new(None)), PidFd::open(pid).unwrap()).unwrap();

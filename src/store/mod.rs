@@ -29,10 +29,12 @@
 
 pub mod audit;
 pub mod auth;
+pub mod deployments;
 pub mod ipam;
 pub mod projects;
 pub mod registry;
 pub mod replicas;
+pub mod services;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +86,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/004_ipam.sql")),
     (5, include_str!("migrations/005_network.sql")),
     (6, include_str!("migrations/006_token_parents.sql")),
+    (9, include_str!("migrations/009_services.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -72,7 +72,13 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
                 }
             }
         }));
+        let deployer = state.deployer.clone();
+        all.push(spawn("health-probes", Duration::from_secs(1), shutdown.clone(), move || {
+            let deployer = deployer.clone();
+            async move { deployer.probe_due().await }
+        }));
     }
+    all.push(auto_deploy(state.clone(), shutdown.clone()));
     let every = state.config.registry.gc_interval_seconds;
     if every > 0 {
         let s = state.clone();
@@ -86,6 +92,89 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         }));
     }
     all
+}
+
+/// Deploys pushed tags to the services that follow them. A push that arrives while
+/// a service has a deployment in progress waits (the latest push per service
+/// wins) and is deployed once that one has ended; a push of the digest the service
+/// already runs deploys nothing.
+fn auto_deploy(state: AppState, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    use std::collections::HashMap;
+    let mut pushes = state.pushes.subscribe();
+    tokio::spawn(async move {
+        // service id → the push waiting for it.
+        let mut waiting: HashMap<String, crate::state::Pushed> = HashMap::new();
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                p = pushes.recv() => match p {
+                    Ok(p) => {
+                        let (repo, tag) = (p.repository.clone(), p.tag.clone());
+                        match state.store.read(move |c| crate::store::services::following(c, &repo, &tag)).await {
+                            Ok(services) => {
+                                for s in services {
+                                    waiting.insert(s.id, p.clone());
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "auto-deploy: could not find the followers of a push"),
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "auto-deploy fell behind the registry's pushes");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = retry.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            let ids: Vec<String> = waiting.keys().cloned().collect();
+            for id in ids {
+                let Some(p) = waiting.get(&id).cloned() else { continue };
+                match deploy_push(&state, &id, &p).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => tracing::warn!(service = id, error = %e, "auto-deploy failed"),
+                }
+                waiting.remove(&id);
+            }
+        }
+        tracing::debug!(worker = "auto-deploy", "worker stopped");
+    })
+}
+
+/// Deploys `p` to the service; `Ok(false)` when it must wait for the deployment in
+/// progress.
+async fn deploy_push(
+    state: &AppState,
+    service_id: &str,
+    p: &crate::state::Pushed,
+) -> Result<bool, crate::engine::deploy::DeployError> {
+    let id = service_id.to_string();
+    let Some(svc) = state.store.read(move |c| crate::store::services::get(c, &id)).await? else { return Ok(true) };
+    // The service may have stopped following since.
+    if svc.follow.as_ref() != Some(&(p.repository.clone(), p.tag.clone())) {
+        return Ok(true);
+    }
+    let id = service_id.to_string();
+    if state.store.read(move |c| crate::store::deployments::in_flight(c, &id)).await?.is_some() {
+        return Ok(false);
+    }
+    if let Some(live) = svc.current_deployment_id.clone() {
+        let current = state.store.read(move |c| crate::store::deployments::get(c, &live)).await?;
+        if current.is_some_and(|d| d.image_digest.as_deref() == Some(p.digest.as_str())) {
+            return Ok(true);
+        }
+    }
+    let source = crate::engine::service::Source::Image { repository: p.repository.clone(), reference: p.tag.clone() };
+    match state.deployer.deploy(&svc, source, Some(p.digest.clone()), None).await {
+        Ok(d) => {
+            tracing::info!(service = svc.id, deployment = d.id, digest = p.digest, "deploying a followed tag's push");
+            Ok(true)
+        }
+        Err(crate::engine::deploy::DeployError::Store(crate::store::StoreError::Conflict(_))) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Returns free heap pages to the kernel (glibc's `malloc_trim`).

@@ -35,6 +35,9 @@ fn shell_replica(project: &str, rootfs: &std::path::Path, script: &str, restart:
         hosts_file: None,
         resolv_file: None,
         volumes: vec![],
+        cmd: None,
+        service_id: None,
+        deployment_id: None,
     }
 }
 

@@ -575,6 +575,9 @@ fn gc_keeps_the_blobs_a_replica_runs_from() {
                         hosts_file: None,
                         resolv_file: None,
                         volumes: vec![],
+                        cmd: None,
+                        service_id: None,
+                        deployment_id: None,
                     };
                     let r = berth::store::replicas::Replica {
                         id: "rep_00000000000000000000000077".into(),

@@ -9,6 +9,7 @@ use berth::api::router::{Access, ROUTES, Route};
 use berth::auth::Role;
 use serde_json::{Value, json};
 
+use crate::deployments::Node;
 use crate::harness::{ADMIN_PASSWORD, Berth, Client, Resp};
 use crate::registry::{OCI_MANIFEST, digest, image_manifest, push_image};
 
@@ -87,6 +88,8 @@ fn expected(route: &Route, caller: Caller) -> Expect {
     // project route with the role the method needs.
     let access = match route.access {
         Access::Registry if route.path.contains('{') => Access::Project(registry_role(route)),
+        // A service, a deployment or a body's project: the project's role decides.
+        Access::Service(min) | Access::Deployment(min) | Access::InBody(min) => Access::Project(min),
         a => a,
     };
     match (access, caller) {
@@ -102,6 +105,7 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         (Access::AnyAdmin, Admin | OtherAdmin) => Allowed,
         (Access::AnyAdmin, _) => Forbidden,
         (Access::Project(_), Outsider | OtherAdmin) => Hidden,
+        (Access::Service(_) | Access::Deployment(_) | Access::InBody(_), _) => unreachable!("mapped above"),
         (Access::Project(min), _) => {
             if role.is_some_and(|r| r >= min) {
                 Allowed
@@ -113,18 +117,31 @@ fn expected(route: &Route, caller: Caller) -> Expect {
 }
 
 struct Fixture {
-    b: Berth,
+    node: Node,
     root: Client,
     tokens: Vec<(Caller, Option<Client>)>,
     ids: std::collections::HashMap<Caller, String>,
     /// The manifest pushed to [`REPO`] as `v1`, and its one layer.
     manifest: Vec<u8>,
     layer: Vec<u8>,
+    /// Deployments left in progress, cancelled when the fixture goes.
+    in_progress: std::cell::RefCell<Vec<String>>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for d in self.in_progress.borrow().iter() {
+            let _ = self.root.try_send("POST", &format!("/v1/deployments/{d}/cancel"), None, &[]);
+        }
+    }
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let b = Berth::start("[api]\n");
+        // Containers run (cancel needs a rollout in progress), under names of the
+        // fixture's own; a rollout waits as long as the test may take.
+        let node = Node::start("[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n");
+        let b = &node.b;
         let root = b.admin();
         let mut tokens = Vec::new();
         let mut ids = std::collections::HashMap::new();
@@ -151,7 +168,15 @@ impl Fixture {
         tokens.push((Caller::Anonymous, None));
         let layer = crate::registry::random(1000, 7);
         let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-        let mut f = Fixture { b, root, tokens, ids, manifest: Vec::new(), layer };
+        let mut f = Fixture {
+            node,
+            root,
+            tokens,
+            ids,
+            manifest: Vec::new(),
+            layer,
+            in_progress: std::cell::RefCell::new(Vec::new()),
+        };
         // Viewer, Operator and Admin hold their role somewhere from the start, so
         // routes without a project id see them as members; the registry probes use
         // a repository of this project.
@@ -176,6 +201,53 @@ impl Fixture {
         id
     }
 
+    /// A service of project `m{n}` with no replicas (a deployment of it goes live
+    /// without starting a container); `extra` adds settings.
+    fn service(&self, project: &str, n: usize, extra: Value) -> String {
+        let mut body = json!({"project_id": project, "name": format!("s{n}"), "port": 8080, "replicas": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        crate::deployments::service(&self.root, body)
+    }
+
+    /// A deployment of a service of project `m{n}` that went live (no replicas).
+    fn live_deployment(&self, project: &str, n: usize) -> String {
+        let svc = self.service(project, n, json!({}));
+        let repo = format!("m{n}/tiny");
+        let layer = crate::deployments::layer(&[("hello", b"hi\n", 0o644)]);
+        crate::deployments::push(&self.root, &repo, "v1", &[layer], &["/hello"]);
+        let dep = crate::deployments::deploy(&self.root, &svc, &repo, "v1");
+        let d = crate::deployments::settle(&self.root, &dep, 60);
+        assert_eq!(d["status"], "live", "{d}");
+        dep
+    }
+
+    /// A deployment of project `m{n}` in progress: a replica that never passes its
+    /// health check (nothing listens), whose rollout waits until cancelled.
+    fn deployment_in_progress(&self, project: &str, n: usize) -> String {
+        let svc = self.service(
+            project,
+            n,
+            json!({"replicas": 1, "health_check": {"path": "/never", "interval_s": 1}, "restart_policy": "no"}),
+        );
+        let repo = format!("m{n}/sleeper");
+        crate::deployments::push(
+            &self.root,
+            &repo,
+            "v1",
+            &[crate::deployments::busybox_layer()],
+            &["/bin/busybox", "sleep", "3600"],
+        );
+        let dep = crate::deployments::deploy(&self.root, &svc, &repo, "v1");
+        crate::deployments::until(60, "the rollout reaches starting", || {
+            let d = self.root.get(&format!("/v1/deployments/{dep}")).json();
+            (d["status"] == "starting").then_some(())
+        });
+        self.in_progress.borrow_mut().push(dep.clone());
+        dep
+    }
+
     /// A user of no project, made for one cell.
     fn user(&self, n: usize) -> String {
         let r = self.root.post("/v1/users", &json!({"username": format!("cell{n}"), "password": PASSWORD}));
@@ -190,15 +262,22 @@ struct Request {
     body: Option<Vec<u8>>,
     headers: Vec<(&'static str, String)>,
     client: Client,
+    /// What a 404 says when the resource is invisible to the caller (`project
+    /// prj_… not found` unless the request names a service or deployment).
+    hidden: Option<String>,
 }
 
 impl Request {
     fn json(client: &Client, path: String, body: Value) -> Request {
         let headers = vec![("Content-Type", "application/json".to_string())];
-        Request { path, body: Some(body.to_string().into_bytes()), headers, client: client.clone() }
+        Request { path, body: Some(body.to_string().into_bytes()), headers, client: client.clone(), hidden: None }
     }
     fn empty(client: &Client, path: String) -> Request {
-        Request { path, body: None, headers: vec![], client: client.clone() }
+        Request { path, body: None, headers: vec![], client: client.clone(), hidden: None }
+    }
+    fn hidden(mut self, what: &str, id: &str) -> Request {
+        self.hidden = Some(format!("{what} {id} not found"));
+        self
     }
 }
 
@@ -209,7 +288,7 @@ impl Request {
 fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project: Option<&str>, n: usize) -> Request {
     let project = project.unwrap_or("");
     let session = || match caller.credentials() {
-        Some((name, password)) => f.b.login(name, password),
+        Some((name, password)) => f.node.b.login(name, password),
         None => client.clone(),
     };
     match (route.method.as_str(), route.path) {
@@ -269,6 +348,7 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
             body: Some(Vec::new()),
             headers: vec![],
             client: client.clone(),
+            hidden: None,
         },
         ("PATCH", "/v2/{*path}") => {
             // An upload the super-admin started: its next chunk.
@@ -282,6 +362,7 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
                     ("Content-Range", "0-3".to_string()),
                 ],
                 client: client.clone(),
+                hidden: None,
             }
         }
         ("PUT", "/v2/{*path}") => Request {
@@ -289,12 +370,53 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
             body: Some(f.manifest.clone()),
             headers: vec![("Content-Type", OCI_MANIFEST.to_string())],
             client: client.clone(),
+            hidden: None,
         },
         ("DELETE", "/v2/{*path}") => {
             // A tag of its own to delete.
             let r = crate::registry::put_manifest(&f.root, REPO, &format!("doomed{n}"), &f.manifest, OCI_MANIFEST);
             assert_eq!(r.status, 201, "{}", r.text());
             Request::empty(client, format!("/v2/{REPO}/manifests/doomed{n}"))
+        }
+        ("POST", "/v1/services") => Request::json(
+            client,
+            route.path.into(),
+            json!({"project_id": project, "name": format!("new{n}"), "port": 8080, "replicas": 0}),
+        ),
+        ("PUT", "/v1/services/{id}") => {
+            let svc = f.service(project, n, json!({}));
+            Request::json(client, format!("/v1/services/{svc}"), json!({"replicas": 0, "command": ["/cell"]}))
+                .hidden("service", &svc)
+        }
+        ("POST", "/v1/deployments") => {
+            let svc = f.service(project, n, json!({}));
+            let repo = format!("m{n}/app");
+            push_image(&f.root, &repo, "v1", br#"{"architecture":"amd64","os":"linux"}"#, &[&f.layer]);
+            let source = json!({"kind": "Image", "repository": repo, "reference": "v1"});
+            Request::json(client, route.path.into(), json!({"service_id": svc, "source": source}))
+                .hidden("service", &svc)
+        }
+        ("POST", "/v1/deployments/{id}/cancel") => {
+            let dep = f.deployment_in_progress(project, n);
+            Request::json(client, format!("/v1/deployments/{dep}/cancel"), json!({})).hidden("deployment", &dep)
+        }
+        (method, path) if path.starts_with("/v1/services/{id}") => {
+            let svc = f.service(project, n, json!({}));
+            let path = path.replace("{id}", &svc);
+            match method {
+                "POST" => Request::json(client, path, json!({})),
+                _ => Request::empty(client, path),
+            }
+            .hidden("service", &svc)
+        }
+        (method, path) if path.starts_with("/v1/deployments/{id}") => {
+            let dep = f.live_deployment(project, n);
+            let path = path.replace("{id}", &dep);
+            match method {
+                "POST" => Request::json(client, path, json!({})),
+                _ => Request::empty(client, path),
+            }
+            .hidden("deployment", &dep)
         }
         (method, path) => {
             // GETs and bodiless DELETEs need only the project; anything else needs an
@@ -316,10 +438,58 @@ fn oci_code(r: &Resp) -> String {
         .unwrap_or_default()
 }
 
+/// A request to a stream: the status and headers, and the body only when it is not
+/// an event stream (an error); a stream's connection is dropped after its head.
+fn head_only(c: &Client, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", c.addr);
+    if let Some(t) = &c.token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut hs = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            hs.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let stream = hs.iter().any(|(k, v)| k.eq_ignore_ascii_case("content-type") && v.starts_with("text/event-stream"));
+    let mut body = Vec::new();
+    if !stream {
+        let len = hs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        body.resize(len, 0);
+        r.read_exact(&mut body).unwrap();
+    }
+    Resp { status, headers: hs, body }
+}
+
 #[test]
 fn every_route_by_every_caller() {
+    if !crate::runtime::can_run() {
+        return;
+    }
     let f = Fixture::new();
-    let anon = f.b.client();
+    let anon = f.node.b.client();
     let mut failures = Vec::new();
     let mut n = 0;
     for route in ROUTES {
@@ -330,16 +500,23 @@ fn every_route_by_every_caller() {
                 (_, Some(c)) => c.clone(),
                 (_, None) => anon.clone(),
             };
-            let project = route.path.contains("{id}").then(|| f.project(n));
+            let needs_project = route.path.contains("{id}") || matches!(route.access, Access::InBody(_));
+            let project = needs_project.then(|| f.project(n));
             let req = request(&f, route, caller, &client, project.as_deref(), n);
             let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let r = req.client.send(route.method.as_str(), &req.path, req.body.as_deref(), &headers);
+            let r = if route.path.ends_with("/stream") {
+                head_only(&req.client, route.method.as_str(), &req.path, &headers)
+            } else {
+                req.client.send(route.method.as_str(), &req.path, req.body.as_deref(), &headers)
+            };
             let want = expected(route, caller);
-            let hidden = |r: &Resp| match (registry, project.as_deref()) {
+            let hidden_message =
+                req.hidden.clone().or_else(|| project.as_ref().map(|p| format!("project {p} not found")));
+            let hidden = |r: &Resp| match (registry, &hidden_message) {
                 // A repository in a project the caller cannot see is unknown (HEAD
                 // answers without a body).
                 (true, _) => r.status == 404 && (route.method == "HEAD" || oci_code(r) == "NAME_UNKNOWN"),
-                (false, Some(p)) => r.status == 404 && r.text().contains(&format!("project {p} not found")),
+                (false, Some(m)) => r.status == 404 && r.text().contains(m.as_str()),
                 (false, None) => false,
             };
             let ok = match want {

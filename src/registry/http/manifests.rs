@@ -49,6 +49,14 @@ pub(super) async fn put(call: &Call<'_>, reference: &str, req: Request) -> Regis
         Reference::Digest(_) => format!("{}@{d}", call.name),
     };
     call.audit("PUT /v2/{repository}/manifests/{reference}", target, StatusCode::CREATED).await;
+    if let Reference::Tag(tag) = &reference {
+        // Services that follow this tag deploy it (the workers listen).
+        call.state.announce_push(crate::state::Pushed {
+            repository: call.name.clone(),
+            tag: tag.clone(),
+            digest: d.to_string(),
+        });
+    }
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     set(h, header::LOCATION, &format!("/v2/{}/manifests/{d}", call.name));

@@ -1,0 +1,420 @@
+//! Deployments for real: busybox httpd images pushed to the hosted registry,
+//! rolled out to services on runc replicas, switched in the routing table with no
+//! failed request, failed health checks, rollback, cancel, the deployment log over
+//! SSE, auto-deploy on push, and a daemon killed mid-rollout.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{Berth, Client, TempDir};
+
+/// A daemon on a state dir of its own with names of its own (cgroup subtree,
+/// links, netns, nftables table, address pool), so its replicas never meet another
+/// test's. Dropping it kills the daemon and removes every replica, network and
+/// cgroup it made, even when the test failed.
+pub struct Node {
+    pub b: Berth,
+    work: TempDir,
+    runtime: Arc<berth::runtime::container::Runtime>,
+    net: berth::runtime::network::NetOptions,
+}
+
+fn net_options() -> berth::runtime::network::NetOptions {
+    let tag = berth::ids::new_id("t").to_lowercase();
+    let tag = tag[tag.len() - 4..].to_string();
+    let pool = format!("10.{}.0.0/16", 100 + rand_byte() % 100);
+    berth::runtime::network::NetOptions {
+        link_prefix: format!("d{tag}"),
+        netns_prefix: format!("berth-it-{tag}-"),
+        nft_table: format!("berth_it_{tag}"),
+        ..berth::runtime::network::NetOptions::new(pool.parse().unwrap())
+    }
+}
+
+fn rand_byte() -> u32 {
+    let id = berth::ids::new_id("r");
+    id.bytes().rev().take(6).map(u32::from).fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b))
+}
+
+impl Node {
+    /// A daemon with `extra` appended to its config (sections other than
+    /// `[runtime]` and `[network]`, which the node sets).
+    pub fn start(extra: &str) -> Node {
+        let work = TempDir::new("dep");
+        let net = net_options();
+        let cgroup_prefix = net.netns_prefix.trim_end_matches('-').to_string();
+        let run_dir = work.path().join("run");
+        let config = format!(
+            "run_dir = \"{}\"\n{extra}\n[runtime]\ncgroup_prefix = \"{cgroup_prefix}\"\n[network]\npool = \"{}\"\n\
+             link_prefix = \"{}\"\nnetns_prefix = \"{}\"\nnft_table = \"{}\"\n",
+            run_dir.display(),
+            net.pool,
+            net.link_prefix,
+            net.netns_prefix,
+            net.nft_table
+        );
+        let b = Berth::start(&config);
+        let layout = berth::runtime::cgroups::Layout::for_self(&cgroup_prefix).expect("cgroup layout");
+        let runtime = Arc::new(berth::runtime::container::Runtime::new(
+            run_dir.join("runc"),
+            layout,
+            b.data_dir().join("containers"),
+            PathBuf::from(env!("CARGO_BIN_EXE_berth")),
+        ));
+        Node { b, work, runtime, net }
+    }
+
+    /// Replica ids with container state on disk.
+    pub fn containers(&self) -> Vec<String> {
+        let mut v = self.runtime.list();
+        v.sort();
+        v
+    }
+
+    /// The runtime dir (runc's root, the shims' opened bundles).
+    pub fn run_dir(&self) -> PathBuf {
+        self.work.path().join("run")
+    }
+
+    /// The environment of a replica's init process, as the kernel holds it.
+    pub fn environ(&self, replica: &str) -> Vec<String> {
+        let pid = std::fs::read_to_string(self.runtime.state_dir(replica).join("init.pid")).unwrap();
+        let bytes = std::fs::read(format!("/proc/{}/environ", pid.trim())).unwrap();
+        bytes.split(|b| *b == 0).filter(|e| !e.is_empty()).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
+    }
+
+    /// A replica's state directory (shim files, logs, bundle).
+    pub fn runtime_state(&self, replica: &str) -> PathBuf {
+        self.runtime.state_dir(replica)
+    }
+
+    /// The root filesystem of a replica, as mounted on the host.
+    pub fn rootfs(&self, replica: &str) -> PathBuf {
+        self.runtime.state_dir(replica).join("rootfs")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.b.kill9();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let store = berth::store::Store::open(&self.b.data_dir().join("state.db")).unwrap();
+            let ipam = Arc::new(berth::engine::ipam::StoreIpam::new(store.clone()));
+            let nets = Arc::new(berth::runtime::network::Networks::new(self.net.clone(), ipam).unwrap());
+            let engine = berth::engine::Engine::new(store.clone(), self.runtime.clone())
+                .with_networks(nets.clone(), self.work.path().join("run").join("hosts"));
+            for r in engine.list().await.unwrap_or_default() {
+                let _ = engine.delete(&r.id).await;
+            }
+            for id in self.runtime.list() {
+                let _ = self.runtime.delete("orphans", &id);
+            }
+            let _ = nets.teardown_all();
+            store.close();
+        });
+        for d in crate::runtime::cgroup_dirs(&self.runtime.layout) {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// A tar layer of `(path, bytes, mode)` files (a mode of 0 makes a symlink to the bytes).
+pub fn layer(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_ustar();
+        if *mode == 0 {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            tar.append_link(&mut h, path, std::str::from_utf8(data).unwrap()).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, path, *data).unwrap();
+        }
+    }
+    tar.into_inner().unwrap()
+}
+
+/// Pushes an image of `layers` with `cmd` to `repo:tag`; returns its manifest digest.
+pub fn push(c: &Client, repo: &str, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) -> String {
+    let diff_ids: Vec<String> = layers.iter().map(|l| crate::registry::digest(l)).collect();
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    })
+    .to_string()
+    .into_bytes();
+    let refs: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+    crate::registry::push_image(c, repo, tag, &config, &refs);
+    crate::registry::digest(&crate::registry::image_manifest(&config, &refs))
+}
+
+/// Busybox with `/bin/sh`, as the image's first layer.
+pub fn busybox_layer() -> Vec<u8> {
+    layer(&[("bin/busybox", &std::fs::read("/bin/busybox").unwrap(), 0o755), ("bin/sh", b"busybox", 0)])
+}
+
+/// The httpd command every web image runs.
+pub const HTTPD: &[&str] = &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"];
+
+/// A busybox httpd image serving `page` at `/` (and `/health` unless `healthy` is
+/// false), with a CGI script at `/cgi-bin/env` that prints the environment.
+pub fn push_web(c: &Client, repo: &str, tag: &str, page: &str, healthy: bool) -> String {
+    let cgi = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\nenv\n";
+    let mut files: Vec<(&str, &[u8], u32)> =
+        vec![("www/index.html", page.as_bytes(), 0o644), ("www/cgi-bin/env", cgi, 0o755)];
+    if healthy {
+        files.push(("www/health", b"ok\n", 0o644));
+    }
+    push(c, repo, tag, &[busybox_layer(), layer(&files)], HTTPD)
+}
+
+/// Waits (up to `secs`) for `f` to return `Some`.
+pub fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "after {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for the deployment to reach a terminal status; returns it.
+pub fn settle(c: &Client, dep: &str, secs: u64) -> Value {
+    until(secs, &format!("deployment {dep} ends"), || {
+        let d = c.get(&format!("/v1/deployments/{dep}")).json();
+        (!matches!(d["status"].as_str(), Some("queued" | "pulling" | "starting"))).then_some(d)
+    })
+}
+
+/// Creates a service; returns its id.
+pub fn service(c: &Client, body: Value) -> String {
+    let r = c.post("/v1/services", &body);
+    assert_eq!(r.status, 201, "create service: {}", r.text());
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// Deploys `repo:reference` to the service; returns the deployment id.
+pub fn deploy(c: &Client, service: &str, repo: &str, reference: &str) -> String {
+    let r = c.post(
+        "/v1/deployments",
+        &json!({"service_id": service, "source": {"kind": "Image", "repository": repo, "reference": reference}}),
+    );
+    assert_eq!(r.status, 201, "deploy: {}", r.text());
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// `GET path` at a replica's `ip:port`: (status, body) or `None` when nothing answers.
+pub fn fetch(address: &str, path: &str) -> Option<(u16, String)> {
+    let client = Client { addr: address.parse().unwrap(), token: None };
+    client.try_send("GET", path, None, &[]).ok().map(|r| (r.status, r.text()))
+}
+
+/// The backends the routing table holds for `host`, as `GET /v1/ingress/routes` shows them.
+pub fn backends(c: &Client, host: &str) -> Option<Vec<String>> {
+    let routes = c.get("/v1/ingress/routes?limit=100").json();
+    routes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == host)
+        .map(|r| r["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_string()).collect())
+}
+
+/// A daemon with project `alpha`, a fast drain and health deadline, and an admin.
+pub fn node(extra: &str) -> (Node, Client) {
+    let node = Node::start(&format!(
+        "[deploy]\ndrain_seconds = 1\nstop_grace_seconds = 2\nhealth_deadline_seconds = 30\n{extra}"
+    ));
+    let admin = node.b.admin();
+    assert_eq!(admin.post("/v1/projects", &json!({"name": "alpha"})).status, 201);
+    (node, admin)
+}
+
+pub fn project_id(c: &Client, name: &str) -> String {
+    let list = c.get("/v1/projects").json();
+    list["data"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["id"].as_str().unwrap().to_string()
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads events from an SSE stream until `done` says so (or `secs` pass), then drops
+/// the connection.
+pub fn sse(
+    c: &Client,
+    path: &str,
+    last_event_id: Option<&str>,
+    secs: u64,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", c.addr);
+    if let Some(t) = &c.token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(id) = last_event_id {
+        req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{path}: {line}");
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.trim_end().is_empty() {
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut text = String::new();
+    let mut events = Vec::new();
+    while Instant::now() < deadline {
+        // One chunk of the chunked body.
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut e = Event { id: None, event: None, data: String::new() };
+            let mut any = false;
+            for l in block.lines() {
+                if let Some(v) = l.strip_prefix("id: ") {
+                    e.id = Some(v.to_string());
+                    any = true;
+                } else if let Some(v) = l.strip_prefix("event: ") {
+                    e.event = Some(v.to_string());
+                    any = true;
+                } else if let Some(v) = l.strip_prefix("data: ") {
+                    e.data.push_str(v);
+                    any = true;
+                }
+            }
+            if any {
+                events.push(e);
+            }
+        }
+        if done(&events) {
+            break;
+        }
+    }
+    events
+}
+
+/// The whole state dir holds `needle` nowhere (files read whole, symlinks not followed).
+pub fn nowhere_in(dir: &std::path::Path, needle: &str) -> Result<(), String> {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if m.is_dir() {
+            // Container root filesystems are the image's files, mounted.
+            if p.file_name().is_some_and(|n| n == "rootfs") {
+                continue;
+            }
+            nowhere_in(&p, needle)?;
+        } else if m.is_file() {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                return Err(p.display().to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pushed_image_deploys_and_answers_at_its_replica_and_route() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    let digest = push_web(&admin, "alpha/web", "v1", "hello from v1\n", true);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let s = admin.get(&format!("/v1/services/{svc}")).json();
+    assert_eq!((s["status"].as_str(), s["replicas"].as_u64()), (Some("not_deployed"), Some(1)), "{s}");
+    assert_eq!(s["default_hostname"], "web.alpha.localhost");
+    let dep = deploy(&admin, &svc, "alpha/web", "v1");
+    let d = settle(&admin, &dep, 90);
+    assert_eq!(d["status"], "live", "{d}");
+    assert_eq!(d["image_digest"], digest.as_str());
+    assert!(d["started_at"].is_string() && d["finished_at"].is_string(), "{d}");
+    let s = admin.get(&format!("/v1/services/{svc}")).json();
+    assert_eq!(
+        (s["status"].as_str(), s["current_deployment_id"].as_str()),
+        (Some("running"), Some(dep.as_str())),
+        "{s}"
+    );
+    let instances = s["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "{s}");
+    assert_eq!(
+        (instances[0]["status"].as_str(), instances[0]["deployment_id"].as_str()),
+        (Some("running"), Some(dep.as_str()))
+    );
+    let address = instances[0]["address"].as_str().unwrap().to_string();
+    assert_eq!(fetch(&address, "/"), Some((200, "hello from v1\n".to_string())));
+    assert_eq!(backends(&admin, "web.alpha.localhost"), Some(vec![address.clone()]));
+    let list = admin.get(&format!("/v1/services/{svc}/deployments")).json();
+    assert_eq!(list["data"][0]["id"], dep.as_str());
+    assert_eq!(list["data"][0]["source"], json!({"kind": "Image", "repository": "alpha/web", "reference": "v1"}));
+
+    // The deployment's log over SSE: numbered from 1, ending with the final status;
+    // a resume from any line goes on right after it.
+    let path = format!("/v1/deployments/{dep}/logs/stream");
+    let all = sse(&admin, &path, None, 30, |e| e.last().is_some_and(|e| e.event.as_deref() == Some("end")));
+    let lines: Vec<&Event> = all.iter().filter(|e| e.id.is_some()).collect();
+    let ids: Vec<String> = lines.iter().map(|e| e.id.clone().unwrap()).collect();
+    let expected: Vec<String> = (1..=ids.len()).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected, "{all:?}");
+    let text: Vec<String> = lines
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["line"].as_str().unwrap().to_string())
+        .collect();
+    assert!(text.iter().any(|l| l.starts_with("live: web.alpha.localhost")), "{text:?}");
+    assert!(text.iter().any(|l| l.contains("passed its health check")), "{text:?}");
+    assert_eq!(all.last().unwrap().event.as_deref(), Some("end"));
+    let rest = sse(&admin, &path, Some("3"), 30, |e| e.last().is_some_and(|e| e.event.as_deref() == Some("end")));
+    let rest_ids: Vec<String> = rest.iter().filter_map(|e| e.id.clone()).collect();
+    assert_eq!(rest_ids, ids[3..].to_vec());
+
+    // Deleting the service takes its replica, routes and volumes.
+    assert_eq!(admin.delete(&format!("/v1/services/{svc}")).status, 204);
+    assert_eq!(admin.get(&format!("/v1/services/{svc}")).status, 404);
+    assert_eq!(admin.get(&format!("/v1/deployments/{dep}")).status, 404);
+    assert_eq!(backends(&admin, "web.alpha.localhost"), None);
+    assert!(node.containers().is_empty(), "{:?}", node.containers());
+    assert_eq!(fetch(&address, "/"), None, "nothing answers at the old address");
+    // An empty project can go now.
+    assert_eq!(admin.delete(&format!("/v1/projects/{project}")).status, 409, "the repository is still there");
+}
