@@ -99,6 +99,14 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.b.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- the daemon's last log lines ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         self.b.kill9();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -231,14 +239,25 @@ pub fn backends(c: &Client, host: &str) -> Option<Vec<String>> {
         .map(|r| r["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_string()).collect())
 }
 
-/// A daemon with project `alpha`, a fast drain and health deadline, and an admin.
-pub fn node(extra: &str) -> (Node, Client) {
-    let node = Node::start(&format!(
-        "[deploy]\ndrain_seconds = 1\nstop_grace_seconds = 2\nhealth_deadline_seconds = 30\n{extra}"
-    ));
+/// A daemon with project `alpha`, a fast drain and health deadline, and an admin;
+/// `deploy` holds `[deploy]` settings that replace those defaults, `extra` more
+/// sections.
+pub fn node_with(deploy: &str, extra: &str) -> (Node, Client) {
+    let mut section = String::from("[deploy]\n");
+    for (k, v) in [("drain_seconds", "1"), ("stop_grace_seconds", "2"), ("health_deadline_seconds", "30")] {
+        if !deploy.contains(k) {
+            section.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    let node = Node::start(&format!("{section}{deploy}\n{extra}"));
     let admin = node.b.admin();
     assert_eq!(admin.post("/v1/projects", &json!({"name": "alpha"})).status, 201);
     (node, admin)
+}
+
+/// [`node_with`] the defaults.
+pub fn node(extra: &str) -> (Node, Client) {
+    node_with("", extra)
 }
 
 pub fn project_id(c: &Client, name: &str) -> String {
@@ -417,4 +436,314 @@ fn a_pushed_image_deploys_and_answers_at_its_replica_and_route() {
     assert_eq!(fetch(&address, "/"), None, "nothing answers at the old address");
     // An empty project can go now.
     assert_eq!(admin.delete(&format!("/v1/projects/{project}")).status, 409, "the repository is still there");
+}
+
+/// The ids of the service's instances.
+fn instance_ids(c: &Client, svc: &str) -> Vec<String> {
+    c.get(&format!("/v1/services/{svc}")).json()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Hits the service through the routing table (each request goes to one of the
+/// host's current backends, read from `GET /v1/ingress/routes`) until stopped;
+/// returns (requests, failures, last body).
+fn load_loop(
+    c: Client,
+    host: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>, String)> {
+    std::thread::spawn(move || {
+        let (mut n, mut failures, mut last) = (0usize, Vec::new(), String::new());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            let table = backends(&c, host).unwrap_or_default();
+            let Some(addr) = table.get(n % table.len().max(1)) else {
+                failures.push("no backend routed".to_string());
+                n += 1;
+                continue;
+            };
+            match fetch(addr, "/") {
+                Some((200, body)) => last = body,
+                other => failures.push(format!("{addr}: {other:?}")),
+            }
+            n += 1;
+        }
+        (n, failures, last)
+    })
+}
+
+#[test]
+fn redeploys_drop_no_request_a_failing_one_changes_nothing_and_rollback_runs_the_old_digest() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (node, admin) = node_with("drain_seconds = 3", "[registry]\ngc_grace_seconds = 0\n");
+    let project = project_id(&admin, "alpha");
+    let d1 = push_web(&admin, "alpha/web", "v1", "v1\n", true);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "replicas": 2,
+               "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let dep1 = deploy(&admin, &svc, "alpha/web", "v1");
+    assert_eq!(settle(&admin, &dep1, 90)["status"], "live");
+    let host = "web.alpha.localhost";
+    until(30, "two routed", || (backends(&admin, host)?.len() == 2).then_some(()));
+
+    // v1 → v2 under load: every request answered, the last ones by v2.
+    let d2 = push_web(&admin, "alpha/web", "v2", "v2\n", true);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_loop(admin.clone(), host, stop.clone());
+    until(30, "the load loop runs", || (!backends(&admin, host)?.is_empty()).then_some(()));
+    let dep2 = deploy(&admin, &svc, "alpha/web", "v2");
+    let d = settle(&admin, &dep2, 90);
+    assert_eq!((d["status"].as_str(), d["image_digest"].as_str()), (Some("live"), Some(d2.as_str())), "{d}");
+    // Past the drain: the old replicas are gone and v2 alone answers.
+    until(60, "v1's replicas removed", || (node.containers().len() == 2).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (requests, failures, last) = load.join().unwrap();
+    assert!(failures.is_empty(), "{} of {requests} requests failed: {failures:?}", failures.len());
+    assert!(requests > 20, "{requests} requests");
+    assert_eq!(last, "v2\n");
+    assert_eq!(admin.get(&format!("/v1/deployments/{dep1}")).json()["status"], "superseded");
+    let v2_replicas = instance_ids(&admin, &svc);
+    let v2_routes = backends(&admin, host).unwrap();
+
+    // v3 never passes its health check: failed, v2 untouched, nothing of v3 left.
+    push_web(&admin, "alpha/web", "v3", "v3\n", false);
+    let dep3 = deploy(&admin, &svc, "alpha/web", "v3");
+    let d = settle(&admin, &dep3, 90);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["error"].as_str().unwrap().contains("health check"), "{d}");
+    assert_eq!(instance_ids(&admin, &svc), v2_replicas);
+    assert_eq!(
+        node.containers(),
+        v2_replicas.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>()
+    );
+    assert_eq!(backends(&admin, host).unwrap(), v2_routes);
+    let s = admin.get(&format!("/v1/services/{svc}")).json();
+    assert_eq!(s["current_deployment_id"], dep2.as_str());
+    for a in &v2_routes {
+        assert_eq!(fetch(a, "/"), Some((200, "v2\n".to_string())));
+    }
+
+    // Rollback to v1's deployment: its digest, with the tag gone from the registry
+    // and the registry collected meanwhile (a rollback's image is kept).
+    assert_eq!(admin.delete("/v2/alpha/web/manifests/v1").status, 202);
+    assert_eq!(admin.post("/v1/registry/gc", &json!({})).status, 200);
+    let r = admin.post(&format!("/v1/deployments/{dep1}/rollback"), &json!({}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let back = r.json();
+    assert_eq!((back["image_digest"].as_str(), back["rollback_of"].as_str()), (Some(d1.as_str()), Some(dep1.as_str())));
+    let d = settle(&admin, back["id"].as_str().unwrap(), 90);
+    assert_eq!(d["status"], "live", "{d}");
+    until(60, "serving v1 again", || {
+        let table = backends(&admin, host)?;
+        (table.len() == 2 && table.iter().all(|a| fetch(a, "/") == Some((200, "v1\n".to_string())))).then_some(())
+    });
+    assert_eq!(admin.get(&format!("/v1/deployments/{dep2}")).json()["status"], "superseded");
+}
+
+#[test]
+fn cancel_stops_a_rollout_and_the_previous_deployment_keeps_serving() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push_web(&admin, "alpha/web", "v1", "v1\n", true);
+    // An image whose server never comes up: its rollout waits for the port.
+    push(&admin, "alpha/web", "mute", &[busybox_layer()], &["/bin/busybox", "sleep", "3600"]);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let dep1 = deploy(&admin, &svc, "alpha/web", "v1");
+    assert_eq!(settle(&admin, &dep1, 90)["status"], "live");
+    let v1 = instance_ids(&admin, &svc);
+    let dep2 = deploy(&admin, &svc, "alpha/web", "mute");
+    until(60, "the new replica is up", || (instance_ids(&admin, &svc).len() == 2).then_some(()));
+    let r = admin.post(&format!("/v1/deployments/{dep2}/cancel"), &json!({}));
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("cancelled")), "{}", r.text());
+    assert_eq!(instance_ids(&admin, &svc), v1);
+    assert_eq!(node.containers(), v1);
+    let s = admin.get(&format!("/v1/services/{svc}")).json();
+    assert_eq!((s["current_deployment_id"].as_str(), s["status"].as_str()), (Some(dep1.as_str()), Some("running")));
+    let addr = s["instances"][0]["address"].as_str().unwrap().to_string();
+    assert_eq!(fetch(&addr, "/"), Some((200, "v1\n".to_string())));
+    let r = admin.post(&format!("/v1/deployments/{dep2}/cancel"), &json!({}));
+    assert_eq!((r.status, r.code().as_str()), (409, "conflict"), "{}", r.text());
+    let r = admin.post(&format!("/v1/deployments/{dep1}/cancel"), &json!({}));
+    assert_eq!(r.status, 409, "a live deployment cannot be cancelled");
+    let log = sse(&admin, &format!("/v1/deployments/{dep2}/logs/stream"), None, 30, |e| {
+        e.last().is_some_and(|e| e.event.as_deref() == Some("end"))
+    });
+    assert!(log.iter().any(|e| e.data.contains("\"cancelled\"")), "{log:?}");
+}
+
+#[test]
+fn bad_deployments_are_refused_and_state_stays_consistent() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (_node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    let beta = admin.post("/v1/projects", &json!({"name": "beta"})).json()["id"].as_str().unwrap().to_string();
+    push_web(&admin, "alpha/web", "v1", "v1\n", true);
+    push_web(&admin, "beta/web", "v1", "beta\n", true);
+    let tiny = layer(&[("hello", b"hi\n", 0o644)]);
+    push(&admin, "alpha/tiny", "v1", &[tiny], &["/hello"]);
+    let svc = service(&admin, json!({"project_id": project, "name": "web", "port": 8080, "replicas": 0}));
+    let other = service(&admin, json!({"project_id": project, "name": "other", "port": 8080, "replicas": 0}));
+    let src = |repo: &str, reference: &str| json!({"kind": "Image", "repository": repo, "reference": reference});
+    let cases = [
+        (json!({"service_id": svc, "source": src("alpha/nope", "v1")}), 404, "repository alpha/nope not found"),
+        (json!({"service_id": svc, "source": src("beta/web", "v1")}), 404, "repository beta/web not found"),
+        (json!({"service_id": svc, "source": src("alpha/web", "v9")}), 404, "v9"),
+        (json!({"service_id": svc, "source": src("alpha/web", "no spaces")}), 400, "neither a tag nor a digest"),
+        (json!({"service_id": svc, "source": src("alpha/web", "sha256:abc")}), 400, "digest"),
+        (json!({"service_id": svc, "source": src("NOPE", "v1")}), 400, "repository name"),
+        (
+            json!({"service_id": svc, "source": {"kind": "ExternalImage", "image": "docker.io/library/nginx:1.27"}}),
+            422,
+            "external images",
+        ),
+        (
+            json!({"service_id": svc, "source": {"kind": "Git", "repo_url": "https://example.com/x.git", "ref": "main"}}),
+            422,
+            "builds",
+        ),
+        (json!({"service_id": svc, "source": {"kind": "Upload", "upload_id": "upl_x"}}), 422, "builds"),
+        (json!({"service_id": svc, "source": {"kind": "Floppy"}}), 400, "Floppy"),
+        (json!({"service_id": "svc_00000000000000000000000000", "source": src("alpha/web", "v1")}), 404, "not found"),
+        (json!({"service_id": svc}), 400, "source"),
+    ];
+    for (body, status, says) in cases {
+        let r = admin.post("/v1/deployments", &body);
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    let list = admin.get(&format!("/v1/services/{svc}/deployments")).json();
+    assert_eq!(list["data"], json!([]), "nothing recorded for a refused deployment");
+    let _ = beta;
+
+    // A deployment of `other`, live with no replicas; its rollback for `svc` is refused.
+    let dep = deploy(&admin, &other, "alpha/tiny", "v1");
+    assert_eq!(settle(&admin, &dep, 60)["status"], "live");
+    let r = admin.post(&format!("/v1/deployments/{dep}/rollback"), &json!({"service_id": svc}));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("is a deployment of service"), "{}", r.text());
+    let r = admin.post(&format!("/v1/deployments/{dep}/cancel"), &json!({}));
+    assert_eq!(r.status, 409, "{}", r.text());
+    // An image that cannot run fails its deployment (with a reason) and changes nothing.
+    let not_a_tar = crate::registry::random(2000, 3);
+    push(&admin, "alpha/broken", "v1", &[not_a_tar], &["/x"]);
+    let bad = deploy(&admin, &other, "alpha/broken", "v1");
+    let d = settle(&admin, &bad, 60);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["error"].as_str().unwrap().starts_with("image sha256:"), "{d}");
+    let r = admin.post(&format!("/v1/deployments/{bad}/rollback"), &json!({}));
+    assert_eq!(r.status, 422, "a deployment that never went live: {}", r.text());
+    assert_eq!(admin.get(&format!("/v1/services/{other}")).json()["current_deployment_id"], dep.as_str());
+    // The project holds services: 409.
+    assert_eq!(admin.delete(&format!("/v1/projects/{project}")).status, 409);
+}
+
+#[test]
+fn a_daemon_killed_mid_rollout_ends_it_and_keeps_serving_the_previous_one() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (mut node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push_web(&admin, "alpha/web", "v1", "v1\n", true);
+    push(&admin, "alpha/web", "mute", &[busybox_layer()], &["/bin/busybox", "sleep", "3600"]);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let dep1 = deploy(&admin, &svc, "alpha/web", "v1");
+    assert_eq!(settle(&admin, &dep1, 90)["status"], "live");
+    let v1 = instance_ids(&admin, &svc);
+    let addr =
+        admin.get(&format!("/v1/services/{svc}")).json()["instances"][0]["address"].as_str().unwrap().to_string();
+
+    // kill -9 with a live service: it serves while the daemon is down and is
+    // re-adopted, not duplicated.
+    node.b.kill9();
+    assert_eq!(fetch(&addr, "/"), Some((200, "v1\n".to_string())), "serving without the daemon");
+    node.b.spawn();
+    let admin = node.b.admin_session();
+    assert_eq!(instance_ids(&admin, &svc), v1);
+    assert_eq!(node.containers(), v1);
+    assert_eq!(backends(&admin, "web.alpha.localhost"), Some(vec![addr.clone()]), "the routes come back");
+
+    // kill -9 mid-rollout.
+    let dep2 = deploy(&admin, &svc, "alpha/web", "mute");
+    let v2 = until(60, "the new replica is up", || instance_ids(&admin, &svc).into_iter().find(|id| !v1.contains(id)));
+    node.b.kill9();
+    node.b.spawn();
+    let admin = node.b.admin_session();
+    let d = admin.get(&format!("/v1/deployments/{dep2}")).json();
+    assert_eq!(
+        (d["status"].as_str(), d["error"].as_str()),
+        (Some("failed"), Some("interrupted by a daemon restart")),
+        "{d}"
+    );
+    assert_eq!(instance_ids(&admin, &svc), v1);
+    assert_eq!(node.containers(), v1, "no orphan container");
+    assert_eq!(backends(&admin, "web.alpha.localhost"), Some(vec![addr.clone()]));
+    assert_eq!(fetch(&addr, "/"), Some((200, "v1\n".to_string())));
+    // Nothing of the interrupted replica is left: mount, network namespace, cgroup.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&v2), "a mount of {v2} is left");
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!netns.iter().any(|n| n.contains(&v2)), "{netns:?}");
+    let cgroups = crate::runtime::cgroup_dirs(&node.runtime.layout);
+    assert!(!cgroups.iter().any(|c| c.to_string_lossy().contains(&v2)), "{cgroups:?}");
+    let s = admin.get(&format!("/v1/services/{svc}")).json();
+    assert_eq!((s["current_deployment_id"].as_str(), s["status"].as_str()), (Some(dep1.as_str()), Some("running")));
+}
+
+#[test]
+fn a_push_of_a_followed_tag_deploys_it() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (_node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "follow": {"repository": "alpha/web", "tag": "main"},
+               "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let live_digest = |admin: &Client| {
+        let s = admin.get(&format!("/v1/services/{svc}")).json();
+        let dep = s["current_deployment_id"].as_str()?.to_string();
+        let d = admin.get(&format!("/v1/deployments/{dep}")).json();
+        (d["status"] == "live").then(|| d["image_digest"].as_str().unwrap().to_string())
+    };
+    // Another tag deploys nothing.
+    push_web(&admin, "alpha/web", "other", "other\n", true);
+    let d1 = push_web(&admin, "alpha/web", "main", "first\n", true);
+    until(90, "the first push is live", || (live_digest(&admin)? == d1).then_some(()));
+    let d2 = push_web(&admin, "alpha/web", "main", "second\n", true);
+    until(90, "the second push is live", || (live_digest(&admin)? == d2).then_some(()));
+    let list = admin.get(&format!("/v1/services/{svc}/deployments")).json();
+    let deps = list["data"].as_array().unwrap();
+    assert_eq!(deps.len(), 2, "{list}");
+    assert_eq!(deps[0]["source"], json!({"kind": "Image", "repository": "alpha/web", "reference": "main"}));
+    until(30, "the second image answers", || {
+        let s = admin.get(&format!("/v1/services/{svc}")).json();
+        let current =
+            s["instances"].as_array()?.iter().find(|i| i["deployment_id"] == s["current_deployment_id"])?.clone();
+        (fetch(current["address"].as_str()?, "/")? == (200, "second\n".to_string())).then_some(())
+    });
 }
