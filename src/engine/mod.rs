@@ -1,6 +1,7 @@
 //! The engine: decides and records what runs. It is the only caller of `runtime`
-//! and `store` together; the API (later: services and deployments) asks it to
-//! create, stop, delete and inspect replicas.
+//! and `store` together. [`deploy`] turns services and deployments into replicas
+//! and routes (rollouts, scaling, health, recovery; adr/021); the API asks it, and
+//! this module's [`Engine`], to create, stop, delete and inspect replicas.
 //!
 //! - Every replica is a row in SQLite (`store::replicas`) plus a container in the
 //!   runtime, supervised by its own `berth shim`.
@@ -13,8 +14,9 @@
 //!   (`no`, `on-failure`, `always`) with exponential backoff (1 s doubling to 5 min)
 //!   and crash-loop detection (5 restarts within 5 minutes stops restarting).
 //!
-//! Limits: images are given as layer snapshot directories or a plain rootfs; the
-//! image store and network attachment are wired in by the callers that have them.
+//! Limits: images are given as layer snapshot directories, a plain rootfs or a
+//! manifest in the hosted registry's blob store; the image store and network
+//! attachment are wired in by the callers that have them.
 
 pub mod deploy;
 pub mod health;
