@@ -108,6 +108,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(signal, "shutting down");
     sd_notify("STOPPING=1");
     let _ = stop_tx.send(true);
+    // Log streams would otherwise hold the drain for its whole grace period.
+    state.deployer.shut_down();
     match server.await {
         Ok(true) => {}
         Ok(false) => {

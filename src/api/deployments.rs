@@ -270,6 +270,7 @@ pub async fn logs_stream(
     };
     deployment_row(&state, &id).await?;
     let (tx, response) = sse_response();
+    let mut stopping = state.deployer.stopping();
     tokio::spawn(async move {
         loop {
             // Read the status first: lines written before it ended are all there
@@ -296,10 +297,13 @@ pub async fn logs_stream(
                 return;
             }
             if !more {
-                if tx.send(": keep-alive\n\n".into()).await.is_err() {
+                if tx.send(": keep-alive\n\n".into()).await.is_err() || *stopping.borrow() {
                     return;
                 }
-                tokio::time::sleep(LOG_POLL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(LOG_POLL) => {}
+                    _ = stopping.changed() => return,
+                }
             }
         }
     });

@@ -674,6 +674,7 @@ pub async fn logs_stream(
         None => None,
     };
     let (tx, response) = sse_response();
+    let mut stopping = state.deployer.stopping();
     tokio::spawn(async move {
         let mut cursor = resume;
         let mut first = cursor.is_none();
@@ -716,10 +717,13 @@ pub async fn logs_stream(
                     return;
                 }
             }
-            if tx.send(": keep-alive\n\n".into()).await.is_err() {
+            if tx.send(": keep-alive\n\n".into()).await.is_err() || *stopping.borrow() {
                 return;
             }
-            tokio::time::sleep(STREAM_POLL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(STREAM_POLL) => {}
+                _ = stopping.changed() => return,
+            }
         }
     });
     Ok(response)

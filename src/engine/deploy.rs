@@ -162,6 +162,8 @@ pub struct Deployer {
     health: Mutex<HashMap<String, Health>>,
     /// Services whose replicas are to be replaced one by one (restart).
     restarts: Mutex<HashSet<String>>,
+    /// Flips when the daemon shuts down (streams end).
+    stopping: watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -213,7 +215,18 @@ impl Deployer {
             serving: Mutex::default(),
             health: Mutex::default(),
             restarts: Mutex::default(),
+            stopping: watch::channel(false).0,
         }
+    }
+
+    /// Says the daemon is shutting down: log streams end.
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Flips to true when the daemon shuts down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -694,8 +707,14 @@ impl Deployer {
             let d = get(id.to_string())
                 .await?
                 .ok_or_else(|| DeployError::NotFound(format!("deployment {id} not found")))?;
-            if !IN_FLIGHT.contains(&d.status.as_str()) || Instant::now() >= deadline {
+            if d.status == "cancelled" || Instant::now() >= deadline {
                 return Ok(d);
+            }
+            if !IN_FLIGHT.contains(&d.status.as_str()) {
+                return Err(DeployError::Conflict(format!(
+                    "deployment {id} ended {} before it could be cancelled",
+                    d.status
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1102,9 +1121,14 @@ impl Deployer {
             });
         }
         let mut changed = HashSet::new();
-        while let Some(Ok((svc, id, check, outcome, ip))) = probes.join_next().await {
+        while let Some(done) = probes.join_next().await {
+            let Ok((svc, id, check, outcome, ip)) = done else { continue };
             let mut serving = lock(&self.serving);
             let mut health = lock(&self.health);
+            // Removed while it was probed: nothing to record.
+            if !serving.get(&svc).is_some_and(|s| s.replicas.iter().any(|(r, _)| *r == id)) {
+                continue;
+            }
             let h = health.entry(id.clone()).or_insert(Health { healthy: true, failures: 0, next_probe: now });
             let was = h.healthy;
             match &outcome {

@@ -195,6 +195,11 @@ fn bad_settings_are_refused_and_the_service_stays_as_it_was() {
         let r = admin.post("/v1/services", &body);
         assert_eq!(r.status, status, "{body}: {}", r.text());
     }
+    let listed = admin.get(&format!("/v1/services?project_id={project}")).json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["data"][0]["id"], svc.as_str());
+    let elsewhere = admin.get("/v1/services?project_id=prj_00000000000000000000000000").json();
+    assert_eq!(elsewhere["data"], json!([]));
     let dup = admin.post("/v1/services", &ok);
     assert_eq!(dup.status, 409, "{}", dup.text());
     let before = admin.get(&format!("/v1/services/{svc}")).json();
@@ -236,7 +241,7 @@ fn logs_merge_replicas_and_the_stream_resumes_without_gap_or_duplicate() {
     if !crate::runtime::can_run() {
         return;
     }
-    let (_node, admin) = node("");
+    let (mut node, admin) = node("");
     let project = project_id(&admin, "alpha");
     push_ticker(&admin);
     let svc = service(&admin, json!({"project_id": project, "name": "ticker", "port": 8080, "replicas": 2}));
@@ -292,6 +297,17 @@ fn logs_merge_replicas_and_the_stream_resumes_without_gap_or_duplicate() {
     let reps = m["replicas"].as_array().unwrap();
     assert_eq!(reps.len(), 2, "{m}");
     assert!(reps.iter().all(|r| r["memory_bytes"].as_u64().unwrap() > 0 && r["pids"].as_u64().unwrap() >= 2), "{m}");
+    // A stream open at shutdown ends with it instead of holding the drain.
+    let follower = {
+        let admin = admin.clone();
+        let path = path.clone();
+        std::thread::spawn(move || sse(&admin, &path, None, 120, |_| false).len())
+    };
+    until(30, "the follower reads", || (!follower.is_finished()).then_some(()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(node.b.stop(), Some(0));
+    assert!(follower.join().unwrap() > 0);
+    assert!(!node.b.log().contains("did not finish in time"), "a log stream held the shutdown");
 }
 
 #[test]
