@@ -164,6 +164,9 @@ pub struct Deployer {
     restarts: Mutex<HashSet<String>>,
     /// Flips when the daemon shuts down (streams end).
     stopping: watch::Sender<bool>,
+    /// Replicas of a replaced deployment serving their last requests: scaling leaves
+    /// them to their rollout, which removes them once the drain is over.
+    draining: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,6 +219,7 @@ impl Deployer {
             health: Mutex::default(),
             restarts: Mutex::default(),
             stopping: watch::channel(false).0,
+            draining: Mutex::default(),
         }
     }
 
@@ -353,7 +357,7 @@ impl Deployer {
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), Stop> {
         let service_lock = self.lock_for(&dep.service_id);
-        let _turn = tokio::select! {
+        let turn = tokio::select! {
             g = service_lock.lock_owned() => g,
             _ = cancelled(cancel) => return Err(Stop::Cancelled),
         };
@@ -423,21 +427,33 @@ impl Deployer {
                 Vec::new()
             }
         };
-        if !old.is_empty() {
-            self.log(
-                &dep.id,
-                format!(
-                    "draining {} replica(s) of the previous deployment for {} s",
-                    old.len(),
-                    self.settings.drain.as_secs()
-                ),
-            )
-            .await;
-            tokio::time::sleep(self.settings.drain).await;
-            self.remove_replicas(&engine, &old, self.settings.stop_grace).await;
-            self.log(&dep.id, "the previous deployment's replicas are stopped and removed").await;
+        if old.is_empty() {
+            // Changes made while the rollout ran (a new replica count, a stop) apply now.
+            self.reconcile_locked(&svc.id).await;
+            return Ok(());
         }
-        self.reconcile_locked(&svc.id).await;
+        // The next change of the service need not wait for the drain.
+        lock(&self.draining).extend(old.iter().cloned());
+        drop(turn);
+        self.log(
+            &dep.id,
+            format!(
+                "draining {} replica(s) of the previous deployment for {} s",
+                old.len(),
+                self.settings.drain.as_secs()
+            ),
+        )
+        .await;
+        tokio::time::sleep(self.settings.drain).await;
+        self.remove_replicas(&engine, &old, self.settings.stop_grace).await;
+        {
+            let mut draining = lock(&self.draining);
+            for id in &old {
+                draining.remove(id);
+            }
+        }
+        self.log(&dep.id, "the previous deployment's replicas are stopped and removed").await;
+        self.reconcile_soon(&svc.id);
         Ok(())
     }
 
@@ -800,11 +816,14 @@ impl Deployer {
         let (Some(digest), "live") = (dep.image_digest.clone(), dep.status.as_str()) else { return Ok(()) };
         let Some(engine) = self.engine.clone() else { return Ok(()) };
         let members = self.members(&svc.id).await?;
-        let strays: Vec<String> = members
-            .iter()
-            .filter(|m| m.deployment_id.as_deref() != Some(&live))
-            .map(|m| m.replica_id.clone())
-            .collect();
+        let strays: Vec<String> = {
+            let draining = lock(&self.draining);
+            members
+                .iter()
+                .filter(|m| m.deployment_id.as_deref() != Some(&live) && !draining.contains(&m.replica_id))
+                .map(|m| m.replica_id.clone())
+                .collect()
+        };
         if !strays.is_empty() {
             self.remove_replicas(&engine, &strays, self.settings.stop_grace).await;
         }
