@@ -9,7 +9,9 @@ use axum::Router;
 use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
 
-use super::{AppState, audit, health, middleware, node, openapi, projects, registry, session, tokens, users};
+use super::{
+    AppState, audit, credentials, health, middleware, node, openapi, projects, registry, session, tokens, users,
+};
 use crate::auth::{Role, Scope};
 use crate::registry::http as v2;
 
@@ -89,6 +91,14 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/projects/{id}/members", Project(Viewer), Some(Scope::ProjectsRead), projects::list_members),
     route!(POST "/v1/projects/{id}/members", Project(Admin), Some(Scope::ProjectsWrite), projects::add_member),
     route!(DELETE "/v1/projects/{id}/members/{user_id}", Project(Admin), Some(Scope::ProjectsWrite), projects::remove_member),
+    route!(GET "/v1/projects/{id}/registries", Project(Viewer), Some(Scope::ProjectsRead), credentials::list_registries),
+    route!(POST "/v1/projects/{id}/registries", Project(Admin), Some(Scope::ProjectsWrite), credentials::create_registry),
+    route!(GET "/v1/projects/{id}/registries/{registry_id}", Project(Viewer), Some(Scope::ProjectsRead), credentials::get_registry),
+    route!(PUT "/v1/projects/{id}/registries/{registry_id}", Project(Admin), Some(Scope::ProjectsWrite), credentials::update_registry),
+    route!(DELETE "/v1/projects/{id}/registries/{registry_id}", Project(Admin), Some(Scope::ProjectsWrite), credentials::delete_registry),
+    route!(GET "/v1/projects/{id}/credentials/git", Project(Viewer), Some(Scope::ProjectsRead), credentials::get_git),
+    route!(POST "/v1/projects/{id}/credentials/git", Project(Admin), Some(Scope::ProjectsWrite), credentials::set_git),
+    route!(DELETE "/v1/projects/{id}/credentials/git", Project(Admin), Some(Scope::ProjectsWrite), credentials::delete_git),
     route!(GET "/v1/audit", AnyAdmin, Some(Scope::AuditRead), audit::list),
     route!(GET "/v1/registry/repositories", Authenticated, Some(Scope::RegistryPull), registry::repositories),
     route!(GET "/v1/registry/status", AnyMember, Some(Scope::RegistryPull), registry::status),
