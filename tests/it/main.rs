@@ -12,6 +12,7 @@ mod bad_input;
 mod bench_start;
 mod clients;
 mod conformance;
+mod credentials;
 mod durability;
 mod engine;
 mod flow;
