@@ -127,7 +127,9 @@ impl From<CredentialError> for ApiError {
             // The state of the credential (sealed under another key) stands in the way;
             // the message names it and says how to repair it.
             CredentialError::Unreadable { .. } => ApiError::conflict(e.to_string()),
-            CredentialError::Ambiguous { .. } => ApiError::unprocessable(e.to_string()),
+            CredentialError::Ambiguous { .. } | CredentialError::OtherServer { .. } => {
+                ApiError::unprocessable(e.to_string())
+            }
             CredentialError::Invalid(m) => ApiError::invalid(m),
             CredentialError::Store(e) => e.into(),
         }

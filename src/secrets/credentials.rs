@@ -5,7 +5,10 @@
 //!   a password sealed at rest. The image puller calls [`registry_login`] (a deployment
 //!   that names `registry_id`) or [`login_for_server`] (an `ExternalImage` from a host
 //!   the project has a login for). Both are scoped by project: another project's
-//!   credential is "not found", exactly like one that does not exist.
+//!   credential is "not found", exactly like one that does not exist. Both take the
+//!   host the image is pulled from, and a login is only ever opened for its own
+//!   server: naming a Docker Hub login for an image on another host is refused, so
+//!   nobody who may deploy can send a stored password to a host of their choosing.
 //! - **A Git deploy key** (`/v1/projects/{id}/credentials/git`): one per project, an
 //!   unencrypted SSH private key sealed at rest, with its fingerprint and an optional
 //!   `known_hosts`; builds get it from [`git_key`].
@@ -46,6 +49,9 @@ pub enum CredentialError {
     /// More than one login for a registry host and none named.
     #[error("the project has {} logins for {server} ({}); name one with registry_id", names.len(), names.join(", "))]
     Ambiguous { server: String, names: Vec<String> },
+    /// A login named for an image on another registry host.
+    #[error("{what} is for {server}, not {wanted}; a login is only sent to its own server")]
+    OtherServer { what: String, server: String, wanted: String },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -92,19 +98,30 @@ impl std::fmt::Debug for GitKey {
     }
 }
 
-/// The login `registry_id` of `project_id`, password opened.
+/// The login `registry_id` of `project_id`, password opened, for a pull from
+/// `server` (the image reference's registry host, any spelling [`normalize_server`]
+/// accepts), which must be the login's own server.
 pub async fn registry_login(
     store: &Store,
     sealer: &Sealer,
     project_id: &str,
     registry_id: &str,
+    server: &str,
 ) -> Result<RegistryLogin, CredentialError> {
     let not_found = || CredentialError::NotFound(format!("registry credential {registry_id}"));
     if !crate::ids::has_shape(registry_id, "reg") {
         return Err(not_found());
     }
+    let wanted = normalize_server(server).map_err(CredentialError::Invalid)?;
     let (p, r) = (project_id.to_string(), registry_id.to_string());
     let row = store.read(move |c| sql::get_registry(c, &p, &r)).await?.ok_or_else(not_found)?;
+    if row.server != wanted {
+        return Err(CredentialError::OtherServer {
+            what: format!("registry credential {} ({})", row.id, row.name),
+            server: row.server,
+            wanted,
+        });
+    }
     open_login(sealer, row)
 }
 
@@ -429,14 +446,20 @@ mod tests {
             .await
             .unwrap();
 
-        let login = registry_login(&store, &sealer, "prj_a", &id(1)).await.unwrap();
+        let login = registry_login(&store, &sealer, "prj_a", &id(1), "index.docker.io").await.unwrap();
         assert_eq!((login.server.as_str(), login.password.as_str()), ("docker.io", "hub-pass"));
         assert!(!format!("{login:?}").contains("hub-pass"));
         // Another project's id, and a malformed one, are not found alike.
         for (project, reg) in [("prj_b", id(1)), ("prj_a", id(5)), ("prj_a", "reg_x".to_string())] {
-            let e = registry_login(&store, &sealer, project, &reg).await.unwrap_err();
+            let e = registry_login(&store, &sealer, project, &reg, "docker.io").await.unwrap_err();
             assert!(matches!(&e, CredentialError::NotFound(m) if m.contains(&reg)), "{e}");
         }
+        // A login is never opened for another server than its own.
+        let e = registry_login(&store, &sealer, "prj_a", &id(1), "attacker.example:443").await.unwrap_err();
+        assert!(matches!(&e, CredentialError::OtherServer { wanted, .. } if wanted == "attacker.example:443"), "{e}");
+        assert!(e.to_string().contains("is for docker.io, not attacker.example:443"), "{e}");
+        let e = registry_login(&store, &sealer, "prj_a", &id(1), "https://docker.io").await.unwrap_err();
+        assert!(matches!(e, CredentialError::Invalid(_)));
         // By server, in any spelling; none is anonymous; two is ambiguous.
         let hub = login_for_server(&store, &sealer, "prj_a", "registry-1.docker.io").await.unwrap().unwrap();
         assert_eq!(hub.id, id(1));
