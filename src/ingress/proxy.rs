@@ -103,7 +103,7 @@ impl Handler for Proxy {
         let seat = (req.method() == Method::GET && headers::is_websocket(req.headers()))
             .then(|| TunnelSeat { hold: conn.hold(), stop: conn.stop.clone() });
         let this = self.clone();
-        let client = conn.peer.ip();
+        let client = conn.peer.ip().to_canonical();
         async move { this.handle(req, client, seat).await }
     }
 }
@@ -256,9 +256,9 @@ impl Proxy {
                         }
                         match (!moved).then(|| other_backend(route, backend)).flatten() {
                             Some(next) => {
+                                last = Some(ProxyError::Upstream { addr: backend.addr, source });
                                 backend = next;
                                 moved = true;
-                                last = Some(ProxyError::Upstream { addr: backend.addr, source });
                                 continue;
                             }
                             None => return Err(ProxyError::Upstream { addr: backend.addr, source }),
