@@ -47,7 +47,7 @@ pub struct Config {
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (the ingress, ACME and DNS are
+    /// Keys the operator set that no code reads yet (HTTPS, ACME and DNS are
     /// planned); the daemon says so at start instead of ignoring them silently.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
@@ -56,7 +56,7 @@ pub struct Config {
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
 const NOT_YET_USED: &[(&str, &str)] =
-    &[("ingress", "http_listen"), ("ingress", "https_listen"), ("ingress", "apps_domain"), ("acme", "*"), ("dns", "*")];
+    &[("ingress", "https_listen"), ("ingress", "apps_domain"), ("acme", "*"), ("dns", "*")];
 
 fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
     let mut out = Vec::new();
@@ -67,9 +67,6 @@ fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
                 out.push(format!("{section}.{k}"));
             }
         }
-    }
-    if flags.http_listen.is_some() {
-        out.push("--http-listen".into());
     }
     if flags.https_listen.is_some() {
         out.push("--https-listen".into());
@@ -121,7 +118,8 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
-    /// Plain HTTP listener (ACME HTTP-01, redirects, domain verification).
+    /// Plain HTTP listener: the reverse proxy to services (later also ACME HTTP-01,
+    /// redirects and domain verification).
     pub http_listen: SocketAddr,
     /// HTTPS listener.
     pub https_listen: SocketAddr,
@@ -129,6 +127,20 @@ pub struct IngressConfig {
     pub apps_domain: String,
     /// Optional hostname routed to the API listener over TLS.
     pub control_domain: Option<String>,
+    /// Open client connections to the ingress, in all.
+    pub max_connections: usize,
+    /// Open client connections from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Time a client has to send a request head, and the longest a kept-alive
+    /// connection may sit idle, in seconds.
+    pub head_timeout_seconds: u64,
+    /// Time every request body gets before the minimum rate applies, in seconds.
+    pub body_grace_seconds: u64,
+    /// Slowest average rate a request body may arrive at after the grace, in bytes/s
+    /// (time the upstream spends not reading is not counted).
+    pub body_min_bytes_per_second: u64,
+    /// Longest pause between two pieces of a request body, in seconds.
+    pub body_idle_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +264,12 @@ impl Default for IngressConfig {
             https_listen: SocketAddr::from(([0, 0, 0, 0], 443)),
             apps_domain: "localhost".into(),
             control_domain: None,
+            max_connections: 8192,
+            max_connections_per_address: 256,
+            head_timeout_seconds: 30,
+            body_grace_seconds: 10,
+            body_min_bytes_per_second: 4096,
+            body_idle_seconds: 30,
         }
     }
 }
@@ -406,6 +424,15 @@ impl Config {
         if self.api.head_timeout_seconds == 0 || self.api.body_idle_seconds == 0 {
             return invalid("api.head_timeout_seconds", "must be at least 1, and so must body_idle_seconds");
         }
+        if self.ingress.max_connections == 0 || self.ingress.max_connections_per_address == 0 {
+            return invalid("ingress.max_connections", "must be at least 1, and so must max_connections_per_address");
+        }
+        if self.ingress.head_timeout_seconds == 0 || self.ingress.body_idle_seconds == 0 {
+            return invalid("ingress.head_timeout_seconds", "must be at least 1, and so must body_idle_seconds");
+        }
+        if self.ingress.http_listen == self.api.listen && self.api.listen.port() != 0 {
+            return invalid("ingress.http_listen", "must differ from api.listen");
+        }
         if self.registry.max_open_uploads_per_project == 0 {
             return invalid("registry.max_open_uploads_per_project", "must be at least 1");
         }
@@ -514,7 +541,7 @@ mod tests {
         assert_eq!(c.ingress.https_listen.port(), 8443);
         assert!(!c.acme.enabled);
         assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
-        assert_eq!(c.not_yet_used, vec!["ingress.http_listen".to_string()], "the ingress is not built yet");
+        assert!(c.not_yet_used.is_empty(), "the HTTP ingress reads http_listen: {:?}", c.not_yet_used);
         assert_eq!(c.run_dir, PathBuf::from(".berth-dev/run"));
         // The run dir follows the data dir, wherever it is set, unless set itself.
         let flags = Overrides { dev: true, data_dir: Some("/srv/x".into()), ..Default::default() };

@@ -26,6 +26,8 @@ pub struct Shared {
     pub sealer: Arc<crate::secrets::Sealer>,
     /// The ingress's live routing table.
     pub routes: Arc<crate::ingress::routes::RoutingTable>,
+    /// Each service's recent ingress requests (`GET /v1/services/{id}/requests`).
+    pub access_log: Arc<crate::ingress::access_log::AccessLog>,
 }
 
 /// What the daemon builds before the shared state, handed over in one piece.
@@ -59,6 +61,7 @@ impl AppState {
             host,
             sealer,
             routes: Arc::new(crate::ingress::routes::RoutingTable::new()),
+            access_log: Arc::new(crate::ingress::access_log::AccessLog::default()),
         }))
     }
 }

@@ -19,6 +19,7 @@ mod flow;
 mod harness;
 mod hold;
 mod images;
+mod ingress;
 mod lifecycle;
 mod matrix;
 mod network;
