@@ -39,6 +39,7 @@
 pub mod error;
 pub mod flatten;
 mod fs;
+pub mod remote;
 pub mod snapshots;
 pub mod unpack;
 

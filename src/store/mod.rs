@@ -29,6 +29,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod ipam;
 pub mod projects;
 pub mod registry;
@@ -84,6 +85,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/004_ipam.sql")),
     (5, include_str!("migrations/005_network.sql")),
     (6, include_str!("migrations/006_token_parents.sql")),
+    (8, include_str!("migrations/008_oci_cache.sql")),
 ];
 
 /// Handle to the database; cheap to clone.
