@@ -50,14 +50,18 @@ pub fn touch(c: &Connection, digests: &[String], now: i64) -> Result<usize> {
 pub struct CachedBlob {
     pub digest: String,
     pub size: i64,
+    /// `index`, `manifest`, `config` or `layer`.
+    pub kind: String,
     pub last_used_at: i64,
 }
 
 /// Every cached blob, least recently used first.
 pub fn by_last_use(c: &Connection) -> Result<Vec<CachedBlob>> {
-    let mut stmt = c.prepare("SELECT digest, size, last_used_at FROM oci_cache ORDER BY last_used_at, digest")?;
+    let mut stmt = c.prepare("SELECT digest, size, kind, last_used_at FROM oci_cache ORDER BY last_used_at, digest")?;
     let rows = stmt
-        .query_map([], |r| Ok(CachedBlob { digest: r.get(0)?, size: r.get(1)?, last_used_at: r.get(2)? }))?
+        .query_map([], |r| {
+            Ok(CachedBlob { digest: r.get(0)?, size: r.get(1)?, kind: r.get(2)?, last_used_at: r.get(3)? })
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
@@ -134,9 +138,9 @@ pub struct CacheGcReport {
     pub blobs_kept_linked: i64,
     /// Bytes whose files were deleted.
     pub bytes_freed: i64,
-    /// Least recently used blobs passed over because a service runs them.
+    /// Blobs of evicted images kept because a service runs them.
     pub skipped_pinned: i64,
-    /// Blobs passed over because they were used within the grace period.
+    /// Images passed over because they were used within the grace period.
     pub skipped_recent: i64,
     /// Whether the cache is still over its cap (what is left is in use or recent).
     pub over_cap: bool,

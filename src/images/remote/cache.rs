@@ -5,13 +5,15 @@
 //! and [`touch_image`] marks an image used again (a deployment that runs it without
 //! pulling, a rollback). Registry GC never deletes a cached blob.
 //!
-//! [`gc`] evicts least recently used blobs until the cache is within its cap. It
-//! never evicts a blob in the pinned set (what services run) or one used within the
-//! grace period (a pull whose deployment has not started its replicas yet), and it
-//! never deletes a file a hosted repository links: that blob only leaves the cache.
-//! Blobs of one image are used together, so they leave together, oldest image first.
-//! The decision and the deletions run under the registry's collection lock, so no
-//! pull or push commits a blob that is being deleted.
+//! [`gc`] evicts least recently used images until the cache is within its cap: an
+//! image manifest leaves with its config and layers, an index with its entries, and
+//! a blob no cached manifest names (what a failed pull left) on its own. It never
+//! evicts a blob in the pinned set (what services run), an image used within the
+//! grace period (a pull whose deployment has not started its replicas yet), or a
+//! layer another cached image still has; and it never deletes a file a hosted
+//! repository links: that blob only leaves the cache. The eviction and the deletions
+//! run under the registry's collection lock, so no pull or push commits a blob that
+//! is being deleted, and a blob used after it was picked is kept.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -95,7 +97,7 @@ pub async fn touch_image(registry: &Registry, manifest: &Digest) -> Result<usize
     Ok(registry.store().write(move |c| sql::touch(c, &digests, crate::ids::unix_now())).await?)
 }
 
-/// Evicts least recently used cached blobs until the cache holds at most
+/// Evicts least recently used cached images until the cache holds at most
 /// `max_bytes`, keeping `pinned` digests and anything used within `grace`; records
 /// and returns the report.
 pub async fn gc(
@@ -111,21 +113,15 @@ pub async fn gc(
     let rows = store.read(sql::by_last_use).await?;
     let before: i64 = rows.iter().map(|r| r.size).sum();
     let mut report = CacheGcReport { max_bytes: cap, bytes_before: before, ..Default::default() };
-    let mut left = before;
-    let mut chosen = Vec::new();
-    for r in rows {
-        if left <= cap {
-            break;
-        }
-        if pinned.contains(&r.digest) {
-            report.skipped_pinned += 1;
-        } else if r.last_used_at > recent_after {
-            report.skipped_recent += 1;
-        } else {
-            left -= r.size;
-            chosen.push(r);
-        }
-    }
+    let chosen = if before > cap {
+        let blobs = registry.blobs.clone();
+        let units = tokio::task::spawn_blocking(move || units(&blobs, rows))
+            .await
+            .map_err(|e| CacheError::Internal(e.to_string()))?;
+        plan(units, before, cap, pinned, recent_after, &mut report)
+    } else {
+        Vec::new()
+    };
     if !chosen.is_empty() {
         let _exclusive = registry.hold_collection().await;
         let outcomes = store
@@ -185,4 +181,84 @@ pub async fn gc(
         "layer cache collection finished"
     );
     Ok(report)
+}
+
+/// Blobs that leave the cache together: an image manifest with its config and
+/// layers, an index with its entries, or a lone blob no cached manifest names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Unit {
+    /// When its manifest (or the lone blob) was last used: a layer another image
+    /// shares may have been used later, the image itself was not.
+    pub last_used_at: i64,
+    pub blobs: Vec<sql::CachedBlob>,
+}
+
+/// Groups cached blobs into [`Unit`]s, reading each cached manifest from the store
+/// (blocking), least recently used first. A blob two images share is in both.
+pub(super) fn units(blobs: &crate::registry::blobs::BlobStore, rows: Vec<sql::CachedBlob>) -> Vec<Unit> {
+    let by_digest: std::collections::HashMap<String, sql::CachedBlob> =
+        rows.iter().map(|r| (r.digest.clone(), r.clone())).collect();
+    let mut grouped = HashSet::new();
+    let mut out = Vec::new();
+    for r in rows.iter().filter(|r| r.kind == "index" || r.kind == "manifest") {
+        let refs = Digest::parse(&r.digest)
+            .ok()
+            .and_then(|d| blobs.read_small(&d, MAX_MANIFEST_BYTES as u64).ok())
+            .and_then(|b| Manifest::parse(&b, None).ok())
+            .map(|m| m.blobs().iter().chain(m.children()).map(ToString::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut members = vec![r.clone()];
+        members.extend(refs.iter().filter_map(|d| by_digest.get(d)).filter(|b| b.digest != r.digest).cloned());
+        grouped.extend(members.iter().map(|b| b.digest.clone()));
+        out.push(members);
+    }
+    out.extend(rows.into_iter().filter(|r| !grouped.contains(&r.digest)).map(|r| vec![r]));
+    let mut units: Vec<Unit> =
+        out.into_iter().map(|blobs| Unit { last_used_at: blobs[0].last_used_at, blobs }).collect();
+    units.sort_by(|a, b| a.last_used_at.cmp(&b.last_used_at).then_with(|| a.blobs[0].digest.cmp(&b.blobs[0].digest)));
+    units
+}
+
+/// Which blobs to evict: whole units, least recently used first, until `total`
+/// is within `cap`. A unit used after `recent_after` stays; a pinned blob stays; a
+/// blob shared with a unit that stays, stays.
+pub(super) fn plan(
+    units: Vec<Unit>,
+    total: i64,
+    cap: i64,
+    pinned: &HashSet<String>,
+    recent_after: i64,
+    report: &mut CacheGcReport,
+) -> Vec<sql::CachedBlob> {
+    let mut holders: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for u in &units {
+        for b in &u.blobs {
+            *holders.entry(b.digest.as_str()).or_default() += 1;
+        }
+    }
+    let mut left = total;
+    let mut chosen: Vec<sql::CachedBlob> = Vec::new();
+    for u in &units {
+        if left <= cap {
+            break;
+        }
+        if u.last_used_at > recent_after {
+            report.skipped_recent += 1;
+            continue;
+        }
+        for b in &u.blobs {
+            let Some(n) = holders.get_mut(b.digest.as_str()) else { continue };
+            *n -= 1;
+            if *n > 0 {
+                continue;
+            }
+            if pinned.contains(&b.digest) {
+                report.skipped_pinned += 1;
+                continue;
+            }
+            left -= b.size;
+            chosen.push(b.clone());
+        }
+    }
+    chosen
 }

@@ -77,34 +77,46 @@ pub(super) struct Http {
 }
 
 impl Http {
-    /// Blocking: reads the system's CA certificates. Without any, the client is
-    /// still made (loopback registries need no TLS) and HTTPS pulls say why they
-    /// cannot work.
-    pub(super) fn new(overrides: Arc<BTreeMap<String, IpAddr>>) -> Result<Http, String> {
+    /// Blocking: reads the system's CA certificates (`rustls-native-certs`, which
+    /// honours `SSL_CERT_FILE` and `SSL_CERT_DIR`), plus `extra_roots` (PEM). Without
+    /// any root the client is still made (loopback registries need no TLS) and HTTPS
+    /// pulls say why they cannot work.
+    pub(super) fn new(overrides: Arc<BTreeMap<String, IpAddr>>, extra_roots: &[u8]) -> Result<Http, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
         let mut tcp = HttpConnector::new_with_resolver(Resolver { overrides, system: GaiResolver::new() });
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         tcp.set_nodelay(true);
         tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        if !native.errors.is_empty() {
+            tracing::warn!(errors = ?native.errors, "some system CA certificates could not be read");
+        }
+        roots.add_parsable_certificates(native.certs);
+        for cert in CertificateDer::pem_slice_iter(extra_roots) {
+            let cert = cert.map_err(|e| format!("extra CA certificates: {e}"))?;
+            roots.add(cert).map_err(|e| format!("extra CA certificate: {e}"))?;
+        }
+        let tls_unavailable = roots.is_empty().then(|| {
+            tracing::warn!("no CA certificates: pulls over HTTPS will fail (install ca-certificates)");
+            "no CA certificates in the system store (install ca-certificates)".to_string()
+        });
         // ring, not aws-lc-rs: no cmake and minutes less to build (adr/019); ring has
         // no post-quantum key exchange yet, which rustls now flags.
         #[expect(deprecated, reason = "ring is chosen over aws-lc-rs on purpose (adr/019)")]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (builder, tls_unavailable) = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(b) => (b, None),
-            Err(e) => {
-                tracing::warn!(error = %e, "no CA certificates: pulls over HTTPS will fail (install ca-certificates)");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("tls setup: {e}"))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                (hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config), Some(e.to_string()))
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().wrap_connector(tcp);
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("tls setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
@@ -131,7 +143,7 @@ impl Http {
                 if let Some(why) = &self.tls_unavailable {
                     return Err(PullError::Unreachable {
                         registry: registry.to_string(),
-                        reason: format!("no CA certificates to check its TLS certificate ({why})"),
+                        reason: format!("cannot check its TLS certificate: {why}"),
                     });
                 }
             }

@@ -44,6 +44,8 @@ pub struct Puller {
 
 struct Inner {
     overrides: Arc<BTreeMap<String, IpAddr>>,
+    /// CA certificates (PEM) trusted besides the system's.
+    extra_roots: Vec<u8>,
     http: tokio::sync::OnceCell<Result<Http, String>>,
     tokens: Tokens,
 }
@@ -58,7 +60,7 @@ pub struct Pulled {
     pub manifest: Digest,
     /// The image manifest for this machine's platform.
     pub image: Digest,
-    /// Config and layers, bottom layer last.
+    /// The config, then the layers, bottom layer first.
     pub blobs: Vec<Digest>,
     /// Bytes of the config and layers together.
     pub image_bytes: u64,
@@ -81,10 +83,17 @@ struct Fetched {
 impl Puller {
     /// A client answering `overrides` (`[dns] overrides`) before the system resolver.
     pub fn new(overrides: BTreeMap<String, IpAddr>) -> Puller {
+        Self::with_extra_roots(overrides, Vec::new())
+    }
+
+    /// A client that also trusts the CA certificates in `pem` (a private CA the
+    /// system store lacks). Checked when the first pull builds the client.
+    pub fn with_extra_roots(overrides: BTreeMap<String, IpAddr>, pem: Vec<u8>) -> Puller {
         let overrides = overrides.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
         Puller {
             inner: Arc::new(Inner {
                 overrides: Arc::new(overrides),
+                extra_roots: pem,
                 http: tokio::sync::OnceCell::new(),
                 tokens: Tokens::default(),
             }),
@@ -320,11 +329,11 @@ impl Puller {
 
 impl Inner {
     async fn http(&self) -> Result<&Http, PullError> {
-        let overrides = self.overrides.clone();
+        let (overrides, extra) = (self.overrides.clone(), self.extra_roots.clone());
         let built = self
             .http
             .get_or_init(|| async move {
-                tokio::task::spawn_blocking(move || Http::new(overrides))
+                tokio::task::spawn_blocking(move || Http::new(overrides, &extra))
                     .await
                     .unwrap_or_else(|e| Err(format!("building the HTTP client: {e}")))
             })

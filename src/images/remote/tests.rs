@@ -639,3 +639,86 @@ fn logins_never_print_their_password() {
     let l = login("alice", "s3cr3t");
     assert!(!format!("{l:?}").contains("s3cr3t"));
 }
+
+/// Eviction planning: whole images, oldest first; shared layers go with the last
+/// image that has them; pinned blobs and recently used images stay.
+#[test]
+fn eviction_takes_whole_images_and_keeps_shared_layers() {
+    use crate::store::cache::CachedBlob;
+    let blob =
+        |d: &str, kind: &str, t: i64| CachedBlob { digest: d.into(), size: 100, kind: kind.into(), last_used_at: t };
+    let unit = |blobs: Vec<CachedBlob>| cache::Unit { last_used_at: blobs[0].last_used_at, blobs };
+    let units = vec![
+        unit(vec![blob("lone", "layer", 0)]),
+        unit(vec![
+            blob("mA", "manifest", 1),
+            blob("cA", "config", 1),
+            blob("l1", "layer", 1),
+            blob("shared", "layer", 2),
+        ]),
+        unit(vec![
+            blob("mB", "manifest", 2),
+            blob("cB", "config", 2),
+            blob("shared", "layer", 2),
+            blob("l2", "layer", 2),
+        ]),
+        unit(vec![blob("mC", "manifest", 50), blob("l3", "layer", 50)]),
+    ];
+    let names = |v: &[CachedBlob]| v.iter().map(|b| b.digest.clone()).collect::<Vec<_>>();
+    // Enough to drop the lone blob and image A: the layer B shares stays.
+    let mut r = CacheGcReport::default();
+    let chosen = cache::plan(units.clone(), 1100, 700, &HashSet::new(), 10, &mut r);
+    assert_eq!(names(&chosen), ["lone", "mA", "cA", "l1"]);
+    // Down to nothing: B goes too, with the shared layer, but not its pinned layer;
+    // C was used within the grace period.
+    let mut r = CacheGcReport::default();
+    let pinned: HashSet<String> = ["l2".to_string()].into();
+    let chosen = cache::plan(units, 1100, 0, &pinned, 10, &mut r);
+    assert_eq!(names(&chosen), ["lone", "mA", "cA", "l1", "mB", "cB", "shared"]);
+    assert_eq!((r.skipped_pinned, r.skipped_recent), (1, 1));
+}
+
+/// Units come from the manifests in the store: an image with its blobs, an index
+/// with its entries, lone blobs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_images_are_grouped_from_their_manifests() {
+    let mut content = Content::default();
+    let (_, arch) = super::platform();
+    let m = content.image(arch, &[layer("g", 100, 11)]);
+    let len = content.len(&m);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": crate::oci::OCI_INDEX,
+        "manifests": [{"mediaType": crate::oci::OCI_MANIFEST, "digest": m, "size": len, "platform": {"os": "linux", "architecture": arch}}],
+    }))
+    .unwrap();
+    let index = content.put(crate::oci::OCI_INDEX, index);
+    content.tags.insert("v1".into(), index.clone());
+    let mock = Mock::start(registry_handler("g/app", content, None, |_| true)).await;
+    let f = Fixture::new();
+    let p = Puller::new(Default::default()).pull(&f.registry, &reference(mock.addr, "g/app:v1"), None).await.unwrap();
+    // A blob a failed pull left.
+    let stray = Digest::of(b"stray");
+    f.registry.blobs.put_small(&stray, b"stray").unwrap();
+    let row = cache::entry(&stray, 5, cache::Kind::Layer);
+    f.registry.store().write(move |c| crate::store::cache::record(c, &[row], "r.io/x:1", 1)).await.unwrap();
+    let rows = f.registry.store().read(crate::store::cache::by_last_use).await.unwrap();
+    let blobs = f.registry.blobs.clone();
+    let units = tokio::task::spawn_blocking(move || cache::units(&blobs, rows)).await.unwrap();
+    let mut groups: Vec<Vec<String>> = units
+        .iter()
+        .map(|u| {
+            let mut v: Vec<String> = u.blobs.iter().map(|b| b.digest.clone()).collect();
+            v.sort();
+            v
+        })
+        .collect();
+    groups.sort();
+    let mut image: Vec<String> = p.blobs.iter().map(ToString::to_string).chain([m.clone()]).collect();
+    image.sort();
+    let mut with_index = vec![index, m];
+    with_index.sort();
+    let mut want = vec![image, with_index, vec![stray.to_string()]];
+    want.sort();
+    assert_eq!(groups, want);
+    assert_eq!(units[0].blobs[0].digest, stray.to_string(), "the stray blob is the least recently used");
+}
