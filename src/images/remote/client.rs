@@ -277,18 +277,23 @@ impl std::error::Error for BodyFault {}
 /// A response body that must keep moving (a grace, then a minimum average rate,
 /// and a longest pause) and may not exceed `limit` bytes. Why it failed is kept in
 /// `fault`, for callers that see the error only through another layer.
-pub(super) struct Guarded {
-    inner: Incoming,
+pub(super) struct Guarded<B = Incoming> {
+    inner: B,
     limit: u64,
     received: u64,
-    started: Option<(Instant, Instant)>,
+    /// Set at the first read: the clock starts then.
+    started: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     pub(super) fault: Arc<std::sync::Mutex<Option<BodyFault>>>,
     done: bool,
 }
 
-impl Guarded {
-    pub(super) fn new(inner: Incoming, limit: u64) -> Guarded {
+impl<B> Guarded<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    pub(super) fn new(inner: B, limit: u64) -> Guarded<B> {
         Guarded {
             inner,
             limit,
@@ -300,6 +305,8 @@ impl Guarded {
         }
     }
 
+    /// When the body fails if nothing more comes: the grace plus the time the bytes
+    /// so far buy at the minimum rate, and never later than the longest pause.
     fn deadline(&self, started: Instant, last: Instant) -> Instant {
         let by_rate = started + BODY_GRACE + Duration::from_secs_f64(self.received as f64 / MIN_RATE as f64);
         by_rate.min(last + BODY_IDLE)
@@ -323,7 +330,11 @@ impl Guarded {
     }
 }
 
-impl http_body::Body for Guarded {
+impl<B> http_body::Body for Guarded<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     type Data = Bytes;
     type Error = BodyFault;
 
@@ -333,11 +344,10 @@ impl http_body::Body for Guarded {
             return Poll::Ready(None);
         }
         let started = match this.started {
-            Some((s, _)) => s,
+            Some(s) => s,
             None => {
-                // The clock starts when the body is first read.
                 let now = Instant::now();
-                this.started = Some((now, now));
+                this.started = Some(now);
                 let d = this.deadline(now, now);
                 this.timer.as_mut().reset(d);
                 now
@@ -351,9 +361,7 @@ impl http_body::Body for Guarded {
                         let limit = this.limit;
                         return this.fail(BodyFault::TooLarge(limit));
                     }
-                    let now = Instant::now();
-                    this.started = Some((started, now));
-                    let d = this.deadline(started, now);
+                    let d = this.deadline(started, Instant::now());
                     this.timer.as_mut().reset(d);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -376,5 +384,95 @@ impl http_body::Body for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body fed by the test through a channel.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// Sends `chunk` bytes every `every` for `times` times, then ends the body.
+    fn trickle(chunk: usize, every: Duration, times: usize) -> Fed {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..times {
+                tokio::time::sleep(every).await;
+                if tx.send(Bytes::from(vec![0u8; chunk])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Fed(rx)
+    }
+
+    async fn drain(b: Guarded<Fed>) -> (Result<u64, BodyFault>, Duration) {
+        let t0 = Instant::now();
+        let r = b.read_all().await.map(|v| v.len() as u64);
+        (r, t0.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_must_keep_its_rate_after_the_grace() {
+        // 64 KiB/s for a minute: fine.
+        let (r, _) = drain(Guarded::new(trickle(64 << 10, Duration::from_secs(1), 60), u64::MAX)).await;
+        assert_eq!(r, Ok(60 * (64 << 10)));
+        // 1 KiB/s: fine during the grace, then too slow.
+        let (r, took) = drain(Guarded::new(trickle(1024, Duration::from_secs(1), 600), u64::MAX)).await;
+        assert_eq!(r, Err(BodyFault::TooSlow));
+        assert!(took >= BODY_GRACE && took < BODY_GRACE + Duration::from_secs(5), "{took:?}");
+        // A pause longer than the longest allowed, even with credit from a fast start.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(Bytes::from(vec![0u8; 64 << 20])).await.unwrap();
+        let (r, took) = drain(Guarded::new(Fed(rx), u64::MAX)).await;
+        assert_eq!(r, Err(BodyFault::TooSlow));
+        assert_eq!(took, BODY_IDLE);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_may_not_exceed_its_limit() {
+        let b = Guarded::new(trickle(1000, Duration::from_millis(1), 5), 4500);
+        let fault = b.fault.clone();
+        let (r, _) = drain(b).await;
+        assert_eq!(r, Err(BodyFault::TooLarge(4500)));
+        assert_eq!(*fault.lock().unwrap(), Some(BodyFault::TooLarge(4500)), "the reason is kept for the caller");
+        let (r, _) = drain(Guarded::new(trickle(1000, Duration::from_millis(1), 5), 5000)).await;
+        assert_eq!(r, Ok(5000));
+    }
+
+    #[test]
+    fn loopback_plain_http_and_redirect_targets() {
+        for h in ["127.0.0.1", "127.3.2.1", "[::1]", "::1", "localhost", "LOCALHOST"] {
+            assert!(is_loopback_host(h), "{h}");
+            assert_eq!(scheme_for(h), "http");
+        }
+        for h in ["10.0.0.1", "registry.test", "localhost.example.com", "[::2]"] {
+            assert_eq!(scheme_for(h), "https", "{h}");
+        }
+        let base: Uri = "https://r.io/v2/a/blobs/sha256:x".parse().unwrap();
+        let abs = |l: &str| resolve(&base, l).map(|u| u.to_string());
+        assert_eq!(abs("https://s3.example.com/b?sig=1").as_deref(), Some("https://s3.example.com/b?sig=1"));
+        assert_eq!(abs("//cdn.example.com/x").as_deref(), Some("https://cdn.example.com/x"));
+        assert_eq!(abs("/v2/other").as_deref(), Some("https://r.io/v2/other"));
+        assert_eq!(abs("y").as_deref(), Some("https://r.io/v2/a/blobs/y"));
+        let presigned: Uri = "https://s3.example.com/bucket/key?X-Amz-Signature=secret".parse().unwrap();
+        assert_eq!(display_url(&presigned), "https://s3.example.com/bucket/key", "no query in messages");
+        assert!(check_scheme("r", &"http://127.0.0.1:5000/x".parse().unwrap()).is_ok());
+        assert!(check_scheme("r", &"http://r.io/x".parse().unwrap()).is_err());
+        assert!(check_scheme("r", &"ftp://r.io/x".parse().unwrap()).is_err());
     }
 }
