@@ -300,6 +300,15 @@ async fn an_index_resolves_to_this_platform() {
     assert_eq!(p.blobs_fetched, 2, "only this platform's config and layer");
     let files = f.blob_files();
     assert!(files.contains(&index_digest) && files.contains(&mine) && !files.contains(&theirs));
+    // A deployment that runs it again (a rollback) marks the index, this platform's
+    // manifest, its config and layer used.
+    let all: Vec<String> =
+        [index_digest.clone(), mine.clone()].into_iter().chain(p.blobs.iter().map(ToString::to_string)).collect();
+    let old = all.clone();
+    f.registry.store().write(move |c| crate::store::cache::touch(c, &old, 1)).await.unwrap();
+    assert_eq!(cache::touch_image(&f.registry, &p.manifest).await.unwrap(), 4);
+    let rows = f.registry.store().read(crate::store::cache::by_last_use).await.unwrap();
+    assert!(rows.iter().filter(|r| all.contains(&r.digest)).all(|r| r.last_used_at > 1), "{rows:?}");
     let e = puller.pull(&f.registry, &reference(mock.addr, "org/multi:elsewhere"), None).await.unwrap_err();
     assert!(matches!(e, PullError::Unsupported(_)), "{e}");
     assert!(e.to_string().contains(&format!("linux/{arch}")), "{e}");
