@@ -44,10 +44,12 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Running containers.
     pub runtime: RuntimeConfig,
+    /// The layer cache of images pulled from external registries.
+    pub cache: CacheConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (HTTPS, ACME and DNS are
+    /// Keys the operator set that no code reads yet (HTTPS and ACME are
     /// planned); the daemon says so at start instead of ignoring them silently.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
@@ -55,8 +57,7 @@ pub struct Config {
 
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
-const NOT_YET_USED: &[(&str, &str)] =
-    &[("ingress", "https_listen"), ("ingress", "apps_domain"), ("acme", "*"), ("dns", "*")];
+const NOT_YET_USED: &[(&str, &str)] = &[("ingress", "https_listen"), ("ingress", "apps_domain"), ("acme", "*")];
 
 fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
     let mut out = Vec::new();
@@ -159,8 +160,23 @@ pub struct AcmeConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
-    /// Hostname → address answers berth uses instead of the system resolver.
+    /// Hostname → address answers berth uses instead of the system resolver (today:
+    /// pulls from external registries; TLS still checks the certificate for the name).
     pub overrides: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes the layer cache may hold before cache GC evicts the least recently used
+    /// images (never one a service runs, nor one used within `registry.gc_grace_seconds`).
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: 10 << 30 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +243,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
+            cache: CacheConfig::default(),
             dev: false,
             not_yet_used: Vec::new(),
         }
@@ -297,7 +314,7 @@ impl Default for NetworkConfig {
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime"];
+const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime", "cache"];
 /// Top-level keys a `BERTH_<KEY>` variable may name.
 const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
 /// `BERTH_*` variables that are not config keys.
@@ -447,6 +464,12 @@ impl Config {
         if let Err(e) = crate::runtime::network::NetOptions::from_config(&self.network) {
             return invalid("network", &e.to_string());
         }
+        if self.cache.max_bytes > i64::MAX as u64 {
+            return invalid("cache.max_bytes", "must be at most 9223372036854775807");
+        }
+        if let Some(name) = self.dns.overrides.keys().find(|n| !crate::validate::is_hostname(&n.to_ascii_lowercase())) {
+            return invalid("dns.overrides", &format!("{name:?} is not a hostname"));
+        }
         if !crate::validate::is_dns_label(&self.runtime.cgroup_prefix) {
             return invalid("runtime.cgroup_prefix", "must be a DNS label");
         }
@@ -563,7 +586,8 @@ mod tests {
         let p = write(&d, "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n");
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
-        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string(), "dns.overrides".to_string()]);
+        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string()], "dns.overrides is read by external pulls");
+        assert_eq!(c.dns.overrides.get("a.test"), Some(&"127.0.0.1".parse().unwrap()));
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -588,6 +612,15 @@ mod tests {
             assert!(e.to_string().contains("network"), "{bad}: {e}");
         }
         assert!(Config::load(Some(&d.join("missing.toml")), vec![], &Overrides::default()).is_err());
+        let p = write(&d, "[cache]\nmax_bytes = -1\n");
+        let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("max_bytes"), "{e}");
+        let env = vec![("BERTH_CACHE_MAX_BYTES".to_string(), "1048576".to_string())];
+        let c = Config::load(None, env, &Overrides { dev: true, ..Default::default() }).unwrap();
+        assert_eq!(c.cache.max_bytes, 1 << 20);
+        let p = write(&d, "[dns]\noverrides = { \"not a name\" = \"127.0.0.1\" }\n");
+        let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("dns.overrides"), "{e}");
         std::fs::remove_dir_all(d).unwrap();
     }
 }

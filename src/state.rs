@@ -28,6 +28,8 @@ pub struct Shared {
     pub routes: Arc<crate::ingress::routes::RoutingTable>,
     /// Each service's recent ingress requests (`GET /v1/services/{id}/requests`).
     pub access_log: Arc<crate::ingress::access_log::AccessLog>,
+    /// The client for external registries: one connection pool and token cache.
+    pub puller: crate::images::remote::Puller,
 }
 
 /// What the daemon builds before the shared state, handed over in one piece.
@@ -51,6 +53,7 @@ impl AppState {
     pub fn new(parts: Parts) -> Self {
         let Parts { config, store, gate, host, engine, sealer } = parts;
         let registry = crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone());
+        let puller = crate::images::remote::Puller::new(config.dns.overrides.clone());
         AppState(Arc::new(Shared {
             engine,
             registry,
@@ -62,29 +65,58 @@ impl AppState {
             sealer,
             routes: Arc::new(crate::ingress::routes::RoutingTable::new()),
             access_log: Arc::new(crate::ingress::access_log::AccessLog::default()),
+            puller,
         }))
     }
 }
 
 impl AppState {
+    /// Blobs no collection may take: every blob a replica runs from.
+    pub async fn pinned_blobs(&self) -> Result<std::collections::HashSet<String>, crate::engine::EngineError> {
+        match &self.engine {
+            Some(engine) => engine.pinned_blobs().await,
+            None => Ok(Default::default()),
+        }
+    }
+
     /// Registry garbage collection, keeping every blob a replica runs from, then the
     /// unpacked layers whose blobs are gone.
     pub async fn collect_garbage(
         &self,
     ) -> Result<crate::store::registry::GcReport, crate::registry::error::RegistryError> {
-        let pinned = match &self.engine {
-            Some(engine) => engine
-                .pinned_blobs()
-                .await
-                .map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?,
-            None => Default::default(),
-        };
+        let pinned =
+            self.pinned_blobs().await.map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?;
         let report = crate::registry::gc::run(&self.registry, &pinned).await?;
+        self.collect_snapshots().await;
+        Ok(report)
+    }
+
+    /// Layer cache collection down to `[cache] max_bytes`, keeping every blob a
+    /// replica runs from and anything used within the registry's grace period, then
+    /// the unpacked layers whose blobs are gone.
+    pub async fn collect_cache_garbage(
+        &self,
+    ) -> Result<crate::images::remote::CacheGcReport, crate::images::remote::CacheError> {
+        let pinned =
+            self.pinned_blobs().await.map_err(|e| crate::images::remote::CacheError::Internal(e.to_string()))?;
+        let report = crate::images::remote::cache::gc(
+            &self.registry,
+            &pinned,
+            self.config.cache.max_bytes,
+            self.registry.gc_grace,
+        )
+        .await?;
+        if report.blobs_evicted > report.blobs_kept_linked {
+            self.collect_snapshots().await;
+        }
+        Ok(report)
+    }
+
+    async fn collect_snapshots(&self) {
         if let Some(engine) = &self.engine {
             if let Err(e) = engine.gc_images().await {
                 tracing::warn!(error = %e, "image snapshot collection failed");
             }
         }
-        Ok(report)
     }
 }

@@ -6,6 +6,7 @@
 //! (later `engine`) to act. Handlers never hold SQL themselves.
 
 pub mod audit;
+pub mod cache;
 pub mod credentials;
 pub mod error;
 pub mod extract;

@@ -46,6 +46,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::registry::repositories,
         super::registry::status,
         super::registry::gc,
+        super::cache::status,
+        super::cache::gc,
         crate::registry::http::base,
         crate::registry::http::token,
         crate::registry::http::v2_get,

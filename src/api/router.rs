@@ -10,7 +10,7 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
 
 use super::{
-    AppState, audit, credentials, health, middleware, node, openapi, projects, registry, session, tokens, users,
+    AppState, audit, cache, credentials, health, middleware, node, openapi, projects, registry, session, tokens, users,
 };
 use crate::auth::{Role, Scope};
 use crate::registry::http as v2;
@@ -26,6 +26,9 @@ pub enum Access {
     Authenticated,
     /// A member of at least one project (any role), or a super-admin.
     AnyMember,
+    /// An Operator (or Admin) of at least one project, or a super-admin: node-wide
+    /// actions an operator may take (the layer cache's GC).
+    AnyOperator,
     /// An Admin of at least one project, or a super-admin; results are filtered to
     /// the projects the caller administers.
     AnyAdmin,
@@ -64,7 +67,7 @@ macro_rules! route {
 }
 
 use Access::*;
-use Role::{Admin, Operator, Viewer};
+use Role::{Admin, Viewer};
 
 pub static ROUTES: &[Route] = &[
     route!(GET "/healthz", Public, None, health::healthz),
@@ -103,6 +106,8 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/registry/repositories", Authenticated, Some(Scope::RegistryPull), registry::repositories),
     route!(GET "/v1/registry/status", AnyMember, Some(Scope::RegistryPull), registry::status),
     route!(POST "/v1/registry/gc", SuperAdmin, Some(Scope::RegistryPush), registry::gc),
+    route!(GET "/v1/oci/cache/status", AnyMember, Some(Scope::RegistryPull), cache::status),
+    route!(POST "/v1/oci/cache/gc", AnyOperator, Some(Scope::RegistryPush), cache::gc),
     route!(GET "/v2/", Registry, None, v2::base),
     route!(GET "/v2/token", Registry, None, v2::token),
     route!(GET "/v2/{*path}", Registry, None, v2::v2_get),
@@ -112,9 +117,6 @@ pub static ROUTES: &[Route] = &[
     route!(PATCH "/v2/{*path}", Registry, None, v2::v2_patch),
     route!(DELETE "/v2/{*path}", Registry, None, v2::v2_delete),
 ];
-
-/// Operator is referenced by later routes; keep the import honest until then.
-const _: Role = Operator;
 
 /// The two protocols of the API listener, as the outer layer needs to know them.
 pub struct Surfaces {

@@ -29,6 +29,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod credentials;
 pub mod ipam;
 pub mod projects;
@@ -86,6 +87,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/005_network.sql")),
     (6, include_str!("migrations/006_token_parents.sql")),
     (7, include_str!("migrations/007_credentials.sql")),
+    (8, include_str!("migrations/008_oci_cache.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -26,6 +26,7 @@ mod network;
 mod openapi;
 mod ratelimit;
 mod registry;
+mod remote;
 mod replicas;
 mod runtime;
 mod secrets;

@@ -99,6 +99,8 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         (Access::SuperAdmin, _) => Forbidden,
         (Access::AnyMember, Outsider) => Forbidden,
         (Access::AnyMember, _) => Allowed,
+        (Access::AnyOperator, Operator | Admin | OtherAdmin) => Allowed,
+        (Access::AnyOperator, _) => Forbidden,
         (Access::AnyAdmin, Admin | OtherAdmin) => Allowed,
         (Access::AnyAdmin, _) => Forbidden,
         (Access::Project(_), Outsider | OtherAdmin) => Hidden,
