@@ -130,6 +130,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets"
+LEFTOVER_BASELINE=$(mktemp)
+bash scripts/check-leftovers.sh --record "$LEFTOVER_BASELINE"
 cargo test --all-targets
 
 step "cgroup v2 VM: runtime tests"
@@ -139,7 +141,8 @@ step "README examples (scripts/readme-check.sh)"
 bash scripts/readme-check.sh
 
 step "nothing left behind by the tests (mounts, netns, links, nftables, cgroups, processes)"
-bash scripts/check-leftovers.sh
+bash scripts/check-leftovers.sh --since "$LEFTOVER_BASELINE"
+rm -f "$LEFTOVER_BASELINE"
 
 step "cargo build --release (for the benchmarks)"
 cargo build --release --bin berth
