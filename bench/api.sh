@@ -112,7 +112,7 @@ EOF
 
 # berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
 # all (BERTH_BIN among them) so only the config written above applies.
-env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --config "$T/berth.toml" \
+env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 --config "$T/berth.toml" \
     >"$T/berth.log" 2>&1 &
 PID=$!
 

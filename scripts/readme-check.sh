@@ -5,15 +5,16 @@
 #   bash scripts/readme-check.sh
 #
 # 1. Starts command 1, `bash scripts/dev.sh`, with its state in a temp dir
-#    (BERTH_DATA_DIR) and the API on a free loopback port (--api-listen), and waits
+#    (BERTH_DATA_DIR), the API and the ingress on free loopback ports (--api-listen,
+#    --http-listen), and waits
 #    until it answers /healthz.
 # 2. Starts a private Docker engine for the registry examples (its own data root, exec
 #    root, socket and client config, as TESTING.md shows; no bridge, no iptables).
 # 3. Takes every ```sh block of README.md in order, except a block right after a
 #    `<!-- readme-check: skip: <why> -->` line, and runs them as one bash script
 #    (`set -euo pipefail`, so the variables of one block reach the next), with the
-#    same two substitutions in every block: `127.0.0.1:7420` becomes the daemon's
-#    address and `.berth-dev` its temp state dir. The status of every curl is
+#    same substitutions in every block: `127.0.0.1:7420` becomes the daemon's API
+#    address, `127.0.0.1:8080` its ingress and `.berth-dev` its temp state dir. The status of every curl is
 #    asserted: the status in the comment that ends the command (`# 201`,
 #    `# 403 {...}`), else any 2xx; every other command must exit 0.
 # 4. Checks that the README names every API token scope of src/auth/scopes.rs.
@@ -82,11 +83,14 @@ cleanup() {
 trap cleanup EXIT
 
 # --- 1. command 1, on a free port with a temp state dir ------------------------------
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+IPORT=$(free_port)
 DATA="$T/data"
-say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT (state in $DATA)"
+say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT --http-listen 127.0.0.1:$IPORT (state in $DATA)"
 # dev.sh replaces itself with the daemon, so this pid is the daemon's.
-BERTH_DATA_DIR="$DATA" BERTH_LOG=warn bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" >"$T/dev.log" 2>&1 &
+BERTH_DATA_DIR="$DATA" BERTH_LOG=warn bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$IPORT" \
+    >"$T/dev.log" 2>&1 &
 BERTH_PID=$!
 # Command 1 may have to build first.
 for _ in $(seq 1800); do
@@ -131,11 +135,11 @@ done
 docker info >/dev/null 2>&1 || die "dockerd did not answer within 60 s"
 
 # --- 3. the README's sh blocks, as one script ------------------------------------------
-python3 - "$ROOT/README.md" "127.0.0.1:$PORT" "$DATA" >"$T/readme.sh" <<'EOF'
+python3 - "$ROOT/README.md" "127.0.0.1:$PORT" "127.0.0.1:$IPORT" "$DATA" >"$T/readme.sh" <<'EOF'
 import re
 import sys
 
-readme, addr, data = sys.argv[1:]
+readme, addr, ingress, data = sys.argv[1:]
 lines = open(readme, encoding="utf-8").read().split("\n")
 out = []
 blocks = commands = 0
@@ -162,7 +166,10 @@ while i < len(lines):
                 k = j
                 while body[k].rstrip().endswith("\\"):
                     k += 1
-                cmd = [l.replace("127.0.0.1:7420", addr).replace(".berth-dev", data) for l in body[j : k + 1]]
+                cmd = [
+                    l.replace("127.0.0.1:7420", addr).replace("127.0.0.1:8080", ingress).replace(".berth-dev", data)
+                    for l in body[j : k + 1]
+                ]
                 text = "\n".join(cmd)
                 if text.strip() and not text.lstrip().startswith("#"):
                     commands += 1

@@ -30,6 +30,8 @@ PACKAGES=(
     mount tar gzip python3 python3-pip python3-venv
     # real registry clients and the reference registry the benchmark compares against
     docker.io skopeo docker-registry busybox-static openssl
+    # htpasswd (bcrypt) for the registry with Basic auth that external pulls are tested against
+    apache2-utils
     # the pure cgroup v2 VM the runtime tests also run in (scripts/cgroup-v2-vm.sh)
     qemu-system-x86 linux-image-amd64 cpio
 )
@@ -128,6 +130,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets"
+LEFTOVER_BASELINE=$(mktemp)
+bash scripts/check-leftovers.sh --record "$LEFTOVER_BASELINE"
 cargo test --all-targets
 
 step "cgroup v2 VM: runtime tests"
@@ -137,7 +141,8 @@ step "README examples (scripts/readme-check.sh)"
 bash scripts/readme-check.sh
 
 step "nothing left behind by the tests (mounts, netns, links, nftables, cgroups, processes)"
-bash scripts/check-leftovers.sh
+bash scripts/check-leftovers.sh --since "$LEFTOVER_BASELINE"
+rm -f "$LEFTOVER_BASELINE"
 
 step "cargo build --release (for the benchmarks)"
 cargo build --release --bin berth

@@ -46,10 +46,12 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Rollouts of services.
     pub deploy: DeployConfig,
+    /// The layer cache of images pulled from external registries.
+    pub cache: CacheConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (the ingress, ACME and DNS are
+    /// Keys the operator set that no code reads yet (HTTPS and ACME are
     /// planned); the daemon says so at start instead of ignoring them silently.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
@@ -57,8 +59,7 @@ pub struct Config {
 
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
-const NOT_YET_USED: &[(&str, &str)] =
-    &[("ingress", "http_listen"), ("ingress", "https_listen"), ("acme", "*"), ("dns", "*")];
+const NOT_YET_USED: &[(&str, &str)] = &[("ingress", "https_listen"), ("acme", "*")];
 
 fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
     let mut out = Vec::new();
@@ -69,9 +70,6 @@ fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
                 out.push(format!("{section}.{k}"));
             }
         }
-    }
-    if flags.http_listen.is_some() {
-        out.push("--http-listen".into());
     }
     if flags.https_listen.is_some() {
         out.push("--https-listen".into());
@@ -123,7 +121,8 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
-    /// Plain HTTP listener (ACME HTTP-01, redirects, domain verification).
+    /// Plain HTTP listener: the reverse proxy to services (later also ACME HTTP-01,
+    /// redirects and domain verification).
     pub http_listen: SocketAddr,
     /// HTTPS listener.
     pub https_listen: SocketAddr,
@@ -131,6 +130,20 @@ pub struct IngressConfig {
     pub apps_domain: String,
     /// Optional hostname routed to the API listener over TLS.
     pub control_domain: Option<String>,
+    /// Open client connections to the ingress, in all.
+    pub max_connections: usize,
+    /// Open client connections from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Time a client has to send a request head, and the longest a kept-alive
+    /// connection may sit idle, in seconds.
+    pub head_timeout_seconds: u64,
+    /// Time every request body gets before the minimum rate applies, in seconds.
+    pub body_grace_seconds: u64,
+    /// Slowest average rate a request body may arrive at after the grace, in bytes/s
+    /// (time the upstream spends not reading is not counted).
+    pub body_min_bytes_per_second: u64,
+    /// Longest pause between two pieces of a request body, in seconds.
+    pub body_idle_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,8 +162,23 @@ pub struct AcmeConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
-    /// Hostname → address answers berth uses instead of the system resolver.
+    /// Hostname → address answers berth uses instead of the system resolver (today:
+    /// pulls from external registries; TLS still checks the certificate for the name).
     pub overrides: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes the layer cache may hold before cache GC evicts the least recently used
+    /// images (never one a service runs, nor one used within `registry.gc_grace_seconds`).
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { max_bytes: 10 << 30 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +265,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
             deploy: DeployConfig::default(),
+            cache: CacheConfig::default(),
             dev: false,
             not_yet_used: Vec::new(),
         }
@@ -274,6 +303,12 @@ impl Default for IngressConfig {
             https_listen: SocketAddr::from(([0, 0, 0, 0], 443)),
             apps_domain: "localhost".into(),
             control_domain: None,
+            max_connections: 8192,
+            max_connections_per_address: 256,
+            head_timeout_seconds: 30,
+            body_grace_seconds: 10,
+            body_min_bytes_per_second: 4096,
+            body_idle_seconds: 30,
         }
     }
 }
@@ -301,7 +336,7 @@ impl Default for NetworkConfig {
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime", "deploy"];
+const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime", "deploy", "cache"];
 /// Top-level keys a `BERTH_<KEY>` variable may name.
 const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
 /// `BERTH_*` variables that are not config keys.
@@ -428,6 +463,15 @@ impl Config {
         if self.api.head_timeout_seconds == 0 || self.api.body_idle_seconds == 0 {
             return invalid("api.head_timeout_seconds", "must be at least 1, and so must body_idle_seconds");
         }
+        if self.ingress.max_connections == 0 || self.ingress.max_connections_per_address == 0 {
+            return invalid("ingress.max_connections", "must be at least 1, and so must max_connections_per_address");
+        }
+        if self.ingress.head_timeout_seconds == 0 || self.ingress.body_idle_seconds == 0 {
+            return invalid("ingress.head_timeout_seconds", "must be at least 1, and so must body_idle_seconds");
+        }
+        if self.ingress.http_listen == self.api.listen && self.api.listen.port() != 0 {
+            return invalid("ingress.http_listen", "must differ from api.listen");
+        }
         if self.registry.max_open_uploads_per_project == 0 {
             return invalid("registry.max_open_uploads_per_project", "must be at least 1");
         }
@@ -441,6 +485,12 @@ impl Config {
         }
         if let Err(e) = crate::runtime::network::NetOptions::from_config(&self.network) {
             return invalid("network", &e.to_string());
+        }
+        if self.cache.max_bytes > i64::MAX as u64 {
+            return invalid("cache.max_bytes", "must be at most 9223372036854775807");
+        }
+        if let Some(name) = self.dns.overrides.keys().find(|n| !crate::validate::is_hostname(&n.to_ascii_lowercase())) {
+            return invalid("dns.overrides", &format!("{name:?} is not a hostname"));
         }
         if !crate::validate::is_dns_label(&self.runtime.cgroup_prefix) {
             return invalid("runtime.cgroup_prefix", "must be a DNS label");
@@ -542,7 +592,7 @@ mod tests {
         assert_eq!(c.ingress.https_listen.port(), 8443);
         assert!(!c.acme.enabled);
         assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
-        assert_eq!(c.not_yet_used, vec!["ingress.http_listen".to_string()], "the ingress is not built yet");
+        assert!(c.not_yet_used.is_empty(), "the HTTP ingress reads http_listen: {:?}", c.not_yet_used);
         assert_eq!(c.run_dir, PathBuf::from(".berth-dev/run"));
         // The run dir follows the data dir, wherever it is set, unless set itself.
         let flags = Overrides { dev: true, data_dir: Some("/srv/x".into()), ..Default::default() };
@@ -564,7 +614,8 @@ mod tests {
         let p = write(&d, "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n");
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
-        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string(), "dns.overrides".to_string()]);
+        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string()], "dns.overrides is read by external pulls");
+        assert_eq!(c.dns.overrides.get("a.test"), Some(&"127.0.0.1".parse().unwrap()));
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -589,6 +640,15 @@ mod tests {
             assert!(e.to_string().contains("network"), "{bad}: {e}");
         }
         assert!(Config::load(Some(&d.join("missing.toml")), vec![], &Overrides::default()).is_err());
+        let p = write(&d, "[cache]\nmax_bytes = -1\n");
+        let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("max_bytes"), "{e}");
+        let env = vec![("BERTH_CACHE_MAX_BYTES".to_string(), "1048576".to_string())];
+        let c = Config::load(None, env, &Overrides { dev: true, ..Default::default() }).unwrap();
+        assert_eq!(c.cache.max_bytes, 1 << 20);
+        let p = write(&d, "[dns]\noverrides = { \"not a name\" = \"127.0.0.1\" }\n");
+        let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("dns.overrides"), "{e}");
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Start: state dirs → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
-//! (routing table rebuilt) → listener → `READY=1` → workers. Stop (SIGTERM/SIGINT): stop accepting,
-//! drain in-flight requests for at most `api.shutdown_grace_seconds`, stop workers,
-//! then close the store (the writer finishes queued commits, the WAL is checkpointed).
+//! (routing table rebuilt) → listeners (API, then the ingress's HTTP listener) →
+//! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
+//! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
+//! close the store (the writer finishes queued commits, the WAL is checkpointed).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if !config.not_yet_used.is_empty() {
         tracing::warn!(
             keys = config.not_yet_used.join(", "),
-            "these settings are accepted but not used yet: the ingress, ACME and DNS overrides are planned"
+            "these settings are accepted but not used yet: HTTPS, ACME and DNS overrides are planned"
         );
     }
     for dir in [&config.data_dir, &config.run_dir] {
@@ -81,13 +82,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         tracing::error!(error = %e, "recovering services and deployments failed");
     }
     let app = api::router::build(state.clone());
-    raise_open_files_limit(config.api.max_connections);
+    // Every ingress connection may hold one to a replica as well.
+    raise_open_files_limit(config.api.max_connections + 2 * config.ingress.max_connections);
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|source| DaemonError::Listen { addr: config.api.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr: config.api.listen, source })?;
+    let (listener, addr) = bind(config.api.listen).await?;
     tracing::info!(%addr, dev = config.dev, data_dir = %config.data_dir.display(), "api listening");
+    let (http_listener, http_addr) = bind(config.ingress.http_listen).await?;
+    tracing::info!(addr = %http_addr, "ingress listening (http)");
 
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -98,7 +99,20 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let limits = crate::http::serve::Limits::from_config(&config.api);
     let conns = Arc::new(crate::http::serve::Connections::default());
     let server = tokio::spawn(crate::http::serve::serve(listener, app, limits, conns, stop_rx.clone(), grace));
-    sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}"));
+    let proxy = crate::ingress::proxy::Proxy::new(state.routes.clone(), state.access_log.clone());
+    let ingress = tokio::spawn(crate::http::serve::serve(
+        http_listener,
+        proxy.clone(),
+        crate::http::serve::Limits::for_ingress(&config.ingress),
+        Arc::new(crate::http::serve::Connections::default()),
+        stop_rx.clone(),
+        grace,
+    ));
+    let pruner = {
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { proxy.prune_until(stop).await })
+    };
+    sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}; ingress on {http_addr}"));
     let workers = crate::workers::start_all(&state, &stop_rx);
 
     let signal = tokio::select! {
@@ -110,13 +124,20 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     // Log streams would otherwise hold the drain for its whole grace period.
     state.deployer.shut_down();
-    match server.await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(seconds = grace.as_secs(), "in-flight requests did not finish in time; closed them")
+    // Both listeners drain at once, within the same grace.
+    let (api_drained, ingress_drained) = tokio::join!(server, ingress);
+    for (listener, drained) in [("api", api_drained), ("ingress", ingress_drained)] {
+        match drained {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                listener,
+                seconds = grace.as_secs(),
+                "in-flight requests did not finish in time; closed them"
+            ),
+            Err(e) => tracing::warn!(listener, error = %e, "server task failed"),
         }
-        Err(e) => tracing::warn!(error = %e, "server task failed"),
     }
+    let _ = pruner.await;
     for w in workers {
         let _ = w.await;
     }
@@ -124,6 +145,14 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listener and says which address it got (the port may have been 0).
+async fn bind(want: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {
+    let listener =
+        tokio::net::TcpListener::bind(want).await.map_err(|source| DaemonError::Listen { addr: want, source })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Listen { addr: want, source })?;
+    Ok((listener, addr))
 }
 
 /// The container engine, when this daemon can run containers: re-adopts what
@@ -196,8 +225,9 @@ async fn networks(config: &Config, store: &Store) -> Result<std::sync::Arc<crate
 
 /// Raises the soft limit on open files to the hard limit, so the connection cap,
 /// not the descriptor limit, is what refuses clients (the default soft limit, 1024,
-/// is below the default `api.max_connections`).
-fn raise_open_files_limit(max_connections: usize) {
+/// is below the default `api.max_connections`). `descriptors` is what the listeners'
+/// caps may use together.
+fn raise_open_files_limit(descriptors: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
     let want = lim.maximum.unwrap_or(u64::MAX);
@@ -209,11 +239,11 @@ fn raise_open_files_limit(max_connections: usize) {
     }
     let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     // Connections, plus files, sockets and pipes for everything else.
-    if now < max_connections as u64 + 512 {
+    if now < descriptors as u64 + 512 {
         tracing::warn!(
             open_files = now,
-            max_connections,
-            "the open files limit is below api.max_connections; clients may be refused at accept"
+            descriptors,
+            "the open files limit is below what api.max_connections and ingress.max_connections need; clients may be refused at accept"
         );
     }
 }

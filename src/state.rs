@@ -26,6 +26,10 @@ pub struct Shared {
     pub sealer: Arc<crate::secrets::Sealer>,
     /// The ingress's live routing table.
     pub routes: Arc<crate::ingress::routes::RoutingTable>,
+    /// Each service's recent ingress requests (`GET /v1/services/{id}/requests`).
+    pub access_log: Arc<crate::ingress::access_log::AccessLog>,
+    /// The client for external registries: one connection pool and token cache.
+    pub puller: crate::images::remote::Puller,
     /// Services and their deployments (rollouts, scaling, health, recovery).
     pub deployer: Arc<crate::engine::deploy::Deployer>,
     /// Tags pushed to the hosted registry, for the services that follow them. The
@@ -80,6 +84,7 @@ impl AppState {
         let deployer =
             Arc::new(crate::engine::deploy::Deployer::new(store.clone(), engine.clone(), routes.clone(), settings));
         let (pushes, _) = tokio::sync::broadcast::channel(256);
+        let puller = crate::images::remote::Puller::new(config.dns.overrides.clone());
         AppState(Arc::new(Shared {
             engine,
             registry,
@@ -90,6 +95,8 @@ impl AppState {
             host,
             sealer,
             routes,
+            access_log: Arc::new(crate::ingress::access_log::AccessLog::default()),
+            puller,
             deployer,
             pushes,
         }))
@@ -97,23 +104,50 @@ impl AppState {
 }
 
 impl AppState {
+    /// Blobs no collection may take: every blob a replica runs from and those a
+    /// rollback may need (the images of a service's earlier deployments).
+    pub async fn pinned_blobs(&self) -> Result<std::collections::HashSet<String>, crate::engine::deploy::DeployError> {
+        self.deployer.pinned_blobs().await
+    }
+
     /// Registry garbage collection, keeping every blob a replica runs from, then the
     /// unpacked layers whose blobs are gone.
     pub async fn collect_garbage(
         &self,
     ) -> Result<crate::store::registry::GcReport, crate::registry::error::RegistryError> {
-        // The blobs replicas run from and those rollbacks may need.
-        let pinned = self
-            .deployer
-            .pinned_blobs()
-            .await
-            .map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?;
+        let pinned =
+            self.pinned_blobs().await.map_err(|e| crate::registry::error::RegistryError::Internal(e.to_string()))?;
         let report = crate::registry::gc::run(&self.registry, &pinned).await?;
+        self.collect_snapshots().await;
+        Ok(report)
+    }
+
+    /// Layer cache collection down to `[cache] max_bytes`, keeping every blob a
+    /// replica runs from and anything used within the registry's grace period, then
+    /// the unpacked layers whose blobs are gone.
+    pub async fn collect_cache_garbage(
+        &self,
+    ) -> Result<crate::images::remote::CacheGcReport, crate::images::remote::CacheError> {
+        let pinned =
+            self.pinned_blobs().await.map_err(|e| crate::images::remote::CacheError::Internal(e.to_string()))?;
+        let report = crate::images::remote::cache::gc(
+            &self.registry,
+            &pinned,
+            self.config.cache.max_bytes,
+            self.registry.gc_grace,
+        )
+        .await?;
+        if report.blobs_evicted > report.blobs_kept_linked {
+            self.collect_snapshots().await;
+        }
+        Ok(report)
+    }
+
+    async fn collect_snapshots(&self) {
         if let Some(engine) = &self.engine {
             if let Err(e) = engine.gc_images().await {
                 tracing::warn!(error = %e, "image snapshot collection failed");
             }
         }
-        Ok(report)
     }
 }

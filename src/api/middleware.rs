@@ -113,10 +113,14 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, path_id: Option<&str>
         Access::Public | Access::Bootstrap | Access::Authenticated | Access::Registry | Access::InBody(_) => {}
         Access::SuperAdmin if super_admin => {}
         Access::SuperAdmin => return Err(ApiError::forbidden("this route is for super-admins")),
-        Access::AnyMember | Access::AnyAdmin if super_admin => {}
-        Access::AnyMember | Access::AnyAdmin => {
+        Access::AnyMember | Access::AnyOperator | Access::AnyAdmin if super_admin => {}
+        Access::AnyMember | Access::AnyOperator | Access::AnyAdmin => {
             let highest = state.store.read(move |c| crate::store::projects::highest_role(c, &user_id)).await?;
-            let needed = if route.access == Access::AnyAdmin { Role::Admin } else { Role::Viewer };
+            let needed = match route.access {
+                Access::AnyAdmin => Role::Admin,
+                Access::AnyOperator => Role::Operator,
+                _ => Role::Viewer,
+            };
             if highest.is_none_or(|r| r < needed) {
                 return Err(ApiError::forbidden(format!(
                     "this route needs the {} role in at least one project",

@@ -6,6 +6,8 @@
 //! or `engine` (services, deployments) to act. Handlers never hold SQL themselves.
 
 pub mod audit;
+pub mod cache;
+pub mod credentials;
 pub mod deployments;
 pub mod error;
 pub mod extract;

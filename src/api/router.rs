@@ -10,8 +10,8 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
 
 use super::{
-    AppState, audit, deployments, health, middleware, node, openapi, projects, registry, services, session, tokens,
-    users,
+    AppState, audit, cache, credentials, deployments, health, middleware, node, openapi, projects, registry, services,
+    session, tokens, users,
 };
 use crate::auth::{Role, Scope};
 use crate::registry::http as v2;
@@ -27,6 +27,9 @@ pub enum Access {
     Authenticated,
     /// A member of at least one project (any role), or a super-admin.
     AnyMember,
+    /// An Operator (or Admin) of at least one project, or a super-admin: node-wide
+    /// actions an operator may take (the layer cache's GC).
+    AnyOperator,
     /// An Admin of at least one project, or a super-admin; results are filtered to
     /// the projects the caller administers.
     AnyAdmin,
@@ -119,10 +122,20 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/deployments/{id}/rollback", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::rollback),
     route!(GET "/v1/deployments/{id}/logs/stream", Deployment(Viewer), Some(Scope::LogsRead), deployments::logs_stream),
     route!(GET "/v1/ingress/routes", AnyMember, Some(Scope::ServicesRead), deployments::routes),
+    route!(GET "/v1/projects/{id}/registries", Project(Viewer), Some(Scope::ProjectsRead), credentials::list_registries),
+    route!(POST "/v1/projects/{id}/registries", Project(Admin), Some(Scope::ProjectsWrite), credentials::create_registry),
+    route!(GET "/v1/projects/{id}/registries/{registry_id}", Project(Viewer), Some(Scope::ProjectsRead), credentials::get_registry),
+    route!(PUT "/v1/projects/{id}/registries/{registry_id}", Project(Admin), Some(Scope::ProjectsWrite), credentials::update_registry),
+    route!(DELETE "/v1/projects/{id}/registries/{registry_id}", Project(Admin), Some(Scope::ProjectsWrite), credentials::delete_registry),
+    route!(GET "/v1/projects/{id}/credentials/git", Project(Viewer), Some(Scope::ProjectsRead), credentials::get_git),
+    route!(POST "/v1/projects/{id}/credentials/git", Project(Admin), Some(Scope::ProjectsWrite), credentials::set_git),
+    route!(DELETE "/v1/projects/{id}/credentials/git", Project(Admin), Some(Scope::ProjectsWrite), credentials::delete_git),
     route!(GET "/v1/audit", AnyAdmin, Some(Scope::AuditRead), audit::list),
     route!(GET "/v1/registry/repositories", Authenticated, Some(Scope::RegistryPull), registry::repositories),
     route!(GET "/v1/registry/status", AnyMember, Some(Scope::RegistryPull), registry::status),
     route!(POST "/v1/registry/gc", SuperAdmin, Some(Scope::RegistryPush), registry::gc),
+    route!(GET "/v1/oci/cache/status", AnyMember, Some(Scope::RegistryPull), cache::status),
+    route!(POST "/v1/oci/cache/gc", AnyOperator, Some(Scope::RegistryPush), cache::gc),
     route!(GET "/v2/", Registry, None, v2::base),
     route!(GET "/v2/token", Registry, None, v2::token),
     route!(GET "/v2/{*path}", Registry, None, v2::v2_get),

@@ -4,9 +4,11 @@
 //! Every request body is wrapped in a [`TimedBody`] by the accept loop. A body gets
 //! a grace period, then must keep an average of at least a minimum rate, and may
 //! never pause longer than an idle limit; past either, reading it fails with
-//! [`BodyTimeout`] and the connection is closed. The clock starts when the handler
-//! first reads the body, so time a request spends waiting on the server is not
-//! charged to the client.
+//! [`BodyTimeout`] and the connection is closed. Only time spent waiting on the
+//! client counts: the clock starts when the handler first reads the body, and stops
+//! from the moment a piece is handed over until the reader asks for the next one, so a
+//! server that reads slowly (a blob write, an ingress upstream that applies
+//! backpressure) is not charged to the client.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -67,6 +69,8 @@ pub struct TimedBody<B> {
     policy: BodyPolicy,
     /// Set at the first poll: (start, bytes so far, last progress).
     progress: Option<(Instant, u64, Instant)>,
+    /// When the last piece was handed to the reader, until it asks for more.
+    handed: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timed_out: bool,
 }
@@ -77,6 +81,7 @@ impl<B> TimedBody<B> {
             inner,
             policy,
             progress: None,
+            handed: None,
             timer: Box::pin(tokio::time::sleep_until(Instant::now() + policy.grace)),
             timed_out: false,
         }
@@ -96,19 +101,31 @@ where
         if this.timed_out {
             return Poll::Ready(None);
         }
-        if this.progress.is_none() {
-            let now = Instant::now();
-            this.progress = Some((now, 0, now));
-            this.timer.as_mut().reset(this.policy.deadline(now, 0, now));
+        match (&mut this.progress, this.handed.take()) {
+            (None, _) => {
+                let now = Instant::now();
+                this.progress = Some((now, 0, now));
+                this.timer.as_mut().reset(this.policy.deadline(now, 0, now));
+            }
+            // The reader held the last piece since `handed`: that time is the server's.
+            (Some((started, received, last)), Some(handed)) => {
+                let server_time = handed.elapsed();
+                *started += server_time;
+                *last += server_time;
+                this.timer.as_mut().reset(this.policy.deadline(*started, *received, *last));
+            }
+            (Some(_), None) => {}
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some((started, received, last))) = (frame.data_ref(), this.progress.as_mut()) {
                     if !data.is_empty() {
+                        let now = Instant::now();
                         *received += data.len() as u64;
-                        *last = Instant::now();
+                        *last = now;
                         let deadline = this.policy.deadline(*started, *received, *last);
                         this.timer.as_mut().reset(deadline);
+                        this.handed = Some(now);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -216,6 +233,26 @@ mod tests {
         // 100 kB at 1 B/s buys a day, but the idle limit is 3 s.
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(matches!(read.await.unwrap(), Err(BodyError::TimedOut)));
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_reader_holds_a_piece_is_not_charged_to_the_client() {
+        let (tx, inner) = channel_body();
+        let mut body = TimedBody::new(inner, policy(1000, 1000, 3000));
+        tx.send(Bytes::from(vec![0u8; 10])).await.unwrap();
+        tx.send(Bytes::from(vec![0u8; 10])).await.unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap().len(), 10);
+        // The reader (say, an upstream applying backpressure) takes a minute before
+        // it asks for more: far past the grace, the rate and the idle limit.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap().len(), 10);
+        // Then the client stalls: its own time still counts, from where it was.
+        let started = Instant::now();
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(is_timeout(e.as_ref()), "{e}");
+        let waited = started.elapsed();
+        assert!(waited > Duration::from_millis(500) && waited <= Duration::from_secs(3), "{waited:?}");
         drop(tx);
     }
 

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 accept loop for the API listener.
+//! The HTTP/1.1 accept loop, shared by the API listener and the ingress.
 //!
 //! Hand-rolled over hyper (instead of `axum::serve`) for the limits a public
 //! listener needs:
@@ -10,17 +10,23 @@
 //!   over a cap are closed at once, before hyper allocates anything for them;
 //! - a graceful drain that stops accepting, lets in-flight requests finish, and
 //!   reports whether they did within the grace period.
+//!
+//! What answers the requests is a [`Handler`]: the API's axum `Router`, or the
+//! ingress's proxy. Each listener has its own [`Limits`] and [`Connections`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +38,61 @@ use super::ratelimit::AddrKey;
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A request as the accept loop hands it over: its body already on a deadline.
+pub type IncomingRequest = Request<TimedBody<Incoming>>;
+
+/// What answers the requests of a listener.
+pub trait Handler: Clone + Send + Sync + 'static {
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static;
+
+    /// Answers one request that came in on `conn`. The future owns what it needs:
+    /// it may outlive the borrow.
+    fn call(&self, req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<Self::Body>> + Send + use<Self>;
+}
+
+impl Handler for Router {
+    type Body = axum::body::Body;
+
+    fn call(&self, req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<Self::Body>> + Send + use<> {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(conn.peer));
+        if let Some(local) = conn.local {
+            req.extensions_mut().insert(LocalAddr(local));
+        }
+        let answer = self.clone().oneshot(req);
+        async move {
+            match answer.await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+/// The connection a request came in on.
+#[derive(Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    /// Flips to true when the listener stops (shutdown).
+    pub stop: watch::Receiver<bool>,
+    hold: Arc<Hold>,
+}
+
+/// Keeps a connection counted, against the caps and by the drain, while something
+/// outlives its HTTP exchange (an upgraded connection's tunnel).
+pub struct Hold {
+    _admitted: Admitted,
+    _alive: mpsc::Sender<Infallible>,
+}
+
+impl Conn {
+    /// A handle that keeps this connection counted for as long as it lives.
+    pub fn hold(&self) -> Arc<Hold> {
+        self.hold.clone()
+    }
+}
 
 /// The listener's limits.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +110,20 @@ impl Limits {
             max_per_address: api.max_connections_per_address,
             head_timeout: Duration::from_secs(api.head_timeout_seconds),
             body: BodyPolicy::from_config(api),
+        }
+    }
+
+    /// The ingress listener's limits (`[ingress]`).
+    pub fn for_ingress(ingress: &crate::config::IngressConfig) -> Self {
+        Limits {
+            max_connections: ingress.max_connections,
+            max_per_address: ingress.max_connections_per_address,
+            head_timeout: Duration::from_secs(ingress.head_timeout_seconds),
+            body: BodyPolicy {
+                grace: Duration::from_secs(ingress.body_grace_seconds),
+                min_rate: ingress.body_min_bytes_per_second.max(1),
+                idle: Duration::from_secs(ingress.body_idle_seconds),
+            },
         }
     }
 }
@@ -103,17 +178,18 @@ impl Drop for Admitted {
     }
 }
 
-/// Serves `app` on `listener` until `stop` flips, then drains for at most `grace`.
+/// Serves `handler` on `listener` until `stop` flips, then drains for at most `grace`.
 /// Returns false when connections were still busy at the deadline (they are dropped).
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    app: Router,
+    handler: H,
     limits: Limits,
     conns: Arc<Connections>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> bool {
-    // Every connection task holds a sender; when all are gone, `recv` yields None.
+    // Every connection task (and every tunnel outliving one) holds a sender; when
+    // all are gone, `recv` yields None.
     let (alive_tx, mut alive_rx) = mpsc::channel::<Infallible>(1);
     let mut refused: u64 = 0;
     loop {
@@ -137,36 +213,37 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let local = stream.local_addr().ok();
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let mut conn_stop = stop.clone();
-        let alive = alive_tx.clone();
+        let conn = Conn {
+            peer,
+            local: stream.local_addr().ok(),
+            stop: stop.clone(),
+            hold: Arc::new(Hold { _admitted: admitted, _alive: alive_tx.clone() }),
+        };
+        let handler = handler.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let mut req = req.map(|b| axum::body::Body::new(TimedBody::new(b, limits.body)));
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                if let Some(local) = local {
-                    req.extensions_mut().insert(LocalAddr(local));
-                }
-                app.clone().oneshot(req)
-            });
+            let mut conn_stop = conn.stop.clone();
+            let service = {
+                let conn = conn.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let answer = handler.call(req.map(|b| TimedBody::new(b, limits.body)), &conn);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                })
+            };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.head_timeout).max_header_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-            tokio::pin!(conn);
+            let served = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            tokio::pin!(served);
             let result = tokio::select! {
-                r = conn.as_mut() => r,
+                r = served.as_mut() => r,
                 _ = conn_stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    served.as_mut().graceful_shutdown();
+                    served.await
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
             }
-            drop(admitted);
-            drop(alive);
         });
     }
     drop(listener);

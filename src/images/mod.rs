@@ -1,8 +1,10 @@
-//! Images: unpacking OCI layers into read-only snapshots, safely.
+//! Images: unpacking OCI layers into read-only snapshots, safely, and pulling images
+//! from external registries ([`remote`]: the client and the layer cache, adr/019).
 //!
-//! Purpose: turn an image's layer blobs (from the registry's blob store) into
-//! directories overlayfs can stack as lowerdirs, once per layer digest. Manifests
-//! and image configs are read by [`crate::oci`], the parser the registry uses too.
+//! Purpose: turn an image's layer blobs (from the registry's blob store, where
+//! pushes and pulls both put them) into directories overlayfs can stack as
+//! lowerdirs, once per layer digest. Manifests and image configs are read by
+//! [`crate::oci`], the parser the registry uses too.
 //!
 //! Design:
 //! - [`unpack::unpack_layer`] streams one layer (gzip, zstd or plain tar, told
@@ -39,6 +41,7 @@
 pub mod error;
 pub mod flatten;
 mod fs;
+pub mod remote;
 pub mod snapshots;
 pub mod unpack;
 

@@ -27,6 +27,21 @@ use crate::store::registry::{self as sql, GcReport};
 /// Orphan files re-checked and deleted per hold of the lock.
 const ORPHAN_BATCH: usize = 256;
 
+impl Registry {
+    /// Held (shared) by anything else that makes a blob file appear and records it,
+    /// as blob commits do: external pulls into the layer cache. No collection can
+    /// then delete the file between its rename and its row.
+    pub async fn hold_commits(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc_lock.read().await
+    }
+
+    /// Held (exclusively) by another collector while it decides and deletes blob
+    /// files: the layer cache's eviction.
+    pub async fn hold_collection(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gc_lock.write().await
+    }
+}
+
 /// Runs one collection, keeping the `pinned` blob digests whatever references them,
 /// and records its report.
 pub async fn run(reg: &Registry, pinned: &HashSet<String>) -> RegistryResult<GcReport> {

@@ -8,6 +8,14 @@
 //! - Plaintext is opened only to hand it to whoever needs it (a container's
 //!   environment, a registry's login) and is held in [`Zeroizing`] buffers, wiped on
 //!   drop. [`Redacted`] prints as `***` so a secret cannot reach a log by `{:?}`.
+//! - Every sealed value is stored beside the [`Sealer::key_id`] of the key that sealed
+//!   it, so a value sealed under a lost or replaced key is reported as such (naming
+//!   the credential) without trying to open it.
+//!
+//! Built on it: [`credentials`] (registry logins and Git deploy keys, and the
+//! functions the image puller calls to get them back), [`env`] (service env values
+//! marked secret: sealed, opened for a container, redacted everywhere else) and
+//! [`ssh`] (the shape check and fingerprint of a deploy key). See adr/018.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -17,6 +25,10 @@ use age::secrecy::ExposeSecret;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 pub use zeroize::Zeroizing;
+
+pub mod credentials;
+pub mod env;
+pub mod ssh;
 
 const PREFIX: &str = "age:";
 
@@ -39,11 +51,12 @@ pub enum SecretsError {
 pub struct Sealer {
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
+    key_id: String,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("recipient", &self.recipient.to_string()).finish_non_exhaustive()
+        f.debug_struct("Sealer").field("key_id", &self.key_id).finish_non_exhaustive()
     }
 }
 
@@ -77,7 +90,15 @@ impl Sealer {
 
     fn from_identity(identity: age::x25519::Identity) -> Sealer {
         let recipient = identity.to_public();
-        Sealer { identity, recipient }
+        let key_id = key_id_of(&recipient);
+        Sealer { identity, recipient, key_id }
+    }
+
+    /// A short public name for this host key: the first 16 hex digits of the SHA-256
+    /// of its age recipient (public key). Stored beside each sealed value; it reveals
+    /// nothing about the private key.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// A sealer with a throw-away key (tests).
@@ -108,6 +129,12 @@ impl Sealer {
     pub fn is_sealed(value: &str) -> bool {
         value.starts_with(PREFIX)
     }
+}
+
+fn key_id_of(recipient: &age::x25519::Recipient) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(recipient.to_string().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn write_key(path: &Path, text: &str) -> Result<(), SecretsError> {
@@ -157,6 +184,10 @@ mod tests {
         // The same key comes back after a restart.
         let again = Sealer::load_or_create(&keys).unwrap();
         assert_eq!(again.open_string(&sealed).unwrap().as_str(), "hunter2-password");
+        assert_eq!(again.key_id(), a.key_id());
+        assert_eq!(a.key_id().len(), 16);
+        assert_ne!(Sealer::ephemeral().key_id(), a.key_id());
+        assert!(!format!("{a:?}").contains("AGE-SECRET-KEY"), "{a:?}");
         // Another key, a damaged value, plaintext: refused.
         assert!(matches!(Sealer::ephemeral().open(&sealed), Err(SecretsError::Open)));
         let mut damaged = sealed.clone();

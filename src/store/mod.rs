@@ -29,6 +29,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
+pub mod credentials;
 pub mod deployments;
 pub mod ipam;
 pub mod projects;
@@ -86,6 +88,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/004_ipam.sql")),
     (5, include_str!("migrations/005_network.sql")),
     (6, include_str!("migrations/006_token_parents.sql")),
+    (7, include_str!("migrations/007_credentials.sql")),
+    (8, include_str!("migrations/008_oci_cache.sql")),
     (9, include_str!("migrations/009_services.sql")),
 ];
 

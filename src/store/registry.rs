@@ -395,7 +395,8 @@ pub fn gc_sweep(
     let blobs = c
         .prepare(
             "SELECT digest, size FROM blobs WHERE created_at <= ?1
-               AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = blobs.digest)",
+               AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = blobs.digest)
+               AND NOT EXISTS (SELECT 1 FROM oci_cache k WHERE k.digest = blobs.digest)",
         )?
         .query_map([cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .filter(|r| r.as_ref().map_or(true, |(d, _)| !pinned.contains(d)))
@@ -504,6 +505,10 @@ mod tests {
     async fn gc_sweeps_exactly_the_unreferenced_and_keeps_what_is_young_or_pinned() {
         let (store, dir) = crate::store::test_store();
         let repo = store.write(fixture).await.unwrap();
+        // A blob an external pull brought in, linked by no repository: the layer
+        // cache holds it, so registry GC leaves it alone whatever its age.
+        let cached = crate::store::cache::CacheEntry { digest: "b:cached".into(), size: 50, kind: "layer" };
+        store.write(move |c| crate::store::cache::record(c, &[cached], "r.io/a:1", 0)).await.unwrap();
         // Everything is younger than the cutoff: nothing goes.
         let s = store.write(|c| gc_sweep(c, -1, -1, &Default::default())).await.unwrap();
         assert_eq!((s.manifests_deleted, s.blobs.len(), s.uploads.len()), (0, 0, 0));
@@ -530,7 +535,12 @@ mod tests {
         store.write(move |c| tag_delete(c, repo, "multi")).await.unwrap();
         let s = store.write(|c| gc_sweep(c, 10, 10, &Default::default())).await.unwrap();
         assert_eq!(s.manifests_deleted, 2);
-        assert_eq!(deleted(&s), vec!["b:child", "b:loose", "m:child", "m:index"]);
+        assert_eq!(deleted(&s), vec!["b:child", "b:loose", "m:child", "m:index"], "b:cached is in the layer cache");
+        assert!(store.read(|c| known_blobs(c, &["b:cached".into()])).await.unwrap().contains("b:cached"));
+        // Out of the cache, it is an unlinked old blob like any other.
+        store.write(|c| Ok(c.execute("DELETE FROM oci_cache WHERE digest = 'b:cached'", [])?)).await.unwrap();
+        let s = store.write(|c| gc_sweep(c, 10, 10, &Default::default())).await.unwrap();
+        assert_eq!(deleted(&s), vec!["b:cached"]);
         store.close();
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -88,6 +88,9 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
                 if let Err(e) = s.collect_garbage().await {
                     tracing::warn!(error = %e, "registry garbage collection failed");
                 }
+                if let Err(e) = s.collect_cache_garbage().await {
+                    tracing::warn!(error = %e, "layer cache collection failed");
+                }
             }
         }));
     }

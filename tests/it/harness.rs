@@ -34,7 +34,10 @@ impl Drop for TempDir {
 pub struct Berth {
     pub child: Option<Child>,
     pub dir: TempDir,
+    /// The API listener (`/healthz`, `/v1`, `/v2`).
     pub addr: SocketAddr,
+    /// The ingress's HTTP listener.
+    pub ingress: SocketAddr,
     pub extra_config: String,
 }
 
@@ -48,11 +51,16 @@ impl Berth {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
+    /// The ingress's HTTP listener.
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.ingress
+    }
 
     /// Starts a daemon with a fresh state dir; `extra_config` is appended to its TOML.
     pub fn start(extra_config: &str) -> Berth {
         let dir = TempDir::new("d");
-        let mut b = Berth { child: None, dir, addr: "127.0.0.1:1".parse().unwrap(), extra_config: extra_config.into() };
+        let nowhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut b = Berth { child: None, dir, addr: nowhere, ingress: nowhere, extra_config: extra_config.into() };
         b.spawn();
         b
     }
@@ -71,7 +79,7 @@ impl Berth {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .env("NOTIFY_SOCKET", &sock_path)
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
@@ -90,11 +98,14 @@ impl Berth {
             let Ok(n) = sock.recv(&mut buf) else { continue };
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
             if msg.lines().any(|l| l == "READY=1") {
-                let addr = msg
+                // STATUS=api listening on <addr>; ingress on <addr>
+                let status = msg
                     .lines()
                     .find_map(|l| l.strip_prefix("STATUS=api listening on "))
-                    .expect("STATUS with the address");
-                self.addr = addr.parse().unwrap();
+                    .expect("STATUS with the addresses");
+                let (api, ingress) = status.split_once("; ingress on ").expect("STATUS with the ingress address");
+                self.addr = api.parse().unwrap();
+                self.ingress = ingress.parse().unwrap();
                 break;
             }
         }

@@ -102,6 +102,8 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         (Access::SuperAdmin, _) => Forbidden,
         (Access::AnyMember, Outsider) => Forbidden,
         (Access::AnyMember, _) => Allowed,
+        (Access::AnyOperator, Operator | Admin | OtherAdmin) => Allowed,
+        (Access::AnyOperator, _) => Forbidden,
         (Access::AnyAdmin, Admin | OtherAdmin) => Allowed,
         (Access::AnyAdmin, _) => Forbidden,
         (Access::Project(_), Outsider | OtherAdmin) => Hidden,
@@ -339,6 +341,34 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
                 f.root.post(&format!("/v1/projects/{project}/members"), &json!({"user_id": user, "role": "viewer"}));
             assert_eq!(r.status, 201, "{}", r.text());
             Request::empty(client, format!("/v1/projects/{project}/members/{user}"))
+        }
+        ("POST", "/v1/projects/{id}/registries") => Request::json(
+            client,
+            format!("/v1/projects/{project}/registries"),
+            json!({"name": format!("reg{n}"), "server": "ghcr.io", "username": "u", "password": "p"}),
+        ),
+        ("GET" | "PUT" | "DELETE", "/v1/projects/{id}/registries/{registry_id}") => {
+            let r = f.root.post(
+                &format!("/v1/projects/{project}/registries"),
+                &json!({"name": "hub", "server": "docker.io", "username": "u", "password": "p"}),
+            );
+            assert_eq!(r.status, 201, "{}", r.text());
+            let path = format!("/v1/projects/{project}/registries/{}", r.json()["id"].as_str().unwrap());
+            match route.method.as_str() {
+                "PUT" => Request::json(client, path, json!({"username": format!("u{n}")})),
+                _ => Request::empty(client, path),
+            }
+        }
+        ("POST", "/v1/projects/{id}/credentials/git") => Request::json(
+            client,
+            format!("/v1/projects/{project}/credentials/git"),
+            json!({"private_key": crate::credentials::ED25519}),
+        ),
+        ("GET" | "DELETE", "/v1/projects/{id}/credentials/git") => {
+            let path = format!("/v1/projects/{project}/credentials/git");
+            let r = f.root.post(&path, &json!({"private_key": crate::credentials::ED25519}));
+            assert_eq!(r.status, 201, "{}", r.text());
+            Request::empty(client, path)
         }
         ("POST", "/v1/registry/gc") => Request::json(client, route.path.into(), json!({})),
         ("GET", "/v2/{*path}") => Request::empty(client, format!("/v2/{REPO}/manifests/v1")),

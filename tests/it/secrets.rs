@@ -1,4 +1,5 @@
-//! Passwords and token secrets never reach the database file or the logs in plain text.
+//! Passwords, token secrets and sealed credentials (registry passwords, Git deploy
+//! keys) never reach any file under the state dir or the logs in plain text.
 
 use serde_json::json;
 
@@ -26,6 +27,28 @@ fn database_and_logs_hold_no_plaintext_secrets() {
     let bogus = format!("{}Z", &pat[..pat.len() - 1]);
     assert_eq!(b.client().with_token(&bogus).get("/v1/me").status, 401);
 
+    // Credentials sealed at rest: a registry password (set, refused, changed) and a
+    // deploy key.
+    let project = admin.post("/v1/projects", &json!({"name": "alpha"})).json()["id"].as_str().unwrap().to_string();
+    let regs = format!("/v1/projects/{project}/registries");
+    let registry_password = "Registry-Distinct-Pass-9931";
+    let changed_password = "Registry-Changed-Pass-1177";
+    let refused_password = "Registry-Refused-Pass-3054";
+    let body = json!({"name": "hub", "server": "docker.io", "username": "ci", "password": registry_password});
+    let r = admin.post(&regs, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let reg = r.json()["id"].as_str().unwrap().to_string();
+    let bad = json!({"name": "x", "server": "https://bad/", "username": "ci", "password": refused_password});
+    assert_eq!(admin.post(&regs, &bad).status, 400);
+    assert_eq!(admin.put(&format!("{regs}/{reg}"), &json!({"server": "ghcr.io"})).status, 422);
+    assert_eq!(admin.put(&format!("{regs}/{reg}"), &json!({"password": changed_password})).status, 200);
+    let second = json!({"name": "gh", "server": "ghcr.io", "username": "ci", "password": registry_password});
+    assert_eq!(admin.post(&regs, &second).status, 201);
+    let key = crate::credentials::ED25519;
+    let git = format!("/v1/projects/{project}/credentials/git");
+    assert_eq!(admin.post(&git, &json!({"private_key": key})).status, 201);
+    assert_eq!(admin.post(&git, &json!({"private_key": format!("{key}\nnot-a-key")})).status, 400);
+
     let secret_of = |t: &str| t.rsplit('_').next().unwrap().to_string();
     let needles = [
         password.to_string(),
@@ -35,21 +58,55 @@ fn database_and_logs_hold_no_plaintext_secrets() {
         secret_of(&pat),
         secret_of(&bogus),
         secret_of(&bootstrap),
-    ];
+        registry_password.to_string(),
+        changed_password.to_string(),
+        refused_password.to_string(),
+    ]
+    .into_iter()
+    // Every line of the key's base64 (the armor lines are public knowledge).
+    .chain(key.lines().filter(|l| !l.starts_with("-----")).map(str::to_string))
+    .collect::<Vec<_>>();
     let check = |label: &str, bytes: &[u8]| {
         for n in &needles {
             assert!(!contains(bytes, n), "{label} contains a secret in plain text");
         }
     };
-    // While running (WAL and main file), then after a clean stop.
-    for suffix in ["state.db", "state.db-wal"] {
-        if let Ok(bytes) = std::fs::read(b.data_dir().join(suffix)) {
-            check(suffix, &bytes);
+    // While running (WAL and main file included), then after a clean stop: every
+    // file under the state dir, and the log.
+    let data_dir = b.data_dir();
+    let check_tree = |when: &str| {
+        let files = files_under(&data_dir);
+        assert!(files.iter().any(|f| f.ends_with("state.db")), "{files:?}");
+        for f in files {
+            if let Ok(bytes) = std::fs::read(&f) {
+                check(&format!("{} ({when})", f.display()), &bytes);
+            }
         }
-    }
+    };
+    check_tree("running");
     assert_eq!(b.stop(), Some(0));
-    check("state.db", &std::fs::read(b.data_dir().join("state.db")).unwrap());
+    check_tree("stopped");
+    // The credentials are in the database, sealed.
+    let db = std::fs::read(data_dir.join("state.db")).unwrap();
+    assert!(contains(&db, "age:"), "no sealed value in state.db");
     let log = std::fs::read(b.log_path()).unwrap();
     assert!(log.len() > 1000, "debug logs were written");
     check("the log", &log);
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }

@@ -1,0 +1,1 @@
+SHA256:8UKsHDOuq9vMBPME7d6vzuB3ebjHu+eRoW+uvXdcGjA
