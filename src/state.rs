@@ -19,7 +19,7 @@ pub struct Shared {
     pub gate: Arc<Gate>,
     pub started: Instant,
     pub host: crate::runtime::host::StaticFacts,
-    pub registry: crate::registry::Registry,
+    pub registry: Arc<crate::registry::Registry>,
     /// `None` when this daemon does not run containers (no runc, not root, or off).
     pub engine: Option<Arc<crate::engine::Engine>>,
     /// Seals and opens secrets at rest with the host key.
@@ -52,6 +52,59 @@ impl Shared {
     }
 }
 
+/// External images for deployments: the registry client with the project's sealed
+/// login (the one named, or the only one for the image's server), into the store.
+struct ExternalPulls {
+    puller: crate::images::remote::Puller,
+    registry: Arc<crate::registry::Registry>,
+    store: Store,
+    sealer: Arc<crate::secrets::Sealer>,
+}
+
+impl ExternalPulls {
+    async fn pull(
+        &self,
+        project_id: &str,
+        image: &str,
+        registry_id: Option<&str>,
+    ) -> Result<crate::engine::deploy::Fetched, String> {
+        use crate::secrets::credentials::{login_for_server, registry_login};
+        let image = crate::images::remote::ImageRef::parse(image).map_err(|e| e.to_string())?;
+        let login = match registry_id {
+            Some(id) => Some(
+                registry_login(&self.store, &self.sealer, project_id, id, &image.registry)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => login_for_server(&self.store, &self.sealer, project_id, &image.registry)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let login = login.map(|l| crate::images::remote::RegistryLogin { username: l.username, password: l.password });
+        let pulled = self.puller.pull(&self.registry, &image, login.as_ref()).await.map_err(|e| e.to_string())?;
+        if let Err(e) = crate::images::remote::cache::touch_image(&self.registry, &pulled.manifest).await {
+            tracing::warn!(error = %e, image = %pulled.reference, "could not mark a pulled image used");
+        }
+        Ok(crate::engine::deploy::Fetched {
+            digest: pulled.manifest.to_string(),
+            blobs_fetched: pulled.blobs_fetched,
+            bytes_fetched: pulled.bytes_fetched,
+        })
+    }
+}
+
+impl crate::engine::deploy::ExternalImages for ExternalPulls {
+    fn fetch<'a>(
+        &'a self,
+        project_id: &'a str,
+        image: &'a str,
+        registry_id: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<crate::engine::deploy::Fetched, String>> + Send + 'a>>
+    {
+        Box::pin(self.pull(project_id, image, registry_id))
+    }
+}
+
 /// What the daemon builds before the shared state, handed over in one piece.
 pub struct Parts {
     pub config: Arc<Config>,
@@ -72,7 +125,8 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(parts: Parts) -> Self {
         let Parts { config, store, gate, host, engine, sealer } = parts;
-        let registry = crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone());
+        let registry =
+            Arc::new(crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone()));
         let routes = Arc::new(crate::ingress::routes::RoutingTable::new());
         let settings = crate::engine::deploy::Settings {
             apps_domain: config.ingress.apps_domain.clone(),
@@ -81,10 +135,21 @@ impl AppState {
             stop_grace: std::time::Duration::from_secs(config.deploy.stop_grace_seconds),
             health_deadline: std::time::Duration::from_secs(config.deploy.health_deadline_seconds),
         };
-        let deployer =
-            Arc::new(crate::engine::deploy::Deployer::new(store.clone(), engine.clone(), routes.clone(), settings));
-        let (pushes, _) = tokio::sync::broadcast::channel(256);
         let puller = crate::images::remote::Puller::new(config.dns.overrides.clone());
+        let external = Arc::new(ExternalPulls {
+            puller: puller.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            sealer: sealer.clone(),
+        });
+        let deployer = Arc::new(crate::engine::deploy::Deployer::new(
+            store.clone(),
+            engine.clone(),
+            routes.clone(),
+            settings,
+            Some(external),
+        ));
+        let (pushes, _) = tokio::sync::broadcast::channel(256);
         AppState(Arc::new(Shared {
             engine,
             registry,

@@ -102,9 +102,25 @@ async fn resolve_image(state: &AppState, project_id: &str, repository: &str, ref
     }
 }
 
+/// An external image reference and the login it would use, checked before a
+/// deployment is created: a malformed reference is 400, an unknown login 404, a
+/// login for another server or several candidates 422. The pull itself happens in
+/// the rollout (`pulling`), and its errors go to the deployment's log.
+async fn check_external(state: &AppState, project_id: &str, image: &str, registry_id: Option<&str>) -> ApiResult<()> {
+    use crate::secrets::credentials::{login_for_server, registry_login};
+    let parsed = crate::images::remote::ImageRef::parse(image).map_err(|e| ApiError::invalid(e.to_string()))?;
+    match registry_id {
+        Some(id) => registry_login(&state.store, &state.sealer, project_id, id, &parsed.registry).await.map(drop)?,
+        None => login_for_server(&state.store, &state.sealer, project_id, &parsed.registry).await.map(drop)?,
+    }
+    Ok(())
+}
+
 /// Deploys an image to a service (Operator in the service's project). `Image` is a
 /// repository of the service's project in the hosted registry, by tag or digest
-/// (resolved now: the deployment runs that digest). `Upload` and `Git` come with
+/// (resolved now: the deployment runs that digest). `ExternalImage` is pulled
+/// through the layer cache with the project's login for its server (or the one
+/// `registry_id` names); its digest is recorded once pulled. `Upload` and `Git` come with
 /// builds. One deployment per service at a time: 409 while one is in progress.
 #[utoipa::path(post, operation_id = "deployments_create", path = "/v1/deployments", tag = "deployments",
     request_body = NewDeployment,
@@ -127,11 +143,9 @@ pub async fn create(
         Source::Image { repository, reference } => {
             Some(resolve_image(&state, &svc.project_id, repository, reference).await?)
         }
-        Source::ExternalImage { .. } => {
-            return Err(ApiError::unprocessable(
-                "external images are not available on this node yet; push the image to the hosted registry and \
-                 deploy it with {\"kind\": \"Image\"}",
-            ));
+        Source::ExternalImage { image, registry_id } => {
+            check_external(&state, &svc.project_id, image, registry_id.as_deref()).await?;
+            None
         }
         Source::Upload { .. } | Source::Git { .. } => {
             return Err(ApiError::unprocessable(

@@ -46,6 +46,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::services::logs,
         super::services::logs_stream,
         super::services::metrics,
+        super::services::requests,
         super::deployments::create,
         super::deployments::get,
         super::deployments::cancel,

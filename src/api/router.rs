@@ -116,6 +116,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/services/{id}/logs", Service(Operator), Some(Scope::LogsRead), services::logs),
     route!(GET "/v1/services/{id}/logs/stream", Service(Operator), Some(Scope::LogsRead), services::logs_stream),
     route!(GET "/v1/services/{id}/metrics", Service(Viewer), Some(Scope::ServicesRead), services::metrics),
+    route!(GET "/v1/services/{id}/requests", Service(Viewer), Some(Scope::ServicesRead), services::requests),
     route!(POST "/v1/deployments", InBody(Operator), Some(Scope::DeploymentsWrite), deployments::create),
     route!(GET "/v1/deployments/{id}", Deployment(Viewer), Some(Scope::ServicesRead), deployments::get),
     route!(POST "/v1/deployments/{id}/cancel", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::cancel),

@@ -520,7 +520,44 @@ pub async fn update(
     security(("bearer" = [])))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.deployer.delete_service(&id).await?;
+    state.access_log.forget(&id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceRequests {
+    /// Newest first.
+    pub data: Vec<crate::ingress::access_log::AccessEntry>,
+}
+
+/// The service's most recent requests through the ingress (newest first, `limit`
+/// of them, 100 by default, at most 1000): method, path without its query, status,
+/// duration, bytes, client, and the replica that answered. Kept in memory only.
+#[utoipa::path(get, operation_id = "services_requests", path = "/v1/services/{id}/requests", tag = "services",
+    params(("id" = String, Path, description = "service id"), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = ServiceRequests), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn requests(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+) -> ApiResult<Json<ServiceRequests>> {
+    let max = crate::ingress::access_log::PER_SERVICE;
+    let mut limit = 100;
+    for (k, v) in form_pairs(uri.query().unwrap_or("")) {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=max).contains(l))
+                    .ok_or_else(|| invalid(format!("limit must be an integer from 1 to {max}")))?;
+            }
+            other => return Err(invalid(format!("unknown query parameter {other:?}; requests take limit"))),
+        }
+    }
+    Ok(Json(ServiceRequests { data: state.access_log.recent(&id, limit) }))
 }
 
 async fn set_desired(state: &AppState, id: &str, desired: &'static str) -> ApiResult<ServiceRow> {

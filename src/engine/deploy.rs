@@ -151,8 +151,30 @@ impl LogCursor {
     }
 }
 
+/// What fetching an external image did, for the deployment's log.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The manifest (an index or the image manifest) the deployment runs.
+    pub digest: String,
+    pub blobs_fetched: u32,
+    pub bytes_fetched: u64,
+}
+
+/// Fetches an external image into the blob store with the project's credentials.
+/// The daemon's state implements it (the registry client, the sealed logins), so
+/// this module knows neither.
+pub trait ExternalImages: Send + Sync {
+    fn fetch<'a>(
+        &'a self,
+        project_id: &'a str,
+        image: &'a str,
+        registry_id: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, String>> + Send + 'a>>;
+}
+
 pub struct Deployer {
     store: Store,
+    external: Option<Arc<dyn ExternalImages>>,
     engine: Option<Arc<Engine>>,
     routes: Arc<RoutingTable>,
     settings: Settings,
@@ -207,9 +229,16 @@ fn ended(r: &Replica) -> String {
 }
 
 impl Deployer {
-    pub fn new(store: Store, engine: Option<Arc<Engine>>, routes: Arc<RoutingTable>, settings: Settings) -> Self {
+    pub fn new(
+        store: Store,
+        engine: Option<Arc<Engine>>,
+        routes: Arc<RoutingTable>,
+        settings: Settings,
+        external: Option<Arc<dyn ExternalImages>>,
+    ) -> Self {
         Deployer {
             store,
+            external,
             engine,
             routes,
             settings,
@@ -350,6 +379,37 @@ impl Deployer {
         }
     }
 
+    /// Pulls an external image through the layer cache and records its digest on
+    /// the deployment, so a rollback later runs exactly it without pulling.
+    async fn fetch_external(
+        &self,
+        dep: &DeploymentRow,
+        image: &str,
+        registry_id: Option<&str>,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<String, Stop> {
+        let external = self.external.clone().ok_or_else(|| Stop::Failed("this node cannot pull images".into()))?;
+        self.log(&dep.id, format!("pulling {image}")).await;
+        let fetched = tokio::select! {
+            r = external.fetch(&dep.project_id, image, registry_id) => r.map_err(|e| Stop::Failed(format!("pull {image}: {e}")))?,
+            _ = cancelled(cancel) => return Err(Stop::Cancelled),
+        };
+        self.log(
+            &dep.id,
+            format!(
+                "pulled {image}: {} ({} blob(s), {} byte(s) fetched)",
+                fetched.digest, fetched.blobs_fetched, fetched.bytes_fetched
+            ),
+        )
+        .await;
+        let (id, digest) = (dep.id.clone(), fetched.digest.clone());
+        self.store
+            .write(move |c| sql::set_digest(c, &id, &digest))
+            .await
+            .map_err(|e| Stop::Failed(format!("record the image's digest: {e}")))?;
+        Ok(fetched.digest)
+    }
+
     async fn rollout(
         self: &Arc<Self>,
         dep: &DeploymentRow,
@@ -364,8 +424,8 @@ impl Deployer {
         self.advance(&dep.id, "pulling", cancel).await?;
         let digest = match (&dep.image_digest, source) {
             (Some(d), _) => d.clone(),
-            (None, Source::ExternalImage { .. }) => {
-                return Err(Stop::Failed("external images are not available on this node yet".into()));
+            (None, Source::ExternalImage { image, registry_id }) => {
+                self.fetch_external(dep, image, registry_id.as_deref(), cancel).await?
             }
             (None, other) => return Err(Stop::Failed(format!("{} names no image to run", other.describe()))),
         };

@@ -228,6 +228,12 @@ pub fn fetch(address: &str, path: &str) -> Option<(u16, String)> {
     client.try_send("GET", path, None, &[]).ok().map(|r| (r.status, r.text()))
 }
 
+/// `GET path` through the daemon's ingress with `Host: host`: (status, body), or
+/// `None` when the connection failed.
+pub fn via_ingress(node: &Node, host: &str, path: &str) -> Option<(u16, String)> {
+    crate::harness::get_as(node.b.ingress_addr(), host, path).ok().map(|r| (r.status, r.text()))
+}
+
 /// The backends the routing table holds for `host`, as `GET /v1/ingress/routes` shows them.
 pub fn backends(c: &Client, host: &str) -> Option<Vec<String>> {
     let routes = c.get("/v1/ingress/routes?limit=100").json();
@@ -404,6 +410,23 @@ fn a_pushed_image_deploys_and_answers_at_its_replica_and_route() {
     let address = instances[0]["address"].as_str().unwrap().to_string();
     assert_eq!(fetch(&address, "/"), Some((200, "hello from v1\n".to_string())));
     assert_eq!(backends(&admin, "web.alpha.localhost"), Some(vec![address.clone()]));
+    // From outside, through the ingress, by the default hostname.
+    assert_eq!(via_ingress(&node, "web.alpha.localhost", "/"), Some((200, "hello from v1\n".to_string())));
+    assert_eq!(
+        via_ingress(&node, "WEB.alpha.localhost:8080", "/").map(|r| r.0),
+        Some(200),
+        "host names ignore case and port"
+    );
+    assert_eq!(via_ingress(&node, "other.alpha.localhost", "/").map(|r| r.0), Some(404));
+    let seen = admin.get(&format!("/v1/services/{svc}/requests?limit=10")).json();
+    let last = &seen["data"][0];
+    assert_eq!(
+        (last["method"].as_str(), last["path"].as_str(), last["status"].as_u64()),
+        (Some("GET"), Some("/"), Some(200)),
+        "{seen}"
+    );
+    assert_eq!(last["upstream"].as_str().unwrap().split(':').next(), address.split(':').next(), "{seen}");
+    assert_eq!(admin.get(&format!("/v1/services/{svc}/requests?limit=0")).status, 400);
     let list = admin.get(&format!("/v1/services/{svc}/deployments")).json();
     assert_eq!(list["data"][0]["id"], dep.as_str());
     assert_eq!(list["data"][0]["source"], json!({"kind": "Image", "repository": "alpha/web", "reference": "v1"}));
@@ -432,6 +455,7 @@ fn a_pushed_image_deploys_and_answers_at_its_replica_and_route() {
     assert_eq!(admin.get(&format!("/v1/services/{svc}")).status, 404);
     assert_eq!(admin.get(&format!("/v1/deployments/{dep}")).status, 404);
     assert_eq!(backends(&admin, "web.alpha.localhost"), None);
+    assert_eq!(via_ingress(&node, "web.alpha.localhost", "/").map(|r| r.0), Some(404));
     assert!(node.containers().is_empty(), "{:?}", node.containers());
     assert_eq!(fetch(&address, "/"), None, "nothing answers at the old address");
     // An empty project can go now.
@@ -448,11 +472,10 @@ fn instance_ids(c: &Client, svc: &str) -> Vec<String> {
         .collect()
 }
 
-/// Hits the service through the routing table (each request goes to one of the
-/// host's current backends, read from `GET /v1/ingress/routes`) until stopped;
+/// Hits the service through the daemon's ingress, by host name, until stopped;
 /// returns (requests, failures, last body).
 fn load_loop(
-    c: Client,
+    ingress: std::net::SocketAddr,
     host: &'static str,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<(usize, Vec<String>, String)> {
@@ -460,15 +483,10 @@ fn load_loop(
         let (mut n, mut failures, mut last) = (0usize, Vec::new(), String::new());
         let deadline = Instant::now() + Duration::from_secs(300);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-            let table = backends(&c, host).unwrap_or_default();
-            let Some(addr) = table.get(n % table.len().max(1)) else {
-                failures.push("no backend routed".to_string());
-                n += 1;
-                continue;
-            };
-            match fetch(addr, "/") {
-                Some((200, body)) => last = body,
-                other => failures.push(format!("{addr}: {other:?}")),
+            match crate::harness::get_as(ingress, host, "/") {
+                Ok(r) if r.status == 200 => last = r.text(),
+                Ok(r) => failures.push(format!("{}: {}", r.status, r.text())),
+                Err(e) => failures.push(e.to_string()),
             }
             n += 1;
         }
@@ -497,8 +515,7 @@ fn redeploys_drop_no_request_a_failing_one_changes_nothing_and_rollback_runs_the
     // v1 → v2 under load: every request answered, the last ones by v2.
     let d2 = push_web(&admin, "alpha/web", "v2", "v2\n", true);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = load_loop(admin.clone(), host, stop.clone());
-    until(30, "the load loop runs", || (!backends(&admin, host)?.is_empty()).then_some(()));
+    let load = load_loop(node.b.ingress_addr(), host, stop.clone());
     let dep2 = deploy(&admin, &svc, "alpha/web", "v2");
     let d = settle(&admin, &dep2, 90);
     assert_eq!((d["status"].as_str(), d["image_digest"].as_str()), (Some("live"), Some(d2.as_str())), "{d}");
@@ -545,6 +562,9 @@ fn redeploys_drop_no_request_a_failing_one_changes_nothing_and_rollback_runs_the
     until(60, "serving v1 again", || {
         let table = backends(&admin, host)?;
         (table.len() == 2 && table.iter().all(|a| fetch(a, "/") == Some((200, "v1\n".to_string())))).then_some(())
+    });
+    until(30, "the ingress serves v1 again", || {
+        (via_ingress(&node, host, "/") == Some((200, "v1\n".to_string()))).then_some(())
     });
     assert_eq!(admin.get(&format!("/v1/deployments/{dep2}")).json()["status"], "superseded");
 }

@@ -263,6 +263,14 @@ impl Client {
     }
 }
 
+/// `GET path` at `addr` with the given `Host` (the ingress routes by it).
+pub fn get_as(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    read_response(s)
+}
+
 fn read_response(s: TcpStream) -> std::io::Result<Resp> {
     let mut r = BufReader::new(s);
     let mut line = String::new();

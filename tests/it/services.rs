@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use crate::deployments::{
-    backends, deploy, fetch, node, nowhere_in, project_id, push, push_web, service, settle, sse, until,
+    backends, deploy, fetch, node, nowhere_in, project_id, push, push_web, service, settle, sse, until, via_ingress,
 };
 
 fn instances(c: &crate::harness::Client, svc: &str) -> Vec<Value> {
@@ -51,12 +51,26 @@ fn replicas_scale_stop_start_and_restart() {
     let host = "web.alpha.localhost";
     assert_eq!(routed(&admin, host), three);
     assert_eq!(node.containers().len(), 3);
+    // Through the ingress, requests reach all three (the access log names who answered).
+    for _ in 0..12 {
+        assert_eq!(via_ingress(&node, host, "/"), Some((200, "v1\n".to_string())));
+    }
+    let seen = admin.get(&format!("/v1/services/{svc}/requests?limit=12")).json();
+    let answered: BTreeSet<String> = seen["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["upstream"].as_str().unwrap().rsplit_once(':').unwrap().0.to_string())
+        .collect();
+    let ips: BTreeSet<String> = three.iter().map(|a| a.rsplit_once(':').unwrap().0.to_string()).collect();
+    assert_eq!(answered, ips, "{seen}");
 
     // To zero: the host stays routed, to nothing (503 at the ingress).
     let r = admin.put(&format!("/v1/services/{svc}"), &json!({"replicas": 0}));
     assert_eq!((r.status, r.json()["replicas"].as_u64()), (200, Some(0)), "{}", r.text());
     running(&admin, &svc, 0);
     assert_eq!(backends(&admin, host), Some(vec![]));
+    assert_eq!(via_ingress(&node, host, "/").map(|r| r.0), Some(503), "no replica: 503");
     assert!(node.containers().is_empty(), "{:?}", node.containers());
     let r = admin.put(&format!("/v1/services/{svc}"), &json!({"replicas": 2}));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -76,6 +90,7 @@ fn replicas_scale_stop_start_and_restart() {
     assert_eq!(admin.post(&format!("/v1/services/{svc}/start"), &json!({})).status, 202);
     let again = running(&admin, &svc, 2);
     until(30, "routed again", || (routed(&admin, host) == again).then_some(()));
+    assert_eq!(via_ingress(&node, host, "/"), Some((200, "v1\n".to_string())));
     assert_eq!(admin.get(&format!("/v1/services/{svc}")).json()["status"], "running");
 
     // Restart: every replica replaced by a new one, still two, all answering.
