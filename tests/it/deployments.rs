@@ -629,9 +629,9 @@ fn bad_deployments_are_refused_and_state_stays_consistent() {
         (json!({"service_id": svc, "source": src("alpha/web", "sha256:abc")}), 400, "digest"),
         (json!({"service_id": svc, "source": src("NOPE", "v1")}), 400, "repository name"),
         (
-            json!({"service_id": svc, "source": {"kind": "ExternalImage", "image": "docker.io/library/nginx:1.27"}}),
-            422,
-            "external images",
+            json!({"service_id": svc, "source": {"kind": "ExternalImage", "image": "docker.io/library/Nginx::1"}}),
+            400,
+            "Nginx::1",
         ),
         (
             json!({"service_id": svc, "source": {"kind": "Git", "repo_url": "https://example.com/x.git", "ref": "main"}}),

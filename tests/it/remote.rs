@@ -624,3 +624,136 @@ fn member(b: &Berth, admin: &Client, prj: &str, name: &str, role: &str) -> Clien
     assert_eq!(r.status, 201, "{}", r.text());
     b.login(name, "password-123")
 }
+
+// ---------------------------------------------------------------------------------
+// deployments of external images
+
+/// The lines of a deployment's log, read from its stream until it ends.
+fn deployment_log(c: &Client, dep: &str) -> Vec<String> {
+    let events = crate::deployments::sse(c, &format!("/v1/deployments/{dep}/logs/stream"), None, 60, |e| {
+        e.last().is_some_and(|e| e.event.as_deref() == Some("end"))
+    });
+    events
+        .iter()
+        .filter(|e| e.id.is_some())
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["line"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn deploy_external(c: &Client, svc: &str, image: &str, registry_id: Option<&str>) -> crate::harness::Resp {
+    let mut source = json!({"kind": "ExternalImage", "image": image});
+    if let Some(id) = registry_id {
+        source["registry_id"] = json!(id);
+    }
+    c.post("/v1/deployments", &json!({"service_id": svc, "source": source}))
+}
+
+#[test]
+fn external_images_deploy_with_stored_logins_and_a_second_deploy_fetches_no_blob() {
+    use crate::deployments::{node_with, nowhere_in, project_id, push_web, service, settle, via_ingress};
+    if !crate::runtime::can_run() || !have_skopeo() {
+        return;
+    }
+    let Some(dist) = AuthDistribution::start("alice", "wonderland-42") else { return };
+    // The image lives on a second berth (token auth) and, copied, on distribution
+    // (Basic auth).
+    let remote = Berth::start("");
+    let radmin = remote.admin();
+    assert_eq!(radmin.post("/v1/projects", &json!({"name": "alpha"})).status, 201);
+    let t = radmin.post("/v1/api-tokens", &json!({"name": "pull", "scopes": ["registry:pull", "registry:push"]}));
+    let pat = t.json()["token"].as_str().unwrap().to_string();
+    let image_digest = push_web(&radmin.with_token(&pat), "alpha/web", "v1", "external v1\n", true);
+    skopeo_ok(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--src-creds",
+        &format!("admin:{pat}"),
+        "--dest-creds",
+        "alice:wonderland-42",
+        &format!("docker://{}/alpha/web:v1", remote.addr),
+        &format!("docker://{}/team/web:v1", dist.addr),
+    ]);
+
+    // A cache capped at one byte: only what replicas run (or rollbacks need) stays.
+    let (node, admin) = node_with("", "[cache]\nmax_bytes = 1\n[registry]\ngc_grace_seconds = 0\n");
+    let project = project_id(&admin, "alpha");
+    let login = |name: &str, server: SocketAddr, user: &str, password: &str| {
+        let r = admin.post(
+            &format!("/v1/projects/{project}/registries"),
+            &json!({"name": name, "server": server.to_string(), "username": user, "password": password}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert!(!r.text().contains(password), "write-only: {}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    };
+    let dist_login = login("dist", dist.addr, "alice", "wonderland-42");
+    let berth_login = login("second", remote.addr, "admin", &pat);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let host = "web.alpha.localhost";
+
+    // Refused before anything starts: a malformed reference, an unknown login, a
+    // login for another server.
+    assert_eq!(deploy_external(&admin, &svc, "127.0.0.1:1/UPPER/case:v1", None).status, 400);
+    let other =
+        deploy_external(&admin, &svc, &format!("{}/team/web:v1", dist.addr), Some("reg_01ZZZZZZZZZZZZZZZZZZZZZZZZ"));
+    assert_eq!(other.status, 404, "{}", other.text());
+    let wrong = deploy_external(&admin, &svc, &format!("{}/team/web:v1", dist.addr), Some(&berth_login));
+    assert_eq!(wrong.status, 422, "{}", wrong.text());
+
+    // From distribution with its stored Basic login (the only one for that server).
+    let r = deploy_external(&admin, &svc, &format!("{}/team/web:v1", dist.addr), None);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dep1 = r.json()["id"].as_str().unwrap().to_string();
+    let d = settle(&admin, &dep1, 120);
+    assert_eq!((d["status"].as_str(), d["image_digest"].as_str()), (Some("live"), Some(image_digest.as_str())), "{d}");
+    assert_eq!(via_ingress(&node, host, "/"), Some((200, "external v1\n".to_string())));
+    let log = deployment_log(&admin, &dep1);
+    assert!(log.iter().any(|l| l.contains("pulled") && l.contains("3 blob(s)")), "{log:?}");
+
+    // Cache GC down to one byte keeps what the replica runs.
+    let gc = admin.post("/v1/oci/cache/gc", &json!({}));
+    assert_eq!(gc.status, 200, "{}", gc.text());
+    // The same image again, now from the second berth with its token login, named:
+    // every blob is already here, so nothing is fetched.
+    let r = deploy_external(&admin, &svc, &format!("{}/alpha/web:v1", remote.addr), Some(&berth_login));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dep2 = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(settle(&admin, &dep2, 120)["status"], "live");
+    let log = deployment_log(&admin, &dep2);
+    assert!(log.iter().any(|l| l.contains("(0 blob(s), 0 byte(s) fetched)")), "{log:?}");
+    assert_eq!(via_ingress(&node, host, "/"), Some((200, "external v1\n".to_string())));
+
+    // A wrong password: the deployment fails with the reason in its log, the
+    // previous one keeps serving, and the password shows nowhere.
+    let r = admin
+        .put(&format!("/v1/projects/{project}/registries/{dist_login}"), &json!({"password": "not-the-password-77"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = deploy_external(&admin, &svc, &format!("{}/team/web:v1", dist.addr), None);
+    let dep3 = r.json()["id"].as_str().unwrap().to_string();
+    let d = settle(&admin, &dep3, 120);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["error"].as_str().unwrap().contains("refused"), "{d}");
+    assert_eq!(admin.get(&format!("/v1/services/{svc}")).json()["current_deployment_id"], dep2.as_str());
+    assert_eq!(via_ingress(&node, host, "/"), Some((200, "external v1\n".to_string())));
+    // An unreachable registry fails the same way.
+    let r = deploy_external(&admin, &svc, &format!("127.0.0.1:{}/team/web:v1", free_port().port()), None);
+    let d = settle(&admin, r.json()["id"].as_str().unwrap(), 120);
+    assert!(d["error"].as_str().unwrap().contains("unreachable"), "{d}");
+
+    // Rollback to the first deployment: its digest, no pull.
+    let r = admin.post(&format!("/v1/deployments/{dep1}/rollback"), &json!({}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let back = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(settle(&admin, &back, 120)["status"], "live");
+    assert!(!deployment_log(&admin, &back).iter().any(|l| l.starts_with("pulling ")), "a rollback does not pull");
+
+    for secret in ["wonderland-42", "not-the-password-77", pat.as_str()] {
+        nowhere_in(&node.b.data_dir(), secret).unwrap();
+        assert!(!node.b.log().contains(secret), "{secret} in the daemon's log");
+    }
+}
