@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{Extension, IntoResponse};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Extension, IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -14,7 +15,8 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{AuditNote, Caller, JsonBody, ListParams, Paginated};
 use super::validate;
 use crate::auth::Role;
-use crate::store::projects::{Limits, Member, Project, ProjectUpdate};
+use crate::store::PageQuery;
+use crate::store::projects::{Limits, Listed, Member, PageKey, Project, ProjectUpdate, Viewer};
 
 const MAX_DESCRIPTION: usize = 1000;
 const MAX_ENV_KEYS: usize = 200;
@@ -78,24 +80,26 @@ fn check_limits(l: &Limits) -> ApiResult<()> {
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Paginated<Project>)),
     security(("bearer" = [])))]
-pub async fn list(
-    State(state): State<AppState>,
-    Caller(p): Caller,
-    params: ListParams,
-) -> ApiResult<Json<Paginated<Project>>> {
-    let q = params.page_query();
-    let (uid, all) = (p.user.id.clone(), p.user.super_admin);
-    let page = state
-        .store
-        .read(move |c| {
-            if all {
-                crate::store::projects::list_all(c, &q)
-            } else {
-                crate::store::projects::list_for_user(c, &uid, &q)
-            }
-        })
-        .await?;
-    Ok(Json(Paginated::from_page(page, |p| &p.id)))
+pub async fn list(State(state): State<AppState>, Caller(p): Caller, params: ListParams) -> ApiResult<Response> {
+    let viewer = if p.user.super_admin { Viewer::All } else { Viewer::Member(p.user.id.clone()) };
+    let key = PageKey { viewer, limit: params.limit, after: params.cursor };
+    if let Some(body) = state.gate.lists.get(&key) {
+        return Ok(json_bytes(body));
+    }
+    let (viewer, q) = (key.viewer.clone(), PageQuery { limit: key.limit, after: key.after.clone() });
+    let Listed { page, stamp } = state.store.read(move |c| crate::store::projects::list_page(c, &viewer, &q)).await?;
+    let rendered = Paginated::from_page(page, |p| &p.id);
+    // A project renders to ~230 bytes with an empty env.
+    let mut body = Vec::with_capacity(64 + 256 * rendered.data.len());
+    serde_json::to_writer(&mut body, &rendered).map_err(ApiError::internal)?;
+    let body = Bytes::from(body);
+    state.gate.lists.keep(key, &stamp, body.clone(), body.len());
+    Ok(json_bytes(body))
+}
+
+/// A `200` with a JSON body rendered beforehand.
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// Creates a project.

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -24,10 +25,15 @@ use crate::auth::{AuthError, Authenticator, BOOTSTRAP_PREFIX, Principal};
 use crate::config::Config;
 use crate::pool::Pool;
 use crate::store::Store;
+use crate::store::projects::PageCache;
 
 const MAX_USER_AGENT: usize = 256;
 
-/// What the rate limits, the credential check and login need, shared by every request.
+/// Bytes of rendered project-list pages kept at most (`Gate::lists`).
+const LIST_PAGES_BYTES: usize = 4 << 20;
+
+/// What every request shares in front of the store: rate limits, the credential
+/// check and login, and the project-list pages kept while they are current.
 pub struct Gate {
     pub config: Arc<Config>,
     pub store: Store,
@@ -38,6 +44,9 @@ pub struct Gate {
     pub hashing: Pool,
     /// Which protocol answers what (`/v1` or `/v2`), decided by the layer above.
     pub surface: Arc<dyn Surface>,
+    /// Rendered `GET /v1/projects` pages, served while no project or membership has
+    /// changed since they were read (`store::projects` decides that exactly).
+    pub lists: PageCache<Bytes>,
 }
 
 impl Gate {
@@ -53,6 +62,7 @@ impl Gate {
                 std::time::Duration::from_secs(config.api.login_window_seconds),
             ),
             hashing: Pool::new("argon2", threads, threads * 16),
+            lists: PageCache::new(LIST_PAGES_BYTES),
             surface,
             store,
             config,
