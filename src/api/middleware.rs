@@ -23,19 +23,22 @@ pub async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    let ctx = match req.extensions().get::<Ctx>() {
-        Some(c) => c.clone(),
-        None => return ApiError::internal("request context missing").into_response(),
+    let Some(ctx) = req.extensions().get::<Ctx>() else {
+        return ApiError::internal("request context missing").into_response();
     };
     let project_id = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string());
-    if let Err(e) = check(&state, route, &ctx, project_id.as_deref()).await {
+    if let Err(e) = check(&state, route, &ctx.auth, project_id.as_deref()).await {
         return e.into_response();
     }
-    let method = req.method().clone();
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !mutating || route.access == Access::Registry {
+        return next.run(req).await;
+    }
+    // What the audit entry needs, taken before the request is handed on.
+    let ctx = ctx.clone();
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
-    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if mutating && route.access != Access::Registry && resp.status().is_success() {
+    if resp.status().is_success() {
         let note = resp.extensions().get::<AuditNote>().cloned().unwrap_or_default();
         let (actor_id, actor_name, token_id) = match &ctx.auth {
             Auth::Principal(p) => {
@@ -64,8 +67,8 @@ pub async fn authorize(
 }
 
 /// The access decision for one request; `Err` is the response to send instead.
-async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&str>) -> Result<(), ApiError> {
-    let principal = match (route.access, &ctx.auth) {
+async fn check(state: &AppState, route: &Route, auth: &Auth, project_id: Option<&str>) -> Result<(), ApiError> {
+    let principal = match (route.access, auth) {
         (Access::Public | Access::Registry, _) => return Ok(()),
         (Access::Bootstrap, Auth::Other(token)) => {
             return match state.gate.auth.check_bootstrap(token).await? {
@@ -89,7 +92,7 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
                 ApiError::new(Kind::MissingToken, "bootstrap needs the token from <data_dir>/bootstrap-token")
             });
         }
-        (_, Auth::Principal(p)) => p.clone(),
+        (_, Auth::Principal(p)) => p,
         (_, Auth::Anonymous) => return Err(ApiError::new(Kind::MissingToken, "this route needs a bearer token")),
         (_, Auth::Other(_)) => return Err(AuthError::Invalid.into()),
         (_, Auth::Basic { .. }) => {
@@ -105,13 +108,13 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
         }
     };
     let super_admin = principal.user.super_admin;
-    let user_id = principal.user.id.clone();
     match route.access {
         Access::Public | Access::Bootstrap | Access::Authenticated | Access::Registry => {}
         Access::SuperAdmin if super_admin => {}
         Access::SuperAdmin => return Err(ApiError::forbidden("this route is for super-admins")),
         Access::AnyMember | Access::AnyAdmin if super_admin => {}
         Access::AnyMember | Access::AnyAdmin => {
+            let user_id = principal.user.id.clone();
             let highest = state.store.read(move |c| crate::store::projects::highest_role(c, &user_id)).await?;
             let needed = if route.access == Access::AnyAdmin { Role::Admin } else { Role::Viewer };
             if highest.is_none_or(|r| r < needed) {
@@ -127,7 +130,7 @@ async fn check(state: &AppState, route: &Route, ctx: &Ctx, project_id: Option<&s
             if !crate::ids::has_shape(&id, "prj") {
                 return Err(hidden());
             }
-            let lookup = id.clone();
+            let (lookup, user_id) = (id.clone(), principal.user.id.clone());
             let (exists, role) = state
                 .store
                 .read(move |c| {

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::REQUEST_ID;
 use super::ratelimit::{Decision, LoginLimiter, RateLimiter};
-use super::{LocalAddr, REQUEST_ID};
+use super::serve::Peer;
 use crate::auth::{AuthError, Authenticator, BOOTSTRAP_PREFIX, Principal};
 use crate::config::Config;
 use crate::pool::Pool;
@@ -138,6 +139,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     }
 }
 
+/// The client's `X-Request-Id` when it is a sane one, else a new id.
 fn request_id_from(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -146,7 +148,7 @@ fn request_id_from(headers: &HeaderMap) -> String {
             !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string)
-        .unwrap_or_else(|| crate::ids::new_id("req"))
+        .unwrap_or_else(crate::ids::new_request_id)
 }
 
 /// What the `Authorization` header holds.
@@ -157,16 +159,29 @@ pub enum Presented {
 
 /// Parses the `Authorization` header: `None` when absent, `Err` when unreadable.
 pub fn presented(headers: &HeaderMap) -> Option<Result<Presented, ()>> {
+    Some(presented_ref(headers)?.map(|p| match p {
+        PresentedRef::Bearer(t) => Presented::Bearer(t.to_string()),
+        PresentedRef::Basic(u, p) => Presented::Basic(u, p),
+    }))
+}
+
+/// [`presented`], with the bearer token borrowed from the header.
+enum PresentedRef<'a> {
+    Bearer(&'a str),
+    Basic(String, String),
+}
+
+fn presented_ref(headers: &HeaderMap) -> Option<Result<PresentedRef<'_>, ()>> {
     use base64::Engine;
     let value = headers.get(header::AUTHORIZATION)?;
     let Ok(value) = value.to_str() else { return Some(Err(())) };
     Some(match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Presented::Bearer(token.trim().into())),
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(PresentedRef::Bearer(token.trim())),
         Some((scheme, b64)) if scheme.eq_ignore_ascii_case("basic") => base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .ok()
             .and_then(|raw| String::from_utf8(raw).ok())
-            .and_then(|pair| pair.split_once(':').map(|(u, p)| Presented::Basic(u.to_string(), p.to_string())))
+            .and_then(|pair| pair.split_once(':').map(|(u, p)| PresentedRef::Basic(u.to_string(), p.to_string())))
             .ok_or(()),
         _ => Err(()),
     })
@@ -177,15 +192,17 @@ async fn authenticate(gate: &Gate, headers: &HeaderMap, source: IpAddr) -> (Auth
     let by_address = || gate.limiter.check_address(source);
     // A token (as a bearer, or as the password of `docker login`): checked against the
     // cache first, then, if unknown, against the address's budget before the store.
-    let (token, basic_user) = match presented(headers) {
+    let (token, basic_user) = match presented_ref(headers) {
         None => return (Auth::Anonymous, by_address()),
         Some(Err(())) => return (Auth::Failed(Arc::new(AuthError::Malformed)), by_address()),
-        Some(Ok(Presented::Bearer(t))) if t.starts_with(BOOTSTRAP_PREFIX) => {
+        Some(Ok(PresentedRef::Bearer(t))) if t.starts_with(BOOTSTRAP_PREFIX) => {
             return (Auth::Other(Arc::from(t)), by_address());
         }
-        Some(Ok(Presented::Bearer(t))) => (t, None),
-        Some(Ok(Presented::Basic(user, secret))) if crate::auth::parse_token(&secret).is_ok() => (secret, Some(user)),
-        Some(Ok(Presented::Basic(user, password))) => {
+        Some(Ok(PresentedRef::Bearer(t))) => (std::borrow::Cow::Borrowed(t), None),
+        Some(Ok(PresentedRef::Basic(user, secret))) if crate::auth::parse_token(&secret).is_ok() => {
+            (std::borrow::Cow::Owned(secret), Some(user))
+        }
+        Some(Ok(PresentedRef::Basic(user, password))) => {
             return (Auth::Basic { username: Arc::from(user), password: Arc::from(password) }, by_address());
         }
     };
@@ -206,7 +223,7 @@ async fn authenticate(gate: &Gate, headers: &HeaderMap, source: IpAddr) -> (Auth
     match result {
         Ok(p) if basic_user.as_deref().is_none_or(|u| u == p.user.username) => {
             let d = gate.limiter.check_principal(p.credential_id(), &p.user.id);
-            (Auth::Principal(Arc::new(p)), d)
+            (Auth::Principal(p), d)
         }
         // `docker login` with someone else's token: the token is not theirs to use.
         Ok(_) => failed(AuthError::Invalid),
@@ -217,7 +234,11 @@ async fn authenticate(gate: &Gate, headers: &HeaderMap, source: IpAddr) -> (Auth
 /// Length of the request line and headers as they came in (close enough: the
 /// separators are counted as on the wire).
 fn head_len(req: &Request) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + line
 }
 
@@ -225,35 +246,44 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// The outer layer: see the module header.
 pub async fn layer(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request_id_from(req.headers());
-    let source =
-        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let local = req.extensions().get::<LocalAddr>().map(|l| l.0);
+    let (source, local) = match req.extensions().get::<Peer>() {
+        Some(peer) => (peer.remote.ip(), peer.local),
+        None => (IpAddr::from([127, 0, 0, 1]), None),
+    };
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Cheap to keep (the request's bytes are shared), read only to answer or log.
+    let uri = req.uri().clone();
+    let ctx_request_id = request_id.clone();
     REQUEST_ID
-        .scope(request_id.clone(), async move {
+        .scope(request_id, async move {
+            let path = uri.path();
             let early = if head_len(&req) > super::serve::MAX_HEAD_BYTES {
                 Some(Rejection::HeadTooLarge)
             } else {
-                match (gate.surface.body_limit(&method, &path), declared_length(req.headers())) {
+                match (gate.surface.body_limit(&method, path), declared_length(req.headers())) {
                     // Refused before the body is touched, so no `100 Continue` goes out.
                     (Some(limit), Some(len)) if len > limit => Some(Rejection::TooLarge { limit }),
                     _ => None,
                 }
             };
             if let Some(rejection) = early {
-                let mut resp = gate.surface.reject(&path, rejection);
+                let mut resp = gate.surface.reject(path, rejection);
                 // The body was never read: the connection cannot carry another request.
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return finish(resp, &request_id, None, (&method, &path, None, started));
+                return finish(resp, None, (&method, path, None, started));
             }
             let (auth, decision) = authenticate(&gate, req.headers(), source).await;
             let actor = match &auth {
-                Auth::Principal(p) => Some(p.user.username.clone()),
+                Auth::Principal(p) => Some(p.clone()),
                 _ => None,
             };
             let user_agent = req
@@ -263,40 +293,43 @@ pub async fn layer(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
                 .map(|s| s.chars().take(MAX_USER_AGENT).collect())
                 .unwrap_or_default();
             let resp = if decision.allowed {
-                req.extensions_mut().insert(Ctx { request_id: request_id.clone(), source, local, user_agent, auth });
+                req.extensions_mut().insert(Ctx { request_id: ctx_request_id, source, local, user_agent, auth });
                 next.run(req).await
             } else {
-                gate.surface.reject(&path, Rejection::RateLimited { retry_after: decision.reset })
+                gate.surface.reject(path, Rejection::RateLimited { retry_after: decision.reset })
             };
-            finish(resp, &request_id, Some(decision), (&method, &path, actor.as_deref(), started))
+            let actor = actor.as_ref().map(|p| p.user.username.as_str());
+            finish(resp, Some(decision), (&method, path, actor, started))
         })
         .await
 }
 
 fn finish(
     mut resp: Response,
-    request_id: &str,
     decision: Option<Decision>,
     (method, path, actor, started): (&Method, &str, Option<&str>, Instant),
 ) -> Response {
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v);
-    }
-    if let Some(d) = decision {
-        h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
-        h.insert("x-ratelimit-reset", HeaderValue::from(d.reset));
-    }
     let status = resp.status().as_u16();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let actor = actor.unwrap_or("-");
-    if status >= 500 {
-        tracing::error!(request_id, %method, path, status, ms, actor, "request");
-    } else if method != Method::GET && method != Method::HEAD {
-        tracing::info!(request_id, %method, path, status, ms, actor, "request");
-    } else {
-        tracing::debug!(request_id, %method, path, status, ms, actor, "request");
+    let h = resp.headers_mut();
+    if let Some(d) = decision {
+        h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+        h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+        h.insert(X_RATELIMIT_RESET, HeaderValue::from(d.reset));
     }
+    let _ = REQUEST_ID.try_with(|request_id| {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert(X_REQUEST_ID, v);
+        }
+        // The fields are computed only when the line is written (reads log at debug).
+        let ms = || started.elapsed().as_secs_f64() * 1000.0;
+        let actor = actor.unwrap_or("-");
+        if status >= 500 {
+            tracing::error!(request_id, %method, path, status, ms = ms(), actor, "request");
+        } else if method != Method::GET && method != Method::HEAD {
+            tracing::info!(request_id, %method, path, status, ms = ms(), actor, "request");
+        } else {
+            tracing::debug!(request_id, %method, path, status, ms = ms(), actor, "request");
+        }
+    });
     resp
 }

@@ -5,7 +5,8 @@
 //! - a cap on the request head (64 KiB, larger heads get 431) and a deadline for
 //!   reading it, which also closes kept-alive connections left idle (slowloris);
 //! - a deadline on every request body ([`super::body::TimedBody`]), so a client that
-//!   sends a `Content-Length` and then stalls is cut off;
+//!   sends a `Content-Length` and then stalls is cut off (requests without a body
+//!   skip the wrapper and its timer);
 //! - caps on open connections, in all and per address (IPv6 per /64): connections
 //!   over a cap are closed at once, before hyper allocates anything for them;
 //! - a graceful drain that stops accepting, lets in-flight requests finish, and
@@ -19,19 +20,26 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
-use super::LocalAddr;
 use super::body::{BodyPolicy, TimedBody};
 use super::ratelimit::AddrKey;
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Who a request came from and where to (a request extension set by [`serve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub remote: SocketAddr,
+    /// The listener address the client connected to.
+    pub local: Option<SocketAddr>,
+}
 
 /// The listener's limits.
 #[derive(Debug, Clone, Copy)]
@@ -144,11 +152,15 @@ pub async fn serve(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let mut req = req.map(|b| axum::body::Body::new(TimedBody::new(b, limits.body)));
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                if let Some(local) = local {
-                    req.extensions_mut().insert(LocalAddr(local));
-                }
+                // Only a body that is still to come can be slow; most requests have none.
+                let mut req = req.map(|b| {
+                    if b.is_end_stream() {
+                        axum::body::Body::empty()
+                    } else {
+                        axum::body::Body::new(TimedBody::new(b, limits.body))
+                    }
+                });
+                req.extensions_mut().insert(Peer { remote: peer, local });
                 app.clone().oneshot(req)
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
