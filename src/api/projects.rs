@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Extension, IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -99,7 +99,13 @@ pub async fn list(State(state): State<AppState>, Caller(p): Caller, params: List
 
 /// A `200` with a JSON body rendered beforehand.
 fn json_bytes(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    // Room for the headers the outer layers add (length, request id, rate limits),
+    // so the map is allocated once.
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(Body::from(body));
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// Creates a project.

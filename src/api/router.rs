@@ -139,8 +139,7 @@ impl crate::http::Surface for Surfaces {
 pub fn build(state: AppState) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
     for route in ROUTES {
-        let guarded = (route.mount)()
-            .route_layer(axum::middleware::from_fn_with_state((state.clone(), route), middleware::authorize));
+        let guarded = (route.mount)().route_layer(middleware::AuthorizeLayer::new(state.clone(), route));
         let merged = match by_path.remove(route.path) {
             Some(existing) => existing.merge(guarded),
             None => guarded,
@@ -157,7 +156,7 @@ pub fn build(state: AppState) -> Router {
     router
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.gate.clone(), crate::http::context::layer))
+        .layer(crate::http::context::ContextLayer::new(state.gate.clone()))
         .with_state(state)
 }
 
