@@ -280,3 +280,159 @@ pub async fn remove_member(
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::state::AppState;
+    use crate::store::Store;
+
+    struct World {
+        app: axum::Router,
+        state: AppState,
+        store: Store,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            self.store.close();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn world() -> World {
+        let (store, dir) = crate::store::test_store();
+        let config = crate::config::Config { data_dir: dir.clone(), run_dir: dir.join("run"), ..Default::default() };
+        let config = Arc::new(config);
+        let surfaces = Arc::new(super::super::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
+        let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
+        let host =
+            crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };
+        let state = AppState::new(config, store.clone(), gate, host, None);
+        World { app: super::super::router::build(state.clone()), state, store, dir }
+    }
+
+    /// A user with a session; returns their id and bearer token.
+    async fn user(w: &World, name: &str, super_admin: bool) -> (String, String) {
+        let user = crate::store::users::User {
+            id: crate::ids::new_id("usr"),
+            username: name.into(),
+            super_admin,
+            created_at: crate::ids::now_rfc3339(),
+        };
+        let secret = crate::auth::new_secret();
+        let hash = crate::auth::hash_secret(&secret);
+        let session = crate::ids::new_id("ses");
+        let (u, s) = (user.clone(), session.clone());
+        w.store
+            .write(move |c| {
+                crate::store::users::insert(c, &u, "unused")?;
+                crate::store::auth::insert_session(
+                    c,
+                    &crate::store::auth::NewSession {
+                        id: &s,
+                        user_id: &u.id,
+                        secret_hash: &hash,
+                        created_at: "2026-01-01T00:00:00Z",
+                        expires_at: "2099-01-01T00:00:00Z",
+                        source_addr: "127.0.0.1",
+                        user_agent: "test",
+                    },
+                )
+            })
+            .await
+            .unwrap();
+        (user.id, crate::auth::format_token(&crate::auth::CredentialKind::Session(session), &secret))
+    }
+
+    async fn call(w: &World, method: &str, path: &str, bearer: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {bearer}"));
+        let body = body.map_or_else(axum::body::Body::empty, |v| axum::body::Body::from(v.to_string()));
+        let resp = w.app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        assert!(resp.headers().contains_key("x-ratelimit-remaining"), "{method} {path}: no rate-limit headers");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// The names on a caller's first page, read twice: the second read is served
+    /// from the kept page and must say the same.
+    async fn names(w: &World, bearer: &str, query: &str) -> Vec<String> {
+        let path = format!("/v1/projects{query}");
+        let (s, first) = call(w, "GET", &path, bearer, None).await;
+        assert_eq!(s, StatusCode::OK, "{first}");
+        assert!(!w.state.gate.lists.is_empty(), "the page was kept");
+        let (_, again) = call(w, "GET", &path, bearer, None).await;
+        assert_eq!(first, again);
+        first["data"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_write_shows_in_the_next_list() {
+        let w = world().await;
+        let (_, root) = user(&w, "root", true).await;
+        let (bob_id, bob) = user(&w, "bob", false).await;
+        assert!(names(&w, &root, "").await.is_empty());
+        assert!(names(&w, &bob, "").await.is_empty());
+
+        // Create: read, write, read.
+        let (s, alpha) = call(&w, "POST", "/v1/projects", &root, Some(json!({"name": "alpha"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{alpha}");
+        let alpha = alpha["id"].as_str().unwrap().to_string();
+        assert_eq!(names(&w, &root, "").await, ["alpha"]);
+        assert!(names(&w, &bob, "").await.is_empty());
+
+        // Membership: bob sees the project once added, and no longer once removed.
+        let add = json!({"username": "bob", "role": "viewer"});
+        let (s, v) = call(&w, "POST", &format!("/v1/projects/{alpha}/members"), &root, Some(add)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(names(&w, &bob, "").await, ["alpha"]);
+
+        // Update: the new description is in both lists at once.
+        let (s, v) =
+            call(&w, "PUT", &format!("/v1/projects/{alpha}"), &root, Some(json!({"description": "changed"}))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        for who in [&root, &bob] {
+            let (_, page) = call(&w, "GET", "/v1/projects", who, None).await;
+            assert_eq!(page["data"][0]["description"], "changed", "{page}");
+        }
+
+        // Pages are kept per page: the second page follows the first's cursor.
+        let (s, beta) = call(&w, "POST", "/v1/projects", &root, Some(json!({"name": "beta"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{beta}");
+        let (_, first) = call(&w, "GET", "/v1/projects?limit=1", &root, None).await;
+        assert_eq!((first["data"][0]["name"].as_str(), first["has_more"].as_bool()), (Some("alpha"), Some(true)));
+        let cursor = first["next_cursor"].as_str().unwrap();
+        assert_eq!(names(&w, &root, &format!("?limit=1&cursor={cursor}")).await, ["beta"]);
+        assert_eq!(names(&w, &root, "").await, ["alpha", "beta"]);
+
+        let (s, _) = call(&w, "DELETE", &format!("/v1/projects/{alpha}/members/{bob_id}"), &root, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert!(names(&w, &bob, "").await.is_empty());
+
+        // Delete.
+        let (s, _) = call(&w, "DELETE", &format!("/v1/projects/{alpha}"), &root, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert_eq!(names(&w, &root, "").await, ["beta"]);
+
+        // A user's deletion: their kept pages are never served again (they cannot
+        // sign in), and a list page kept before it is dropped.
+        let beta = beta["id"].as_str().unwrap();
+        let add = json!({"username": "bob", "role": "admin"});
+        let (s, _) = call(&w, "POST", &format!("/v1/projects/{beta}/members"), &root, Some(add)).await;
+        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(names(&w, &bob, "").await, ["beta"]);
+        let (s, _) = call(&w, "DELETE", &format!("/v1/users/{bob_id}"), &root, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _) = call(&w, "GET", "/v1/projects", &bob, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(names(&w, &root, "").await, ["beta"]);
+    }
+}
