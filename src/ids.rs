@@ -50,15 +50,25 @@ fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// `prefix_` and the 26 base32 characters of `value`.
+/// `prefix_` and the 26 base32 characters of `value` (130 bits, the top 2 zero).
 fn encode(prefix: &str, value: u128) -> String {
+    let mut body = [0u8; 26];
+    // Two characters, then twice twelve (60 bits each), so the shifts stay in 64 bits.
+    let parts = [
+        ((value >> 120) as u64, 0..2),
+        ((value >> 60) as u64 & ((1 << 60) - 1), 2..14),
+        (value as u64 & ((1 << 60) - 1), 14..26),
+    ];
+    for (bits, range) in parts {
+        let last = range.end - 1;
+        for i in range {
+            body[i] = ALPHABET[((bits >> (5 * (last - i))) & 0x1f) as usize];
+        }
+    }
     let mut out = String::with_capacity(prefix.len() + 27);
     out.push_str(prefix);
     out.push('_');
-    for i in 0..26 {
-        let shift = 5 * (25 - i);
-        out.push(char::from(ALPHABET[((value >> shift) & 0x1f) as usize]));
-    }
+    out.extend(body.iter().map(|&b| char::from(b)));
     out
 }
 
@@ -136,6 +146,18 @@ mod tests {
             s[10] = bad;
             assert!(!has_shape(&s.into_iter().collect::<String>(), "req"), "{bad}");
         }
+    }
+
+    #[test]
+    fn ids_spell_their_value_in_crockford_base32() {
+        let spell = |v: u128| encode("x", v);
+        assert_eq!(spell(0), format!("x_{}", "0".repeat(26)));
+        assert_eq!(spell(31), format!("x_{}Z", "0".repeat(25)));
+        assert_eq!(spell(32), format!("x_{}10", "0".repeat(24)));
+        // The top character holds the 3 high bits of 128.
+        assert_eq!(spell(u128::MAX), format!("x_7{}", "Z".repeat(25)));
+        assert_eq!(spell(1 << 60), format!("x_{}1{}", "0".repeat(13), "0".repeat(12)));
+        assert_eq!(spell(1 << 120), format!("x_0{}", "1".to_string() + &"0".repeat(24)));
     }
 
     #[test]

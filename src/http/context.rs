@@ -147,7 +147,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 /// The client's `X-Request-Id` when it is a sane one, else a new id.
 fn request_id_from(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
