@@ -632,6 +632,65 @@ mod tests {
         assert!(!clock.is_latest(7), "a change in flight wins");
     }
 
+    /// Every function outside tests that writes to `projects` or `members` (or
+    /// deletes users, whose memberships cascade) marks the change: a write that did
+    /// not would leave kept list pages served after it.
+    #[test]
+    fn every_write_to_what_lists_show_marks_a_change() {
+        const WRITES: &[&str] = &[
+            "insert into projects",
+            "insert or replace into projects",
+            "update projects",
+            "delete from projects",
+            "insert into members",
+            "insert or replace into members",
+            "update members",
+            "delete from members",
+            "delete from users",
+        ];
+        fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    sources(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        sources(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let starts_fn = |line: &str| {
+            let t = line.trim_start();
+            ["fn ", "pub fn ", "pub(crate) fn ", "async fn ", "pub async fn ", "pub(crate) async fn "]
+                .iter()
+                .any(|p| t.starts_with(p))
+        };
+        let mut unmarked = Vec::new();
+        let mut writers = 0;
+        for (path, text) in &files {
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let mut chunks: Vec<Vec<&str>> = vec![Vec::new()];
+            for line in code.lines() {
+                if starts_fn(line) {
+                    chunks.push(Vec::new());
+                }
+                chunks.last_mut().unwrap().push(line);
+            }
+            for chunk in chunks {
+                let body = chunk.join(" ").to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
+                if WRITES.iter().any(|w| body.contains(w)) {
+                    writers += 1;
+                    if !body.contains("lists_changed(") {
+                        unmarked.push(format!("{path}: {}", chunk.first().map_or("", |l| l.trim())));
+                    }
+                }
+            }
+        }
+        assert!(writers >= 6, "the scan found only {writers} writers; is it still reading the sources?");
+        assert!(unmarked.is_empty(), "writes that do not call lists_changed: {unmarked:#?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cache_is_bounded_in_bytes() {
         let (store, dir) = crate::store::test_store();
