@@ -5,6 +5,8 @@
 //! its own audit entries (one per pushed or deleted manifest, not one per chunk).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -53,20 +55,41 @@ pub struct Authorize<S> {
     inner: S,
 }
 
+/// The response future of [`Authorize`]: the handler's own when nothing is left to
+/// do after it, else a boxed one.
+pub enum AuthorizeFuture<F> {
+    Handler(F),
+    Boxed(ResponseFuture),
+}
+
+impl<F> Future for AuthorizeFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            AuthorizeFuture::Handler(f) => Pin::new(f).poll(cx),
+            AuthorizeFuture::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S> Service<Request> for Authorize<S>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S::Future: Send + Unpin + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = AuthorizeFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> ResponseFuture {
+    fn call(&mut self, req: Request) -> Self::Future {
         let route = self.route;
         let audited =
             !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) && route.access != Access::Registry;
@@ -76,13 +99,13 @@ where
                 None => Some(Err(ApiError::internal("request context missing"))),
             };
             match decided {
-                Some(Ok(())) => return Box::pin(self.inner.call(req)),
-                Some(Err(e)) => return Box::pin(std::future::ready(Ok(e.into_response()))),
+                Some(Ok(())) => return AuthorizeFuture::Handler(self.inner.call(req)),
+                Some(Err(e)) => return AuthorizeFuture::Boxed(Box::pin(std::future::ready(Ok(e.into_response())))),
                 None => {}
             }
         }
         let (state, inner) = (self.state.clone(), self.inner.clone());
-        Box::pin(async move { Ok(authorize(state, route, req, inner).await) })
+        AuthorizeFuture::Boxed(Box::pin(async move { Ok(authorize(state, route, req, inner).await) }))
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter};
+use tower::Layer;
 
 use super::{AppState, audit, health, middleware, node, openapi, projects, registry, session, tokens, users};
 use crate::auth::{Role, Scope};
@@ -46,9 +47,12 @@ pub struct Route {
     pub access: Access,
     /// Scope an API token needs for this route (sessions have every scope).
     pub scope: Option<Scope>,
-    pub mount: fn() -> MethodRouter<AppState>,
+    /// The handler behind [`middleware::AuthorizeLayer`] for this row, for this method.
+    pub mount: fn(AppState, &'static Route) -> MethodRouter<AppState>,
 }
 
+// The authorization wraps the handler itself (not the route axum would box around
+// it): one layer less for every request to go through.
 macro_rules! route {
     ($method:ident $path:literal, $access:expr, $scope:expr, $handler:path) => {
         Route {
@@ -56,7 +60,13 @@ macro_rules! route {
             path: $path,
             access: $access,
             scope: $scope,
-            mount: || axum::routing::on(MethodFilter::$method, $handler),
+            mount: |state, route| {
+                let handler = axum::handler::Handler::with_state($handler, state.clone());
+                axum::routing::on_service(
+                    MethodFilter::$method,
+                    middleware::AuthorizeLayer::new(state, route).layer(handler),
+                )
+            },
         }
     };
 }
@@ -139,7 +149,7 @@ impl crate::http::Surface for Surfaces {
 pub fn build(state: AppState) -> Router {
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
     for route in ROUTES {
-        let guarded = (route.mount)().route_layer(middleware::AuthorizeLayer::new(state.clone(), route));
+        let guarded = (route.mount)(state.clone(), route);
         let merged = match by_path.remove(route.path) {
             Some(existing) => existing.merge(guarded),
             None => guarded,
