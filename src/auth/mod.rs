@@ -7,9 +7,11 @@
 //! - The bootstrap token is `berth_boot_<secret>`, its hash kept in `meta` until used.
 //! - Roles are per project: Viewer < Operator < Admin; a super-admin flag bypasses
 //!   membership. API tokens carry scopes, a ceiling over the owner's roles.
-//! - Verified credentials are cached in memory for a minute; every revocation path
-//!   invalidates the cache (guarded by a generation counter so a lookup racing a
-//!   revocation cannot re-insert a stale entry), so a revoked token fails at once.
+//! - Verified credentials are cached in memory for a minute, as the shared
+//!   [`Principal`] they stand for and the hash their secret must match (a hit costs
+//!   one lookup, one SHA-256 and no copies); every revocation path invalidates the
+//!   cache (guarded by a generation counter so a lookup racing a revocation cannot
+//!   re-insert a stale entry), so a revoked token fails at once.
 
 pub mod password;
 pub mod scopes;

@@ -7,6 +7,13 @@
 //! cache is counted against its credential and user; one that is not (a fresh or a
 //! made-up token) is first counted against the source address, so an address that
 //! is already refused cannot buy database lookups with junk tokens.
+//!
+//! This runs for every request, so it is written for the common case: a caller
+//! known from memory (no token, or a cached one) is decided synchronously and the
+//! request goes on to the route at once; only a credential the store must check
+//! makes the layer wait (see [`ContextLayer`]). Response headers use names built
+//! at compile time, and the request log line (debug level for reads) is only
+//! assembled when it is written.
 
 use std::borrow::Cow;
 use std::convert::Infallible;

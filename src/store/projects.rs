@@ -5,7 +5,7 @@
 //! so callers may keep rendered pages ([`PageCache`]) as long as the state they were
 //! read in is still the latest. That is decided exactly, never by age:
 //! - every function here that changes a project or a membership (and
-//!   `users::delete`, whose memberships go with the user) calls [`lists_changed`]
+//!   `users::delete`, whose memberships go with the user) calls `lists_changed`
 //!   inside its transaction: it takes the next number from the database's
 //!   [`ListClock`] (in memory) and stores it in `meta` in the same transaction;
 //! - [`list_page`] reads the stored number and the page in one read transaction,
@@ -17,7 +17,8 @@
 //!   clock ahead of the database: nothing is kept until the next committed change,
 //!   which costs reads, never correctness.
 //!
-//! Decision and alternatives: `adr/017-cached-project-lists.md`.
+//! Decision and alternatives: `adr/017-api-hot-path.md`. A test scans the sources
+//! for writes to these tables that do not call `lists_changed`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
