@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{Extension, IntoResponse};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Extension, IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -14,7 +15,8 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{AuditNote, Caller, JsonBody, ListParams, Paginated};
 use super::validate;
 use crate::auth::Role;
-use crate::store::projects::{Limits, Member, Project, ProjectUpdate};
+use crate::store::PageQuery;
+use crate::store::projects::{Limits, Listed, Member, PageKey, Project, ProjectUpdate, Viewer};
 
 const MAX_DESCRIPTION: usize = 1000;
 const MAX_ENV_KEYS: usize = 200;
@@ -78,24 +80,32 @@ fn check_limits(l: &Limits) -> ApiResult<()> {
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = Paginated<Project>)),
     security(("bearer" = [])))]
-pub async fn list(
-    State(state): State<AppState>,
-    Caller(p): Caller,
-    params: ListParams,
-) -> ApiResult<Json<Paginated<Project>>> {
-    let q = params.page_query();
-    let (uid, all) = (p.user.id.clone(), p.user.super_admin);
-    let page = state
-        .store
-        .read(move |c| {
-            if all {
-                crate::store::projects::list_all(c, &q)
-            } else {
-                crate::store::projects::list_for_user(c, &uid, &q)
-            }
-        })
-        .await?;
-    Ok(Json(Paginated::from_page(page, |p| &p.id)))
+pub async fn list(State(state): State<AppState>, Caller(p): Caller, params: ListParams) -> ApiResult<Response> {
+    let viewer = if p.user.super_admin { Viewer::All } else { Viewer::Member(p.user.id.clone()) };
+    let key = PageKey { viewer, limit: params.limit, after: params.cursor };
+    if let Some(body) = state.gate.lists.get(&key) {
+        return Ok(json_bytes(body));
+    }
+    let (viewer, q) = (key.viewer.clone(), PageQuery { limit: key.limit, after: key.after.clone() });
+    let Listed { page, stamp } = state.store.read(move |c| crate::store::projects::list_page(c, &viewer, &q)).await?;
+    let rendered = Paginated::from_page(page, |p| &p.id);
+    // A project renders to ~230 bytes with an empty env.
+    let mut body = Vec::with_capacity(64 + 256 * rendered.data.len());
+    serde_json::to_writer(&mut body, &rendered).map_err(ApiError::internal)?;
+    let body = Bytes::from(body);
+    state.gate.lists.keep(key, &stamp, body.clone(), body.len());
+    Ok(json_bytes(body))
+}
+
+/// A `200` with a JSON body rendered beforehand.
+fn json_bytes(body: Bytes) -> Response {
+    // Room for the headers the outer layers add (length, request id, rate limits),
+    // so the map is allocated once.
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(Body::from(body));
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// Creates a project.
@@ -269,4 +279,167 @@ pub async fn remove_member(
         return Err(ApiError::not_found(format!("user {user_id} is not a member of this project")));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::state::AppState;
+    use crate::store::Store;
+
+    struct World {
+        app: axum::Router,
+        state: AppState,
+        store: Store,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            self.store.close();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn world() -> World {
+        let (store, dir) = crate::store::test_store();
+        let config = crate::config::Config { data_dir: dir.clone(), run_dir: dir.join("run"), ..Default::default() };
+        let config = Arc::new(config);
+        let surfaces = Arc::new(super::super::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
+        let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
+        let host =
+            crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };
+        let state = AppState::new(crate::state::Parts {
+            config,
+            store: store.clone(),
+            gate,
+            host,
+            engine: None,
+            sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
+        });
+        World { app: super::super::router::build(state.clone()), state, store, dir }
+    }
+
+    /// A user with a session; returns their id and bearer token.
+    async fn user(w: &World, name: &str, super_admin: bool) -> (String, String) {
+        let user = crate::store::users::User {
+            id: crate::ids::new_id("usr"),
+            username: name.into(),
+            super_admin,
+            created_at: crate::ids::now_rfc3339(),
+        };
+        let secret = crate::auth::new_secret();
+        let hash = crate::auth::hash_secret(&secret);
+        let session = crate::ids::new_id("ses");
+        let (u, s) = (user.clone(), session.clone());
+        w.store
+            .write(move |c| {
+                crate::store::users::insert(c, &u, "unused")?;
+                crate::store::auth::insert_session(
+                    c,
+                    &crate::store::auth::NewSession {
+                        id: &s,
+                        user_id: &u.id,
+                        secret_hash: &hash,
+                        created_at: "2026-01-01T00:00:00Z",
+                        expires_at: "2099-01-01T00:00:00Z",
+                        source_addr: "127.0.0.1",
+                        user_agent: "test",
+                    },
+                )
+            })
+            .await
+            .unwrap();
+        (user.id, crate::auth::format_token(&crate::auth::CredentialKind::Session(session), &secret))
+    }
+
+    async fn call(w: &World, method: &str, path: &str, bearer: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {bearer}"));
+        let body = body.map_or_else(axum::body::Body::empty, |v| axum::body::Body::from(v.to_string()));
+        let resp = w.app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = resp.status();
+        assert!(resp.headers().contains_key("x-ratelimit-remaining"), "{method} {path}: no rate-limit headers");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// The names on a caller's first page, read twice: the second read is served
+    /// from the kept page and must say the same.
+    async fn names(w: &World, bearer: &str, query: &str) -> Vec<String> {
+        let path = format!("/v1/projects{query}");
+        let (s, first) = call(w, "GET", &path, bearer, None).await;
+        assert_eq!(s, StatusCode::OK, "{first}");
+        assert!(!w.state.gate.lists.is_empty(), "the page was kept");
+        let (_, again) = call(w, "GET", &path, bearer, None).await;
+        assert_eq!(first, again);
+        first["data"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_write_shows_in_the_next_list() {
+        let w = world().await;
+        let (_, root) = user(&w, "root", true).await;
+        let (bob_id, bob) = user(&w, "bob", false).await;
+        assert!(names(&w, &root, "").await.is_empty());
+        assert!(names(&w, &bob, "").await.is_empty());
+
+        // Create: read, write, read.
+        let (s, alpha) = call(&w, "POST", "/v1/projects", &root, Some(json!({"name": "alpha"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{alpha}");
+        let alpha = alpha["id"].as_str().unwrap().to_string();
+        assert_eq!(names(&w, &root, "").await, ["alpha"]);
+        assert!(names(&w, &bob, "").await.is_empty());
+
+        // Membership: bob sees the project once added, and no longer once removed.
+        let add = json!({"username": "bob", "role": "viewer"});
+        let (s, v) = call(&w, "POST", &format!("/v1/projects/{alpha}/members"), &root, Some(add)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(names(&w, &bob, "").await, ["alpha"]);
+
+        // Update: the new description is in both lists at once.
+        let (s, v) =
+            call(&w, "PUT", &format!("/v1/projects/{alpha}"), &root, Some(json!({"description": "changed"}))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        for who in [&root, &bob] {
+            let (_, page) = call(&w, "GET", "/v1/projects", who, None).await;
+            assert_eq!(page["data"][0]["description"], "changed", "{page}");
+        }
+
+        // Pages are kept per page: the second page follows the first's cursor.
+        let (s, beta) = call(&w, "POST", "/v1/projects", &root, Some(json!({"name": "beta"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{beta}");
+        let (_, first) = call(&w, "GET", "/v1/projects?limit=1", &root, None).await;
+        assert_eq!((first["data"][0]["name"].as_str(), first["has_more"].as_bool()), (Some("alpha"), Some(true)));
+        let cursor = first["next_cursor"].as_str().unwrap();
+        assert_eq!(names(&w, &root, &format!("?limit=1&cursor={cursor}")).await, ["beta"]);
+        assert_eq!(names(&w, &root, "").await, ["alpha", "beta"]);
+
+        let (s, _) = call(&w, "DELETE", &format!("/v1/projects/{alpha}/members/{bob_id}"), &root, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert!(names(&w, &bob, "").await.is_empty());
+
+        // Delete.
+        let (s, _) = call(&w, "DELETE", &format!("/v1/projects/{alpha}"), &root, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        assert_eq!(names(&w, &root, "").await, ["beta"]);
+
+        // A user's deletion: their kept pages are never served again (they cannot
+        // sign in), and a list page kept before it is dropped.
+        let beta = beta["id"].as_str().unwrap();
+        let add = json!({"username": "bob", "role": "admin"});
+        let (s, _) = call(&w, "POST", &format!("/v1/projects/{beta}/members"), &root, Some(add)).await;
+        assert_eq!(s, StatusCode::CREATED);
+        assert_eq!(names(&w, &bob, "").await, ["beta"]);
+        let (s, _) = call(&w, "DELETE", &format!("/v1/users/{bob_id}"), &root, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _) = call(&w, "GET", "/v1/projects", &bob, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert_eq!(names(&w, &root, "").await, ["beta"]);
+    }
 }

@@ -7,16 +7,18 @@
 //! - The bootstrap token is `berth_boot_<secret>`, its hash kept in `meta` until used.
 //! - Roles are per project: Viewer < Operator < Admin; a super-admin flag bypasses
 //!   membership. API tokens carry scopes, a ceiling over the owner's roles.
-//! - Verified credentials are cached in memory for a minute; every revocation path
-//!   invalidates the cache (guarded by a generation counter so a lookup racing a
-//!   revocation cannot re-insert a stale entry), so a revoked token fails at once.
+//! - Verified credentials are cached in memory for a minute, as the shared
+//!   [`Principal`] they stand for and the hash their secret must match (a hit costs
+//!   one lookup, one SHA-256 and no copies); every revocation path invalidates the
+//!   cache (guarded by a generation counter so a lookup racing a revocation cannot
+//!   re-insert a stale entry), so a revoked token fails at once.
 
 pub mod password;
 pub mod scopes;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -151,21 +153,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Splits `berth_ses_<id>_<secret>` / `berth_pat_<id>_<secret>` into its kind, id and secret.
 pub fn parse_token(token: &str) -> Result<(CredentialKind, &str), AuthError> {
-    let (rest, session) = if let Some(r) = token.strip_prefix(SESSION_PREFIX) {
-        (r, true)
-    } else if let Some(r) = token.strip_prefix(TOKEN_PREFIX) {
-        (r, false)
-    } else {
-        return Err(AuthError::Malformed);
-    };
-    let (id, secret) = rest.rsplit_once('_').ok_or(AuthError::Malformed)?;
-    let prefix = if session { "ses" } else { "tok" };
-    if !crate::ids::has_shape(id, prefix)
-        || secret.len() != SECRET_LEN
-        || !secret.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return Err(AuthError::Malformed);
-    }
+    let (session, id, secret) = split_token(token)?;
     let kind = if session { CredentialKind::Session(id.to_string()) } else { CredentialKind::ApiToken(id.to_string()) };
     Ok((kind, secret))
 }
@@ -184,9 +172,11 @@ pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// A verified credential as kept in memory: the principal it stands for, ready to
+/// hand out, and the hash its secret must match.
 struct Cached {
-    cred: crate::store::auth::Credential,
-    expires_unix: Option<i64>,
+    secret_hash: Vec<u8>,
+    principal: Arc<Principal>,
     fetched: Instant,
     touched: Option<Instant>,
 }
@@ -194,18 +184,30 @@ struct Cached {
 /// Credentials kept in the cache at most (expired entries are dropped first).
 const MAX_CACHED: usize = 100_000;
 
-/// The cache key of a session or token credential.
-fn credential_key(kind: &CredentialKind) -> Option<String> {
-    match kind {
-        CredentialKind::Session(id) | CredentialKind::ApiToken(id) => Some(id.clone()),
-        CredentialKind::Password => None,
-    }
-}
-
 /// How long a verified credential is trusted from memory before re-reading it.
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// `last_used_at` is written at most this often per credential.
 const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// Splits a session or API token into (is a session, credential id, secret), borrowing.
+fn split_token(token: &str) -> Result<(bool, &str, &str), AuthError> {
+    let (rest, session) = if let Some(r) = token.strip_prefix(SESSION_PREFIX) {
+        (r, true)
+    } else if let Some(r) = token.strip_prefix(TOKEN_PREFIX) {
+        (r, false)
+    } else {
+        return Err(AuthError::Malformed);
+    };
+    let (id, secret) = rest.rsplit_once('_').ok_or(AuthError::Malformed)?;
+    let prefix = if session { "ses" } else { "tok" };
+    if !crate::ids::has_shape(id, prefix)
+        || secret.len() != SECRET_LEN
+        || !secret.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(AuthError::Malformed);
+    }
+    Ok((session, id, secret))
+}
 
 /// Verifies bearer tokens against the store, with a revocation-safe cache.
 pub struct Authenticator {
@@ -221,34 +223,43 @@ impl Authenticator {
 
     /// Checks a session or API token against the cache alone: `None` when checking it
     /// needs the store (not cached, or cached too long ago).
-    pub fn authenticate_cached(&self, token: &str) -> Option<Result<Principal, AuthError>> {
-        let (kind, secret) = match parse_token(token) {
-            Ok(parsed) => parsed,
+    pub fn authenticate_cached(&self, token: &str) -> Option<Result<Arc<Principal>, AuthError>> {
+        let (session, id, secret) = match split_token(token) {
+            Ok(parts) => parts,
             Err(e) => return Some(Err(e)),
         };
-        let id = credential_key(&kind)?;
+        let presented = Sha256::digest(secret.as_bytes());
         let now = Instant::now();
-        let (cred, expires_unix) = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache
-                .get(&id)
-                .filter(|c| now.duration_since(c.fetched) < CACHE_TTL)
-                .map(|c| (c.cred.clone(), c.expires_unix))?
+        let (principal, touch) = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cached = cache.get_mut(id).filter(|c| now.duration_since(c.fetched) < CACHE_TTL)?;
+            if !hashes_equal(&presented, &cached.secret_hash) {
+                return Some(Err(AuthError::Invalid));
+            }
+            if cached.principal.expires_unix.is_some_and(|e| e <= crate::ids::unix_now()) {
+                return Some(Err(AuthError::Expired));
+            }
+            let touch = cached.touched.is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY);
+            if touch {
+                cached.touched = Some(now);
+            }
+            (cached.principal.clone(), touch)
         };
-        Some(self.accept(kind, &id, secret, cred, expires_unix, now))
+        if touch {
+            self.touch(session, id);
+        }
+        Some(Ok(principal))
     }
 
     /// Checks a session or API token; returns the principal it stands for.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         if let Some(cached) = self.authenticate_cached(token) {
             return cached;
         }
-        let (kind, secret) = parse_token(token)?;
-        let id = credential_key(&kind).ok_or(AuthError::Malformed)?;
+        let (session, id, secret) = split_token(token)?;
         let now = Instant::now();
         let generation = self.generation.load(Ordering::Acquire);
-        let lookup_id = id.clone();
-        let session = matches!(kind, CredentialKind::Session(_));
+        let lookup_id = id.to_string();
         let cred = self
             .store
             .read(move |c| {
@@ -261,6 +272,15 @@ impl Authenticator {
             .await?
             .ok_or(AuthError::Invalid)?;
         let expires_unix = cred.expires_at.as_deref().and_then(crate::ids::parse_time).map(|t| t.unix_timestamp());
+        let scopes = match cred.scopes {
+            None => None,
+            Some(names) if names.iter().any(|n| n == "*") => None,
+            Some(names) => Some(names.iter().filter_map(|n| Scope::parse(n)).collect()),
+        };
+        let credential =
+            if session { CredentialKind::Session(id.to_string()) } else { CredentialKind::ApiToken(id.to_string()) };
+        let principal = Arc::new(Principal { user: cred.user, credential, scopes, expires_unix });
+        let verified = hashes_equal(&hash_secret(secret), &cred.secret_hash);
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if self.generation.load(Ordering::Acquire) == generation {
@@ -268,57 +288,32 @@ impl Authenticator {
                     cache.retain(|_, c| now.duration_since(c.fetched) < CACHE_TTL);
                 }
                 if cache.len() < MAX_CACHED {
-                    cache.insert(id.clone(), Cached { cred: cred.clone(), expires_unix, fetched: now, touched: None });
+                    // Touched below when the secret is right, so the first use is recorded.
+                    let touched = verified.then_some(now);
+                    let entry =
+                        Cached { secret_hash: cred.secret_hash, principal: principal.clone(), fetched: now, touched };
+                    cache.insert(id.to_string(), entry);
                 }
             }
         }
-        self.accept(kind, &id, secret, cred, expires_unix, now)
-    }
-
-    /// The principal a presented secret stands for, given its credential's row.
-    fn accept(
-        &self,
-        kind: CredentialKind,
-        id: &str,
-        secret: &str,
-        cred: crate::store::auth::Credential,
-        expires_unix: Option<i64>,
-        now: Instant,
-    ) -> Result<Principal, AuthError> {
-        if !hashes_equal(&hash_secret(secret), &cred.secret_hash) {
+        if !verified {
             return Err(AuthError::Invalid);
         }
         if expires_unix.is_some_and(|e| e <= crate::ids::unix_now()) {
             return Err(AuthError::Expired);
         }
-        self.touch(&kind, id, now);
-        let scopes = match cred.scopes {
-            None => None,
-            Some(names) if names.iter().any(|n| n == "*") => None,
-            Some(names) => Some(names.iter().filter_map(|n| Scope::parse(n)).collect()),
-        };
-        Ok(Principal { user: cred.user, credential: kind, scopes, expires_unix })
+        self.touch(session, id);
+        Ok(principal)
     }
 
-    fn touch(&self, kind: &CredentialKind, id: &str, now: Instant) {
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get_mut(id) {
-                Some(c) if c.touched.is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY) => c.touched = Some(now),
-                Some(_) => return,
-                None => {}
-            }
-        }
+    /// Records the credential's use (`last_used_at`); a bookkeeping write.
+    fn touch(&self, session: bool, id: &str) {
         let at = crate::ids::now_rfc3339();
         let id = id.to_string();
-        match kind {
-            CredentialKind::Session(_) => {
-                self.store.write_detached(move |c| crate::store::auth::touch_session(c, &id, &at))
-            }
-            CredentialKind::ApiToken(_) => {
-                self.store.write_detached(move |c| crate::store::auth::touch_token(c, &id, &at))
-            }
-            CredentialKind::Password => {}
+        if session {
+            self.store.write_detached(move |c| crate::store::auth::touch_session(c, &id, &at))
+        } else {
+            self.store.write_detached(move |c| crate::store::auth::touch_token(c, &id, &at))
         }
     }
 

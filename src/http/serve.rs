@@ -5,7 +5,8 @@
 //! - a cap on the request head (64 KiB, larger heads get 431) and a deadline for
 //!   reading it, which also closes kept-alive connections left idle (slowloris);
 //! - a deadline on every request body ([`super::body::TimedBody`]), so a client that
-//!   sends a `Content-Length` and then stalls is cut off;
+//!   sends a `Content-Length` and then stalls is cut off (requests without a body
+//!   skip the wrapper and its timer);
 //! - caps on open connections, in all and per address (IPv6 per /64): connections
 //!   over a cap are closed at once, before hyper allocates anything for them;
 //! - a graceful drain that stops accepting, lets in-flight requests finish, and
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,12 +33,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
 
-use super::LocalAddr;
 use super::body::{BodyPolicy, TimedBody};
 use super::ratelimit::AddrKey;
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Who a request came from and where to (a request extension set by [`serve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub remote: SocketAddr,
+    /// The listener address the client connected to.
+    pub local: Option<SocketAddr>,
+}
 
 /// A request as the accept loop hands it over: its body already on a deadline.
 pub type IncomingRequest = Request<TimedBody<Incoming>>;
@@ -55,11 +63,9 @@ impl Handler for Router {
     type Body = axum::body::Body;
 
     fn call(&self, req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<Self::Body>> + Send + use<> {
-        let mut req = req.map(axum::body::Body::new);
-        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(conn.peer));
-        if let Some(local) = conn.local {
-            req.extensions_mut().insert(LocalAddr(local));
-        }
+        // Most requests have no body: theirs needs no deadline to be polled.
+        let mut req = req.map(|b| if b.is_end_stream() { axum::body::Body::empty() } else { axum::body::Body::new(b) });
+        req.extensions_mut().insert(Peer { remote: conn.peer, local: conn.local });
         let answer = self.clone().oneshot(req);
         async move {
             match answer.await {

@@ -71,5 +71,6 @@ pub fn delete(c: &Connection, id: &str) -> Result<()> {
         }
     }
     c.execute("DELETE FROM users WHERE id = ?1", [id])?;
-    Ok(())
+    // Their memberships went with them (ON DELETE CASCADE).
+    super::projects::lists_changed(c)
 }
