@@ -702,6 +702,7 @@ fn a_daemon_killed_mid_rollout_ends_it_and_keeps_serving_the_previous_one() {
     assert_eq!(instance_ids(&admin, &svc), v1);
     assert_eq!(node.containers(), v1);
     assert_eq!(backends(&admin, "web.alpha.localhost"), Some(vec![addr.clone()]), "the routes come back");
+    assert_eq!(via_ingress(&node, "web.alpha.localhost", "/"), Some((200, "v1\n".to_string())));
 
     // kill -9 mid-rollout.
     let dep2 = deploy(&admin, &svc, "alpha/web", "mute");
@@ -730,6 +731,7 @@ fn a_daemon_killed_mid_rollout_ends_it_and_keeps_serving_the_previous_one() {
     assert!(!cgroups.iter().any(|c| c.to_string_lossy().contains(&v2)), "{cgroups:?}");
     let s = admin.get(&format!("/v1/services/{svc}")).json();
     assert_eq!((s["current_deployment_id"].as_str(), s["status"].as_str()), (Some(dep1.as_str()), Some("running")));
+    assert_eq!(via_ingress(&node, "web.alpha.localhost", "/"), Some((200, "v1\n".to_string())));
 }
 
 #[test]
