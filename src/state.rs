@@ -169,6 +169,26 @@ impl AppState {
 }
 
 impl AppState {
+    /// A state for in-process tests: the store given, defaults elsewhere, no engine,
+    /// an ephemeral host key.
+    #[cfg(test)]
+    pub fn for_tests(store: Store, dir: &std::path::Path) -> AppState {
+        let config = crate::config::Config { data_dir: dir.into(), run_dir: dir.join("run"), ..Default::default() };
+        let config = Arc::new(config);
+        let surfaces = Arc::new(crate::api::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
+        let gate = Arc::new(Gate::new(config.clone(), store.clone(), surfaces));
+        let host =
+            crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };
+        AppState::new(Parts {
+            config,
+            store,
+            gate,
+            host,
+            engine: None,
+            sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
+        })
+    }
+
     /// Blobs no collection may take: every blob a replica runs from and those a
     /// rollback may need (the images of a service's earlier deployments).
     pub async fn pinned_blobs(&self) -> Result<std::collections::HashSet<String>, crate::engine::deploy::DeployError> {

@@ -260,6 +260,22 @@ pub fn sse_response() -> (tokio::sync::mpsc::Sender<Bytes>, Response) {
 
 const LOG_POLL: Duration = Duration::from_millis(300);
 
+/// Between two polls of an SSE stream: a keep-alive comment, then `poll` or until
+/// the daemon stops. False when the stream is over (the client left, or shutdown).
+pub async fn sse_pause(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+    poll: Duration,
+) -> bool {
+    if tx.send(": keep-alive\n\n".into()).await.is_err() || *stopping.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(poll) => true,
+        _ = stopping.changed() => false,
+    }
+}
+
 /// The deployment's log as Server-Sent Events: each line an event whose `id:` is
 /// its number, from the start or after `Last-Event-ID`; the stream ends with an
 /// `end` event carrying the final status once the deployment has ended.
@@ -310,14 +326,8 @@ pub async fn logs_stream(
                 let _ = tx.send(format!("event: end\ndata: {data}\n\n").into()).await;
                 return;
             }
-            if !more {
-                if tx.send(": keep-alive\n\n".into()).await.is_err() || *stopping.borrow() {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(LOG_POLL) => {}
-                    _ = stopping.changed() => return,
-                }
+            if !more && !sse_pause(&tx, &mut stopping, LOG_POLL).await {
+                return;
             }
         }
     });

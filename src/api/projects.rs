@@ -283,7 +283,6 @@ pub async fn remove_member(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
@@ -309,20 +308,7 @@ mod tests {
 
     async fn world() -> World {
         let (store, dir) = crate::store::test_store();
-        let config = crate::config::Config { data_dir: dir.clone(), run_dir: dir.join("run"), ..Default::default() };
-        let config = Arc::new(config);
-        let surfaces = Arc::new(super::super::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
-        let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
-        let host =
-            crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };
-        let state = AppState::new(crate::state::Parts {
-            config,
-            store: store.clone(),
-            gate,
-            host,
-            engine: None,
-            sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
-        });
+        let state = AppState::for_tests(store.clone(), &dir);
         World { app: super::super::router::build(state.clone()), state, store, dir }
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::deployments::{Deployment, sse_response};
+use super::deployments::{Deployment, sse_pause, sse_response};
 use super::error::{ApiError, ApiResult};
 use super::extract::{AuditNote, Caller, JsonBody, ListParams, Paginated, form_pairs};
 use super::middleware::require_role;
@@ -754,12 +754,8 @@ pub async fn logs_stream(
                     return;
                 }
             }
-            if tx.send(": keep-alive\n\n".into()).await.is_err() || *stopping.borrow() {
+            if !sse_pause(&tx, &mut stopping, STREAM_POLL).await {
                 return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(STREAM_POLL) => {}
-                _ = stopping.changed() => return,
             }
         }
     });

@@ -1,8 +1,6 @@
 //! The router in process (`tower::ServiceExt::oneshot`): the context layer and the
 //! per-route authorization, with a real store in a temp dir and no listener.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -32,20 +30,7 @@ impl Drop for World {
 
 async fn world() -> World {
     let (store, dir) = crate::store::test_store();
-    let config = crate::config::Config { data_dir: dir.clone(), run_dir: dir.join("run"), ..Default::default() };
-    let config = Arc::new(config);
-    let surfaces = Arc::new(super::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
-    let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
-    let host =
-        crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };
-    let state = AppState::new(crate::state::Parts {
-        config,
-        store: store.clone(),
-        gate,
-        host,
-        engine: None,
-        sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
-    });
+    let state = AppState::for_tests(store.clone(), &dir);
     let project = "prj_00000000000000000000000001".to_string();
     let p = Project {
         id: project.clone(),
