@@ -1,6 +1,6 @@
 //! Start-up and shutdown order.
 //!
-//! Start: state dirs → store (migrations) → bootstrap token if there are no users →
+//! Start: state dirs → the state dir's lock (`crate::lock`: one daemon per dir) → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
 //! (routing table rebuilt) → listeners (API, then the ingress's HTTP listener) →
 //! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
@@ -34,6 +34,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretsError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -52,6 +54,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             .create(dir)
             .map_err(|e| PathError::new("create", dir, e))?;
     }
+    // Held until this function returns: a second daemon on this dir is refused.
+    let _lock = crate::lock::acquire(&config.data_dir)?;
     let db = config.data_dir.join("state.db");
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
         .await

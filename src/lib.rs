@@ -4,6 +4,7 @@
 //! an ingress with ACME, keeps its state in SQLite and serves the `/v1` REST API.
 //! See `README.md` for the architecture map and `adr/` for the decisions.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod ids;
 pub mod images;
 pub mod ingress;
+pub mod lock;
 pub mod oci;
 pub mod pool;
 pub mod registry;

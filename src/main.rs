@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// Local commands for the sysadmin on the host (users, backups, garbage collection).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Print the version.
     Version,
     /// Supervise one container (started by the daemon, not by hand).
@@ -43,6 +46,126 @@ struct ShimCli {
     log_files: u32,
     #[arg(long)]
     host_key: Option<PathBuf>,
+}
+
+/// Where the state dir is: `--data-dir`, else the config's `data_dir`.
+#[derive(clap::Args)]
+struct StateArgs {
+    /// Config file whose `data_dir` is used (default /etc/berth/berth.toml; missing is fine unless given here).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State directory (overrides the config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn config(&self) -> anyhow::Result<berth::Config> {
+        let flags = berth::config::Overrides { data_dir: self.data_dir.clone(), ..Default::default() };
+        berth::Config::load(self.config.as_deref(), std::env::vars(), &flags).context("config")
+    }
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a user; the password is read from stdin (or --password-file). Safe while the daemon runs.
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        /// Make the user a super-admin (the first one also spends the bootstrap token).
+        #[arg(long)]
+        super_admin: bool,
+        /// Read the password from the first line of this file instead of stdin.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Set a user's password (read from stdin or --password-file) and end their sessions.
+    ResetPassword {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Write a consistent online backup (database, host key, registry manifests) to one tar.zst file.
+    Backup {
+        #[arg(long)]
+        output: PathBuf,
+        /// Include every registry blob (layers, configs, the layer cache).
+        #[arg(long)]
+        with_blobs: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Restore a backup into an empty or missing state dir, after verifying all of it.
+    Restore {
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Garbage-collect the registry, the layer cache and unpacked layers (only with no daemon running).
+    Gc {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
+    use berth::admin;
+    match cmd {
+        AdminCommand::CreateUser { username, super_admin, password_file, state } => {
+            let dir = state.config()?.data_dir;
+            let password = admin::read_password(password_file.as_deref())?;
+            let user = admin::create_user(&dir, &username, &password, super_admin)?;
+            let role = if user.super_admin { "super-admin" } else { "user" };
+            eprintln!("created {role} {} ({})", user.username, user.id);
+        }
+        AdminCommand::ResetPassword { username, password_file, state } => {
+            let dir = state.config()?.data_dir;
+            let password = admin::read_password(password_file.as_deref())?;
+            let ended = admin::reset_password(&dir, &username, &password)?;
+            eprintln!("password of {username} set; {ended} sessions ended (API tokens are kept)");
+        }
+        AdminCommand::Backup { output, with_blobs, state } => {
+            let dir = state.config()?.data_dir;
+            let s = admin::archive::backup(&dir, &output, with_blobs)?;
+            eprintln!(
+                "backup done: {} users, {} projects, {} blobs, {} bytes{}",
+                s.users,
+                s.projects,
+                s.blobs,
+                s.bytes,
+                if s.missing_blobs > 0 {
+                    format!(" ({} collected meanwhile, left out)", s.missing_blobs)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        AdminCommand::Restore { input, state } => {
+            let dir = state.config()?.data_dir;
+            let m = admin::archive::restore(&input, &dir)?;
+            eprintln!(
+                "restored {} into {} (berth {}, schema {}, {} entries)",
+                input.display(),
+                dir.display(),
+                m.berth_version,
+                m.schema_version,
+                m.entries.len()
+            );
+        }
+        AdminCommand::Gc { state } => {
+            let config = state.config()?;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().context("start async runtime")?;
+            runtime.block_on(admin::gc(&config))?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -120,6 +243,7 @@ fn main() -> anyhow::Result<()> {
             });
             std::process::exit(code);
         }
+        Command::Admin(cmd) => admin(cmd),
         Command::Version => {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
             Ok(())

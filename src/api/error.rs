@@ -136,7 +136,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::conflict(m),
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Closed => ApiError::new(Kind::Unavailable, "the server is shutting down"),
-            e @ (StoreError::Sqlite(_) | StoreError::Open { .. } | StoreError::Corrupt(_)) => ApiError::internal(e),
+            e @ (StoreError::Sqlite(_)
+            | StoreError::Open { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::NewerSchema { .. }) => ApiError::internal(e),
         }
     }
 }

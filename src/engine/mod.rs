@@ -417,33 +417,9 @@ impl Engine {
     pub async fn gc_images(&self) -> Result<crate::images::snapshots::GcReport, EngineError> {
         let images = self.images.clone().ok_or(EngineError::Unavailable("this engine has no image store"))?;
         let _exclusive = self.image_lock.write().await;
-        tokio::task::spawn_blocking(move || {
-            let (blobs, snapshots) = (&images.0, &images.1);
-            let mut keep = std::collections::HashSet::new();
-            for path in crate::runtime::rootfs::mounted_lowers() {
-                if path.parent() != Some(snapshots.root()) {
-                    continue;
-                }
-                let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-                keep.insert(match name.strip_prefix("flat-") {
-                    Some(hex) => format!("flat:{hex}"),
-                    None => format!("sha256:{name}"),
-                });
-            }
-            for digest in snapshots.list().map_err(|e| EngineError::Image(e.to_string()))? {
-                let in_registry = crate::oci::Digest::parse(&digest).is_ok_and(|d| blobs.exists(&d));
-                if in_registry {
-                    keep.insert(digest);
-                }
-            }
-            let report = snapshots.gc(&keep).map_err(|e| EngineError::Image(e.to_string()))?;
-            if !report.removed.is_empty() || report.stale_tmp > 0 {
-                tracing::info!(removed = report.removed.len(), stale = report.stale_tmp, "image snapshots collected");
-            }
-            Ok(report)
-        })
-        .await
-        .map_err(|e| EngineError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || collect_snapshots(&images.0, &images.1))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
     }
 
     /// Re-adopts what survived a daemon restart; see the module docs.
@@ -647,6 +623,37 @@ fn container_spec(id: &str, cfg: &ReplicaConfig) -> ContainerSpec {
         limits: Limits { memory_bytes: cfg.memory_bytes, cpus: cfg.cpus, pids: cfg.pids },
         cgroups_path: String::new(),
     }
+}
+
+/// The work of [`Engine::gc_images`], for a caller that holds the image store alone
+/// (`berth admin gc` with no daemon running): keeps what an overlay mount uses and
+/// the layers whose blobs the registry still has, removes the rest.
+pub fn collect_snapshots(
+    blobs: &BlobStore,
+    snapshots: &SnapshotStore,
+) -> Result<crate::images::snapshots::GcReport, EngineError> {
+    let mut keep = std::collections::HashSet::new();
+    for path in crate::runtime::rootfs::mounted_lowers() {
+        if path.parent() != Some(snapshots.root()) {
+            continue;
+        }
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        keep.insert(match name.strip_prefix("flat-") {
+            Some(hex) => format!("flat:{hex}"),
+            None => format!("sha256:{name}"),
+        });
+    }
+    for digest in snapshots.list().map_err(|e| EngineError::Image(e.to_string()))? {
+        let in_registry = crate::oci::Digest::parse(&digest).is_ok_and(|d| blobs.exists(&d));
+        if in_registry {
+            keep.insert(digest);
+        }
+    }
+    let report = snapshots.gc(&keep).map_err(|e| EngineError::Image(e.to_string()))?;
+    if !report.removed.is_empty() || report.stale_tmp > 0 {
+        tracing::info!(removed = report.removed.len(), stale = report.stale_tmp, "image snapshots collected");
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

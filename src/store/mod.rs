@@ -29,6 +29,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cache;
 pub mod credentials;
 pub mod deployments;
@@ -61,6 +62,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+    #[error(
+        "the database schema is version {found}, newer than this berth knows ({known}): it was written by a newer berth; run that version again (nothing was changed)"
+    )]
+    NewerSchema { found: i64, known: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -112,6 +117,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let mut conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.into(), source })?;
         configure(&conn)?;
+        // Before anything persistent (even the journal mode): a database from a newer
+        // berth is left exactly as it was.
+        refuse_newer(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
@@ -265,6 +273,26 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The schema version this binary migrates up to.
+pub fn known_schema_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// Refuses a database whose schema is newer than any migration this binary has:
+/// running on it could misread or damage what a newer berth wrote.
+fn refuse_newer(conn: &Connection) -> Result<i64> {
+    let found = schema_version(conn)?;
+    let known = known_schema_version();
+    if found > known {
+        return Err(StoreError::NewerSchema { found, known });
+    }
+    Ok(found)
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (version, sql) in MIGRATIONS {
@@ -368,6 +396,27 @@ pub(crate) fn test_store() -> (Store, PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_from_a_newer_berth_is_refused_and_left_as_it_was() {
+        let (store, dir) = test_store();
+        store.close();
+        let db = dir.join("state.db");
+        {
+            let c = Connection::open(&db).unwrap();
+            c.pragma_update(None, "user_version", known_schema_version() + 1).unwrap();
+            c.pragma_update(None, "journal_mode", "DELETE").unwrap();
+        }
+        let before = std::fs::read(&db).unwrap();
+        match Store::open(&db) {
+            Err(StoreError::NewerSchema { found, known }) => assert_eq!(found, known + 1),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a newer schema was opened"),
+        }
+        assert_eq!(std::fs::read(&db).unwrap(), before);
+        assert!(!dir.join("state.db-wal").exists(), "the journal mode was changed");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_commit_isolates_failing_jobs() {

@@ -45,6 +45,11 @@ pub fn by_username(c: &Connection, username: &str) -> Result<Option<User>> {
     Ok(by_username_with_hash(c, username)?.map(|(u, _)| u))
 }
 
+/// Replaces a user's password hash; false when there is no such user.
+pub fn set_password_hash(c: &Connection, id: &str, password_hash: &str) -> Result<bool> {
+    Ok(c.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id, password_hash])? == 1)
+}
+
 pub fn count(c: &Connection) -> Result<i64> {
     Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
 }
