@@ -3,7 +3,8 @@
 //! Design:
 //! - WAL mode, `synchronous=FULL` (a commit is on disk before the caller hears
 //!   about it, so a 201 survives a power cut), foreign keys on, numbered migrations
-//!   applied at open.
+//!   applied at open. A database whose schema is newer than the last migration this
+//!   binary has is refused before anything is written to it.
 //! - One writer: a dedicated thread owns the only write connection and runs jobs
 //!   sent to it. Jobs that queue up while a commit is in flight are group-committed:
 //!   each runs inside its own SAVEPOINT (a failing job rolls back alone), then one
