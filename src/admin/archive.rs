@@ -286,7 +286,11 @@ pub fn backup(data_dir: &Path, output: &Path, with_blobs: bool) -> Result<Backup
     partial_guard.disarm();
     sync_parent(output);
     let blob_count = manifest.entries.iter().filter(|e| e.path.starts_with("registry/")).count();
-    eprintln!("backup: wrote {} ({} entries); it holds the host key: keep it secret", output.display(), blob_count + 2);
+    eprintln!(
+        "backup: wrote {} ({} entries); it holds the host key: keep it secret",
+        output.display(),
+        manifest.entries.len() + 1
+    );
     Ok(BackupSummary {
         users: facts.users,
         projects: facts.projects,
