@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -312,8 +312,8 @@ struct Scraped {
     metrics: Times,
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: impl Into<f64>) -> std::fmt::Result {
-    let g = ConstGauge::new(value.into());
+fn gauge<N: EncodeGaugeValue>(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
     g.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
@@ -336,43 +336,37 @@ impl Collector for Scraped {
             )?;
             for (state, n) in replicas {
                 let labels = [("state", state)];
-                ConstGauge::new(n as f64).encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        let n = |v: u64| v as f64;
-        gauge(
-            &mut enc,
-            "berth_registry_repositories",
-            "Repositories in the hosted registry",
-            n(s.registry_repositories),
-        )?;
-        gauge(&mut enc, "berth_registry_blobs", "Blobs in the hosted registry", n(s.registry_blobs))?;
-        gauge(&mut enc, "berth_registry_blob_bytes", "Bytes of the hosted registry's blobs", n(s.registry_blob_bytes))?;
+        gauge(&mut enc, "berth_registry_repositories", "Repositories in the hosted registry", s.registry_repositories)?;
+        gauge(&mut enc, "berth_registry_blobs", "Blobs in the hosted registry", s.registry_blobs)?;
+        gauge(&mut enc, "berth_registry_blob_bytes", "Bytes of the hosted registry's blobs", s.registry_blob_bytes)?;
         gauge(
             &mut enc,
             "berth_registry_uploads_in_progress",
             "Blob uploads started and not finished",
-            n(s.registry_uploads),
+            s.registry_uploads,
         )?;
-        gauge(&mut enc, "berth_layer_cache_blobs", "Blobs in the layer cache of external images", n(s.cache_blobs))?;
-        gauge(&mut enc, "berth_layer_cache_bytes", "Bytes of the layer cache of external images", n(s.cache_bytes))?;
+        gauge(&mut enc, "berth_layer_cache_blobs", "Blobs in the layer cache of external images", s.cache_blobs)?;
+        gauge(&mut enc, "berth_layer_cache_bytes", "Bytes of the layer cache of external images", s.cache_bytes)?;
         gauge(
             &mut enc,
             "berth_state_dir_bytes",
             "Bytes the files under the state dir take on disk (refreshed at most once a minute)",
-            n(s.state_dir_bytes),
+            s.state_dir_bytes,
         )?;
         gauge(
             &mut enc,
             "berth_state_filesystem_size_bytes",
             "Size of the filesystem holding the state dir",
-            n(s.filesystem_size_bytes),
+            s.filesystem_size_bytes,
         )?;
         gauge(
             &mut enc,
             "berth_state_filesystem_avail_bytes",
             "Bytes available to berth on the filesystem holding the state dir",
-            n(s.filesystem_avail_bytes),
+            s.filesystem_avail_bytes,
         )?;
         gauge(&mut enc, "berth_uptime_seconds", "Seconds since the daemon started", self.metrics.uptime_seconds)?;
         gauge(
@@ -381,10 +375,10 @@ impl Collector for Scraped {
             "Start time of the process since the Unix epoch, in seconds",
             self.metrics.start_time_seconds,
         )?;
-        gauge(&mut enc, "process_resident_memory_bytes", "Resident memory size in bytes", n(s.resident_memory_bytes))?;
+        gauge(&mut enc, "process_resident_memory_bytes", "Resident memory size in bytes", s.resident_memory_bytes)?;
         let mut info =
             enc.encode_descriptor("berth_build_info", "The running version, as a label", None, MetricType::Gauge)?;
-        ConstGauge::new(1.0).encode(info.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        ConstGauge::new(1u64).encode(info.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())
     }
 }
