@@ -634,6 +634,7 @@ mod tests {
         proxy: Proxy,
         routes: Arc<RoutingTable>,
         log: Arc<AccessLog>,
+        metrics: Arc<Metrics>,
         stop: watch::Sender<bool>,
     }
 
@@ -642,11 +643,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(RoutingTable::new());
         let log = Arc::new(AccessLog::default());
-        let proxy = Proxy::new(routes.clone(), log.clone(), Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::new(routes.clone(), log.clone(), metrics.clone());
         let (stop, stop_rx) = watch::channel(false);
         let conns = Arc::new(Connections::default());
         tokio::spawn(serve(listener, proxy.clone(), limits(body), conns, stop_rx, Duration::from_secs(1)));
-        Ingress { addr, proxy, routes, log, stop }
+        Ingress { addr, proxy, routes, log, metrics, stop }
     }
 
     fn backend(id: &str, addr: SocketAddr) -> Backend {
@@ -980,6 +982,16 @@ mod tests {
         assert_eq!((e.method.as_str(), e.path.as_str(), e.status, e.bytes), ("GET", "/page", 200, 5));
         assert_eq!((e.replica_id.as_deref(), e.upstream), (Some("rep_1"), Some(r.addr)));
         assert_eq!(e.client, IpAddr::from([127, 0, 0, 1]));
+        // Counted once, as the access log has it; so is an unrouted request.
+        get(ing.addr, "nothing.test", "/").await;
+        let text = ing.metrics.render(&crate::metrics::Snapshot::default()).unwrap();
+        for line in [
+            r#"berth_ingress_requests_total{status="2xx"} 1"#,
+            r#"berth_ingress_requests_total{status="4xx"} 1"#,
+            "berth_ingress_request_duration_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
     }
 
     #[tokio::test]
