@@ -34,6 +34,8 @@ PACKAGES=(
     apache2-utils
     # the pure cgroup v2 VM the runtime tests also run in (scripts/cgroup-v2-vm.sh)
     qemu-system-x86 linux-image-amd64 cpio
+    # promtool, which checks GET /metrics (the only Debian package that ships it)
+    prometheus
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS

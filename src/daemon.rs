@@ -103,7 +103,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let limits = crate::http::serve::Limits::from_config(&config.api);
     let conns = Arc::new(crate::http::serve::Connections::default());
     let server = tokio::spawn(crate::http::serve::serve(listener, app, limits, conns, stop_rx.clone(), grace));
-    let proxy = crate::ingress::proxy::Proxy::new(state.routes.clone(), state.access_log.clone());
+    let proxy =
+        crate::ingress::proxy::Proxy::new(state.routes.clone(), state.access_log.clone(), state.gate.metrics.clone());
     let ingress = tokio::spawn(crate::http::serve::serve(
         http_listener,
         proxy.clone(),

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod images;
 pub mod ingress;
 pub mod lock;
+pub mod metrics;
 pub mod oci;
 pub mod pool;
 pub mod registry;
@@ -65,6 +66,10 @@ mod walls {
             ("images/", &["crate::api", "crate::http", "crate::engine"]),
             ("oci/", &["crate::api", "crate::http", "crate::registry", "crate::engine"]),
             ("ingress/", &["crate::api", "crate::registry", "crate::engine", "crate::store"]),
+            (
+                "metrics.rs",
+                &["crate::api", "crate::http", "crate::registry", "crate::engine", "crate::store", "crate::state"],
+            ),
             ("secrets/", &["crate::api", "crate::http", "crate::engine"]),
         ];
         let mut broken = Vec::new();

@@ -35,6 +35,8 @@ pub struct Shared {
     /// Tags pushed to the hosted registry, for the services that follow them. The
     /// registry announces; it knows nothing of who listens.
     pub pushes: tokio::sync::broadcast::Sender<Pushed>,
+    /// The state dir's size for `GET /metrics`, walked at most once a minute.
+    pub state_dir_usage: Arc<crate::metrics::CachedDiskUsage>,
 }
 
 /// A manifest stored under a tag in the hosted registry.
@@ -148,8 +150,11 @@ impl AppState {
             routes.clone(),
             settings,
             Some(external),
+            gate.metrics.clone(),
         ));
         let (pushes, _) = tokio::sync::broadcast::channel(256);
+        let state_dir_usage =
+            Arc::new(crate::metrics::CachedDiskUsage::new(config.data_dir.clone(), std::time::Duration::from_secs(60)));
         AppState(Arc::new(Shared {
             engine,
             registry,
@@ -164,6 +169,7 @@ impl AppState {
             puller,
             deployer,
             pushes,
+            state_dir_usage,
         }))
     }
 }

@@ -12,6 +12,7 @@ pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod middleware;
 pub mod node;
 pub mod openapi;

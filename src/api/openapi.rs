@@ -11,6 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         {\"error\": {\"code\", \"message\", \"request_id\"}}; lists are cursor-paginated."),
     paths(
         super::health::healthz,
+        super::metrics::scrape,
         document,
         super::node::get_node,
         super::session::bootstrap,

@@ -3,7 +3,8 @@
 //! `Router::route` elsewhere), so a route cannot be mounted without a declared role;
 //! the role matrix test and the OpenAPI test both iterate it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::http::Method;
@@ -11,10 +12,11 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, cache, credentials, deployments, health, middleware, node, openapi, projects, registry, services,
-    session, tokens, users,
+    AppState, audit, cache, credentials, deployments, health, metrics, middleware, node, openapi, projects, registry,
+    services, session, tokens, users,
 };
 use crate::auth::{Role, Scope};
+use crate::metrics::{Protocol, UNMATCHED};
 use crate::registry::http as v2;
 
 /// Who may call a route.
@@ -91,6 +93,7 @@ use Role::{Admin, Operator, Viewer};
 
 pub static ROUTES: &[Route] = &[
     route!(GET "/healthz", Public, None, health::healthz),
+    route!(GET "/metrics", SuperAdmin, Some(Scope::MetricsRead), metrics::scrape),
     route!(GET "/v1/openapi.json", Public, None, openapi::document),
     route!(GET "/v1/node", AnyMember, Some(Scope::NodeRead), node::get_node),
     route!(POST "/v1/bootstrap", Bootstrap, None, session::bootstrap),
@@ -176,6 +179,15 @@ impl crate::http::Surface for Surfaces {
         Some(self.body_limit)
     }
 
+    fn route_label(&self, path: &str, matched: Option<&str>) -> (Protocol, &'static str) {
+        if path == "/v2" || path.starts_with("/v2/") {
+            return (Protocol::Registry, v2::route_template(path));
+        }
+        static TEMPLATES: OnceLock<HashMap<&'static str, &'static str>> = OnceLock::new();
+        let templates = TEMPLATES.get_or_init(|| ROUTES.iter().map(|r| (r.path, r.path)).collect());
+        (Protocol::Api, matched.and_then(|m| templates.get(m).copied()).unwrap_or(UNMATCHED))
+    }
+
     fn reject(&self, path: &str, rejection: crate::http::Rejection) -> axum::response::Response {
         use axum::response::IntoResponse;
         if path.starts_with("/v2/") {
@@ -225,7 +237,14 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {
             assert!(seen.insert((r.method.clone(), r.path)), "duplicate {} {}", r.method, r.path);
-            assert!(r.path == "/healthz" || r.path.starts_with("/v1/") || r.path.starts_with("/v2/"), "{}", r.path);
+            assert!(
+                r.path == "/healthz"
+                    || r.path == "/metrics"
+                    || r.path.starts_with("/v1/")
+                    || r.path.starts_with("/v2/"),
+                "{}",
+                r.path
+            );
             assert_eq!(r.access == Access::Registry, r.path.starts_with("/v2/"), "{}", r.path);
             if matches!(r.access, Access::Project(_) | Access::Service(_) | Access::Deployment(_)) {
                 assert!(r.path.contains("{id}"), "{} is project-scoped but has no {{id}}", r.path);

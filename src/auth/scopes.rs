@@ -23,6 +23,7 @@ pub enum Scope {
     JobsWrite,
     RegistryPull,
     RegistryPush,
+    MetricsRead,
 }
 
 /// Every scope with its wire name, in documentation order.
@@ -44,6 +45,7 @@ pub const ALL: &[(Scope, &str)] = &[
     (Scope::JobsWrite, "jobs:write"),
     (Scope::RegistryPull, "registry:pull"),
     (Scope::RegistryPush, "registry:push"),
+    (Scope::MetricsRead, "metrics:read"),
 ];
 
 /// The wildcard: every scope the owner's roles allow, including scopes added later.

@@ -40,6 +40,7 @@ use super::health::{self, Probe};
 use super::service::{HealthCheck, ServiceSpec, Source};
 use super::{Engine, EngineError, ReplicaConfig, RootSource};
 use crate::ingress::routes::{Backend, RoutingTable};
+use crate::metrics::{Metrics, Outcome};
 use crate::store::deployments::{self as sql, DeploymentRow, IN_FLIGHT, Member};
 use crate::store::replicas::Replica;
 use crate::store::services::{self as services_sql, ServiceRow};
@@ -189,6 +190,8 @@ pub struct Deployer {
     /// Replicas of a replaced deployment serving their last requests: scaling leaves
     /// them to their rollout, which removes them once the drain is over.
     draining: Mutex<HashSet<String>>,
+    /// Deployments finished, by outcome (`GET /metrics`).
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,6 +238,7 @@ impl Deployer {
         routes: Arc<RoutingTable>,
         settings: Settings,
         external: Option<Arc<dyn ExternalImages>>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Deployer {
             store,
@@ -249,6 +253,7 @@ impl Deployer {
             restarts: Mutex::default(),
             stopping: watch::channel(false).0,
             draining: Mutex::default(),
+            metrics,
         }
     }
 
@@ -351,14 +356,18 @@ impl Deployer {
     async fn run(self: Arc<Self>, dep: DeploymentRow, source: Source, mut cancel: watch::Receiver<bool>) {
         let end = match self.rollout(&dep, &source, &mut cancel).await {
             Ok(()) => None,
-            Err(Stop::Cancelled) => Some(("cancelled", None, "cancelled".to_string())),
-            Err(Stop::Failed(m)) => Some(("failed", Some(m.clone()), format!("failed: {m}"))),
+            Err(Stop::Cancelled) => Some((Outcome::Cancelled, "cancelled", None, "cancelled".to_string())),
+            Err(Stop::Failed(m)) => Some((Outcome::Failed, "failed", Some(m.clone()), format!("failed: {m}"))),
         };
-        if let Some((status, error, line)) = end {
+        if let Some((outcome, status, error, line)) = end {
             self.log(&dep.id, line).await;
             let (id, at) = (dep.id.clone(), now());
-            if let Err(e) = self.store.write(move |c| sql::finish(c, &id, status, error.as_deref(), &at)).await {
-                tracing::error!(deployment = dep.id, error = %e, "could not record the end of a deployment");
+            match self.store.write(move |c| sql::finish(c, &id, status, error.as_deref(), &at)).await {
+                Ok(true) => self.metrics.deployment_finished(outcome),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(deployment = dep.id, error = %e, "could not record the end of a deployment")
+                }
             }
         }
         lock(&self.cancels).remove(&dep.id);
@@ -465,7 +474,7 @@ impl Deployer {
         };
         let (id, at) = (dep.id.clone(), now());
         match self.store.write(move |c| sql::go_live(c, &id, &at)).await {
-            Ok(true) => {}
+            Ok(true) => self.metrics.deployment_finished(Outcome::Live),
             Ok(false) => {
                 self.remove_deployment_replicas(&engine, &svc.id, &dep.id).await;
                 return Err(Stop::Cancelled);
@@ -775,7 +784,9 @@ impl Deployer {
             None => {
                 // No task drives it (it cannot have started); end it here.
                 let (i, at) = (id.to_string(), now());
-                self.store.write(move |c| sql::finish(c, &i, "cancelled", None, &at)).await?;
+                if self.store.write(move |c| sql::finish(c, &i, "cancelled", None, &at)).await? {
+                    self.metrics.deployment_finished(Outcome::Cancelled);
+                }
             }
         }
         let deadline = Instant::now() + CANCEL_WAIT;
@@ -1258,7 +1269,9 @@ impl Deployer {
             const WHY: &str = "interrupted by a daemon restart";
             self.log(&d.id, format!("failed: {WHY}")).await;
             let (id, at) = (d.id.clone(), now());
-            self.store.write(move |c| sql::finish(c, &id, "failed", Some(WHY), &at).map(|_| ())).await?;
+            if self.store.write(move |c| sql::finish(c, &id, "failed", Some(WHY), &at)).await? {
+                self.metrics.deployment_finished(Outcome::Failed);
+            }
         }
         let services = self.store.read(services_sql::all).await?;
         let current: HashMap<String, Option<String>> =

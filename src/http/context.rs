@@ -13,7 +13,9 @@
 //! request goes on to the route at once; only a credential the store must check
 //! makes the layer wait (see [`ContextLayer`]). Response headers use names built
 //! at compile time, and the request log line (debug level for reads) is only
-//! assembled when it is written.
+//! assembled when it is written. Each request is counted for `GET /metrics` by its
+//! route template, which axum has matched before this layer runs (the layer wraps
+//! each route, not the router).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -25,7 +27,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +38,7 @@ use super::ratelimit::{Decision, LoginLimiter, RateLimiter};
 use super::serve::Peer;
 use crate::auth::{AuthError, Authenticator, BOOTSTRAP_PREFIX, Principal};
 use crate::config::Config;
+use crate::metrics::{Metrics, Protocol};
 use crate::pool::Pool;
 use crate::store::Store;
 use crate::store::projects::PageCache;
@@ -60,6 +63,8 @@ pub struct Gate {
     /// Rendered `GET /v1/projects` pages, served while no project or membership has
     /// changed since they were read (`store::projects` decides that exactly).
     pub lists: PageCache<Bytes>,
+    /// Request counters and the rest of `GET /metrics` (every request is counted here).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gate {
@@ -76,6 +81,7 @@ impl Gate {
             ),
             hashing: Pool::new("argon2", threads, threads * 16),
             lists: PageCache::new(LIST_PAGES_BYTES),
+            metrics: Arc::new(Metrics::new()),
             surface,
             store,
             config,
@@ -103,6 +109,10 @@ pub trait Surface: Send + Sync + 'static {
     /// Largest body the route takes; `None` for no limit here (streamed uploads).
     fn body_limit(&self, method: &Method, path: &str) -> Option<u64>;
     fn reject(&self, path: &str, rejection: Rejection) -> Response;
+    /// Which family a request is counted in and its route label: the template of
+    /// the route that matched (`matched`, axum's), never the raw path, or
+    /// [`crate::metrics::UNMATCHED`].
+    fn route_label(&self, path: &str, matched: Option<&str>) -> (Protocol, &'static str);
 }
 
 /// What the outer layer learnt about a request before routing.
@@ -339,6 +349,8 @@ struct Head {
     /// Cheap to keep (it shares the request's bytes); read to answer or log.
     uri: Uri,
     started: Instant,
+    /// What the request is counted as (see [`Surface::route_label`]).
+    counted: (Protocol, &'static str),
 }
 
 impl<S> Service<Request> for Context<S>
@@ -355,8 +367,10 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> ResponseFuture {
-        let head = Head { method: req.method().clone(), uri: req.uri().clone(), started: Instant::now() };
         let gate = self.gate.clone();
+        let matched = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+        let counted = gate.surface.route_label(req.uri().path(), matched);
+        let head = Head { method: req.method().clone(), uri: req.uri().clone(), started: Instant::now(), counted };
         let request_id = request_id_from(req.headers());
         let (source, local) = match req.extensions().get::<Peer>() {
             Some(peer) => (peer.remote.ip(), peer.local),
@@ -376,7 +390,7 @@ where
                 let mut resp = gate.surface.reject(head.uri.path(), rejection);
                 // The body was never read: the connection cannot carry another request.
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                Ok(finish(resp, None, &head, None))
+                Ok(finish(&gate, resp, None, &head, None))
             }));
         }
         let user_agent: String = req
@@ -403,7 +417,7 @@ where
                             gate.surface.reject(head.uri.path(), Rejection::RateLimited { retry_after: decision.reset })
                         }
                     };
-                    Ok(finish(resp, Some(decision), &head, actor))
+                    Ok(finish(&gate, resp, Some(decision), &head, actor))
                 }))
             }
             Authn::Lookup { token, basic_user, charged } => {
@@ -426,7 +440,7 @@ where
                     } else {
                         gate.surface.reject(head.uri.path(), Rejection::RateLimited { retry_after: decision.reset })
                     };
-                    Ok(finish(resp, Some(decision), &head, actor))
+                    Ok(finish(&gate, resp, Some(decision), &head, actor))
                 }))
             }
         }
@@ -465,8 +479,16 @@ fn number(n: u64) -> HeaderValue {
     HeaderValue::from_bytes(&digits[at..]).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
-fn finish(mut resp: Response, decision: Option<Decision>, head: &Head, actor: Option<Arc<Principal>>) -> Response {
+fn finish(
+    gate: &Gate,
+    mut resp: Response,
+    decision: Option<Decision>,
+    head: &Head,
+    actor: Option<Arc<Principal>>,
+) -> Response {
     let status = resp.status().as_u16();
+    let (protocol, route) = head.counted;
+    gate.metrics.request(protocol, &head.method, route, status, head.started.elapsed());
     let h = resp.headers_mut();
     if let Some(d) = decision {
         h.insert(X_RATELIMIT_LIMIT, number(d.limit.into()));

@@ -47,6 +47,7 @@ use super::routes::{Backend, Route, RoutingTable};
 use super::upstream::{IDLE_TIMEOUT, Upstreams};
 use crate::http::body::{TimedBody, is_timeout};
 use crate::http::serve::{Conn, Handler, Hold, IncomingRequest};
+use crate::metrics::Metrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -65,11 +66,12 @@ struct Inner {
     routes: Arc<RoutingTable>,
     log: Arc<AccessLog>,
     upstreams: Arc<Upstreams<ReqBody>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(routes: Arc<RoutingTable>, log: Arc<AccessLog>) -> Proxy {
-        Proxy(Arc::new(Inner { routes, log, upstreams: Arc::new(Upstreams::default()) }))
+    pub fn new(routes: Arc<RoutingTable>, log: Arc<AccessLog>, metrics: Arc<Metrics>) -> Proxy {
+        Proxy(Arc::new(Inner { routes, log, upstreams: Arc::new(Upstreams::default()), metrics }))
     }
 
     /// The upstream connection pool (for tests and metrics).
@@ -116,10 +118,12 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(%client, error = %e, "ingress: not routed");
-                return error_response(&e);
+                let resp = error_response(&e);
+                self.0.metrics.ingress_request(resp.status().as_u16(), started.elapsed());
+                return resp;
             }
         };
-        let mut log = Pending::new(&self.0.log, &route, at, started, &req, client);
+        let mut log = Pending::new(&self.0, &route, at, started, &req, client);
         match self.forward(&route, req, client, seat, &mut log).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -541,6 +545,7 @@ struct Pending {
 
 struct PendingEntry {
     log: Arc<AccessLog>,
+    metrics: Arc<Metrics>,
     route: Arc<Route>,
     at: time::OffsetDateTime,
     started: Instant,
@@ -551,7 +556,7 @@ struct PendingEntry {
 
 impl Pending {
     fn new(
-        log: &Arc<AccessLog>,
+        proxy: &Inner,
         route: &Arc<Route>,
         at: time::OffsetDateTime,
         started: Instant,
@@ -560,7 +565,8 @@ impl Pending {
     ) -> Pending {
         Pending {
             entry: Some(PendingEntry {
-                log: log.clone(),
+                log: proxy.log.clone(),
+                metrics: proxy.metrics.clone(),
                 route: route.clone(),
                 at,
                 started,
@@ -575,12 +581,14 @@ impl Pending {
     fn finish(&mut self, status: u16, bytes: u64) {
         let Some(p) = self.entry.take() else { return };
         let backend = self.backend.take();
+        let elapsed = p.started.elapsed();
+        p.metrics.ingress_request(status, elapsed);
         let entry = AccessEntry {
             at: p.at,
             method: p.method.as_str().to_string(),
             path: p.path,
             status,
-            duration_ms: p.started.elapsed().as_millis().min(u64::MAX as u128) as u64,
+            duration_ms: elapsed.as_millis().min(u64::MAX as u128) as u64,
             bytes,
             client: p.client,
             replica_id: backend.as_ref().map(|b| b.replica_id.clone()),
@@ -626,6 +634,7 @@ mod tests {
         proxy: Proxy,
         routes: Arc<RoutingTable>,
         log: Arc<AccessLog>,
+        metrics: Arc<Metrics>,
         stop: watch::Sender<bool>,
     }
 
@@ -634,11 +643,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(RoutingTable::new());
         let log = Arc::new(AccessLog::default());
-        let proxy = Proxy::new(routes.clone(), log.clone());
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::new(routes.clone(), log.clone(), metrics.clone());
         let (stop, stop_rx) = watch::channel(false);
         let conns = Arc::new(Connections::default());
         tokio::spawn(serve(listener, proxy.clone(), limits(body), conns, stop_rx, Duration::from_secs(1)));
-        Ingress { addr, proxy, routes, log, stop }
+        Ingress { addr, proxy, routes, log, metrics, stop }
     }
 
     fn backend(id: &str, addr: SocketAddr) -> Backend {
@@ -972,6 +982,16 @@ mod tests {
         assert_eq!((e.method.as_str(), e.path.as_str(), e.status, e.bytes), ("GET", "/page", 200, 5));
         assert_eq!((e.replica_id.as_deref(), e.upstream), (Some("rep_1"), Some(r.addr)));
         assert_eq!(e.client, IpAddr::from([127, 0, 0, 1]));
+        // Counted once, as the access log has it; so is an unrouted request.
+        get(ing.addr, "nothing.test", "/").await;
+        let text = ing.metrics.render(&crate::metrics::Snapshot::default()).unwrap();
+        for line in [
+            r#"berth_ingress_requests_total{status="2xx"} 1"#,
+            r#"berth_ingress_requests_total{status="4xx"} 1"#,
+            "berth_ingress_request_duration_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -92,7 +92,9 @@ fn parse_meminfo(s: &str) -> Memory {
     Memory { total_bytes: field("MemTotal"), available_bytes: field("MemAvailable") }
 }
 
-fn statvfs(path: &Path) -> Disk {
+/// The filesystem holding `path`: its size, what is free to unprivileged users, and
+/// what is used (zeros when it cannot be read).
+pub fn statvfs(path: &Path) -> Disk {
     let mut disk = Disk { path: path.display().to_string(), ..Default::default() };
     let Ok(st) = rustix::fs::statvfs(path) else { return disk };
     let [frag, blocks, bavail, bfree] = [st.f_frsize, st.f_blocks, st.f_bavail, st.f_bfree];

@@ -80,6 +80,13 @@ pub fn list(c: &Connection) -> Result<Vec<Replica>> {
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// How many replicas are in each state (states with none are absent).
+pub fn count_by_state(c: &Connection) -> Result<Vec<(String, i64)>> {
+    Ok(c.prepare_cached("SELECT state, count(*) FROM replicas GROUP BY state ORDER BY state")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// The image manifests replicas run from (`root.image.manifest` of their config),
 /// whatever their state: a stopped replica may be started again.
 pub fn image_manifests(c: &Connection) -> Result<Vec<String>> {

@@ -24,6 +24,7 @@ mod images;
 mod ingress;
 mod lifecycle;
 mod matrix;
+mod metrics;
 mod network;
 mod openapi;
 mod ratelimit;

@@ -82,6 +82,34 @@ impl Target {
     }
 }
 
+/// The endpoint template of a `/v2` path, as `GET /metrics` labels it: the
+/// distribution spec's templates (never a repository name or digest), decided in
+/// [`Target::parse`]'s order without allocating.
+pub fn route_template(path: &str) -> &'static str {
+    let Some(rest) = path.strip_prefix("/v2/") else { return "/v2/" };
+    if rest.is_empty() {
+        return "/v2/";
+    }
+    if rest == "token" {
+        return "/v2/token";
+    }
+    if rest.ends_with("/tags/list") {
+        "/v2/{name}/tags/list"
+    } else if rest.ends_with("/blobs/uploads/") || rest.ends_with("/blobs/uploads") {
+        "/v2/{name}/blobs/uploads/"
+    } else if rest.contains("/blobs/uploads/") {
+        "/v2/{name}/blobs/uploads/{id}"
+    } else if rest.contains("/blobs/") {
+        "/v2/{name}/blobs/{digest}"
+    } else if rest.contains("/manifests/") {
+        "/v2/{name}/manifests/{reference}"
+    } else if rest.contains("/referrers/") {
+        "/v2/{name}/referrers/{digest}"
+    } else {
+        crate::metrics::UNMATCHED
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
     Pull,
@@ -392,5 +420,31 @@ mod tests {
             Some(Target::Referrers { name: "a/b".into(), digest: "sha256:x".into() })
         );
         assert_eq!(t("a/b/other"), None);
+    }
+
+    #[test]
+    fn route_templates_name_the_endpoint_the_parser_finds() {
+        let cases = [
+            ("a/b/tags/list", "/v2/{name}/tags/list"),
+            ("a/b/blobs/uploads/", "/v2/{name}/blobs/uploads/"),
+            ("a/b/blobs/uploads", "/v2/{name}/blobs/uploads/"),
+            ("a/b/blobs/uploads/upl_1", "/v2/{name}/blobs/uploads/{id}"),
+            ("a/b/c/blobs/sha256:x", "/v2/{name}/blobs/{digest}"),
+            ("a/manifests/b/manifests/v1", "/v2/{name}/manifests/{reference}"),
+            ("a/b/referrers/sha256:x", "/v2/{name}/referrers/{digest}"),
+            ("a/b/other", "unmatched"),
+        ];
+        for (rest, template) in cases {
+            assert_eq!(route_template(&format!("/v2/{rest}")), template, "{rest}");
+            let kind = Target::parse(rest).map(|t| t.describe());
+            let expected = template.split('/').nth(3);
+            match kind {
+                Some("uploads") => assert!(template.contains("/blobs/uploads"), "{rest}"),
+                Some(k) => assert_eq!(Some(k), expected, "{rest}"),
+                None => assert_eq!(template, "unmatched"),
+            }
+        }
+        assert_eq!(route_template("/v2/"), "/v2/");
+        assert_eq!(route_template("/v2/token"), "/v2/token");
     }
 }
