@@ -10,7 +10,18 @@ API=http://127.0.0.1:7420
 PASS=change-me-please
 PAGE='hello from the systemd vm'
 say() { printf 'deb-vm: %s\n' "$*"; }
-fail() { printf 'deb-vm: FAIL: %s\n' "$*"; exit 1; }
+fail() {
+    printf 'deb-vm: FAIL: %s\n' "$*"
+    if [ -n "${DEP:-}" ] && [ -n "${TOKEN:-}" ]; then
+        curl -s -m 5 $API/v1/deployments/$DEP -H "Authorization: Bearer $TOKEN" || true
+        echo
+        curl -s -m 5 $API/v1/deployments/$DEP/logs/stream -H "Authorization: Bearer $TOKEN" || true
+        echo
+    fi
+    echo "deb-vm: berth's journal:"
+    journalctl -u berth --no-pager -n 60 -o cat || true
+    exit 1
+}
 on_error() {
     local rc=$?
     say "failed (exit $rc) at line $1; berth's journal:"
