@@ -15,7 +15,7 @@
 #    (scripts/readme-check.sh);
 # 7. the .deb (scripts/deb-vm.sh): built, checked with lintian and systemd-analyze
 #    verify, then installed in a Debian 12 VM with systemd as PID 1: bootstrap, a
-#    deployed service through the ingress, a reboot, an upgrade, remove and purge;
+#    deployed service through the ingress, a reboot, remove and purge;
 # 8. every benchmark in bench/ in smoke mode (short runs that check the benchmark
 #    works, not that targets are met), on the release build.
 #
