@@ -13,7 +13,10 @@
 #    qemu (scripts/cgroup-v2-vm.sh; this host is cgroup v1 hybrid);
 # 6. every example of the README, run literally against command 1's daemon
 #    (scripts/readme-check.sh);
-# 7. every benchmark in bench/ in smoke mode (short runs that check the benchmark
+# 7. the .deb (scripts/deb-vm.sh): built, checked with lintian and systemd-analyze
+#    verify, then installed in a Debian 12 VM with systemd as PID 1: bootstrap, a
+#    deployed service through the ingress, a reboot, remove and purge;
+# 8. every benchmark in bench/ in smoke mode (short runs that check the benchmark
 #    works, not that targets are met), on the release build.
 #
 # Stops at the first failure. Root is needed: the integration tests run runc, create
@@ -36,6 +39,9 @@ PACKAGES=(
     qemu-system-x86 linux-image-amd64 cpio
     # promtool, which checks GET /metrics (the only Debian package that ships it)
     prometheus
+    # the .deb: built with dpkg tooling, checked by lintian and systemd-analyze, then
+    # installed in a Debian 12 VM with systemd as PID 1 built by mmdebstrap (scripts/deb-vm.sh)
+    dpkg-dev binutils lintian systemd mmdebstrap e2fsprogs
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS
@@ -48,7 +54,7 @@ finish() {
     local rc=$?
     local took=$((SECONDS - STARTED))
     if [ "$rc" -eq 0 ]; then
-        printf '\ntest.sh: PASS (fmt, clippy, tests, cgroup v2 VM, README examples, benchmarks in smoke mode) in %ss\n' "$took"
+        printf '\ntest.sh: PASS (fmt, clippy, tests, cgroup v2 VM, README examples, .deb in a systemd VM, benchmarks in smoke mode) in %ss\n' "$took"
     else
         printf '\ntest.sh: FAIL at step "%s" (exit %s) after %ss\n' "$STEP" "$rc" "$took" >&2
     fi
@@ -146,8 +152,11 @@ step "nothing left behind by the tests (mounts, netns, links, nftables, cgroups,
 bash scripts/check-leftovers.sh --since "$LEFTOVER_BASELINE"
 rm -f "$LEFTOVER_BASELINE"
 
-step "cargo build --release (for the benchmarks)"
+step "cargo build --release (for the .deb and the benchmarks)"
 cargo build --release --bin berth
+
+step "the .deb: lintian, systemd-analyze, install in a systemd VM (scripts/deb-vm.sh)"
+bash scripts/deb-vm.sh
 
 shopt -s nullglob
 benches=(bench/*.sh)

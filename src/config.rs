@@ -23,6 +23,7 @@ pub enum ConfigError {
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Directory holding `state.db`, the registry, images, containers, volumes and secrets.
@@ -78,6 +79,7 @@ fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address of the `/healthz`, `/v1` and `/v2` listener.
@@ -119,6 +121,7 @@ pub struct ApiConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
     /// Plain HTTP listener: the reverse proxy to services (later also ACME HTTP-01,
@@ -147,6 +150,7 @@ pub struct IngressConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct AcmeConfig {
     /// Whether certificates are requested from the ACME directory.
@@ -160,6 +164,7 @@ pub struct AcmeConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
     /// Hostname → address answers berth uses instead of the system resolver (today:
@@ -168,6 +173,7 @@ pub struct DnsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Bytes the layer cache may hold before cache GC evicts the least recently used
@@ -182,6 +188,7 @@ impl Default for CacheConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// IPv4 pool container addresses are taken from.
@@ -195,6 +202,7 @@ pub struct NetworkConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Unreferenced blobs and untagged manifests younger than this survive GC (pushes in flight).
@@ -208,6 +216,7 @@ pub struct RegistryConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Whether the daemon runs containers at all (needs root and runc).
@@ -217,6 +226,7 @@ pub struct RuntimeConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct DeployConfig {
     /// How long the previous deployment's replicas keep running after the routing
@@ -649,6 +659,54 @@ mod tests {
         let p = write(&d, "[dns]\noverrides = { \"not a name\" = \"127.0.0.1\" }\n");
         let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("dns.overrides"), "{e}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// The conffile the .deb installs as /etc/berth/berth.toml (packaging/berth.toml).
+    const PACKAGED: &str = include_str!("../packaging/berth.toml");
+
+    /// The packaged file with every `#key = value` line uncommented.
+    fn packaged_uncommented() -> String {
+        let key_line = |l: &str| {
+            l.strip_prefix('#').is_some_and(|r| {
+                let name: String = r.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                !name.is_empty() && r[name.len()..].starts_with(" = ")
+            })
+        };
+        PACKAGED.lines().map(|l| if key_line(l) { &l[1..] } else { l }).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn packaged_config_is_the_defaults_and_names_every_key() {
+        let d = tmp();
+        let json = |c: &Config| serde_json::to_value(c).unwrap();
+        // As installed, everything is commented out: the production defaults, no warnings.
+        let p = write(&d, PACKAGED);
+        let c = Config::load(Some(&p), vec![], &Overrides::default()).unwrap();
+        assert_eq!(json(&c), json(&Config::default()));
+        assert!(c.not_yet_used.is_empty(), "{:?}", c.not_yet_used);
+
+        // Uncommented, every line is a real key with its real default, except the two
+        // examples that have no default (control_domain, dns.overrides).
+        let text = packaged_uncommented();
+        let p = write(&d, &text);
+        let c = Config::load(Some(&p), vec![], &Overrides::default()).unwrap();
+        let mut want = Config::default();
+        want.ingress.control_domain = Some("berth.example.com".into());
+        want.dns.overrides.insert("registry.internal".into(), "10.0.0.5".parse().unwrap());
+        assert_eq!(json(&c), json(&want));
+
+        // And no key of the config is missing from the file.
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let serde_json::Value::Object(top) = json(&Config::default()) else { panic!("config is not an object") };
+        for (key, value) in top {
+            let got = table.get(&key).unwrap_or_else(|| panic!("packaging/berth.toml lacks `{key}`"));
+            if let (serde_json::Value::Object(fields), toml::Value::Table(section)) = (value, got) {
+                for field in fields.keys() {
+                    assert!(section.contains_key(field), "packaging/berth.toml lacks `{key}.{field}`");
+                }
+            }
+        }
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -21,9 +21,16 @@ fn parse_version(text: &str) -> Option<String> {
 /// Builds a command; the one place in berth where processes are created. Private
 /// to `runtime`: other modules ask runtime for what they need done, never for a
 /// process to run.
+///
+/// `NOTIFY_SOCKET` (set by systemd for the daemon's `Type=notify` unit) is not passed
+/// on: runc, seeing it, hands the socket to the container and waits for the
+/// container itself to send `READY=1`, which an ordinary app never does, so every
+/// start under systemd would hang until the shim gave up.
 #[expect(clippy::disallowed_methods, reason = "runtime is the module that runs processes")]
 pub(super) fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    Command::new(program)
+    let mut c = Command::new(program);
+    c.env_remove("NOTIFY_SOCKET");
+    c
 }
 
 /// runc with berth's state root.
@@ -93,6 +100,16 @@ impl Runc {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn children_do_not_get_the_notify_socket() {
+        // Whatever the daemon's environment holds, the child's has no NOTIFY_SOCKET.
+        let c = super::command("runc");
+        let envs: Vec<_> = c.get_envs().collect();
+        assert_eq!(envs, vec![(std::ffi::OsStr::new("NOTIFY_SOCKET"), None)]);
+        let c = super::Runc::new("/run/x".into()).cmd();
+        assert!(c.get_envs().any(|(k, v)| k == "NOTIFY_SOCKET" && v.is_none()));
+    }
+
     #[test]
     fn parses_runc_output() {
         let text = "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\n";
