@@ -91,6 +91,13 @@ fn a_backup_taken_during_pushes_restores_users_projects_tags_blobs_and_secrets()
         &format!("/v1/projects/{alpha}/registries"),
         &json!({"name": "hub", "server": "docker.io", "username": "u", "password": "p-1"}),
     ));
+    // A service with a secret env value (sealed with the host key) and a follow.
+    let svc = created(root.post(
+        "/v1/services",
+        &json!({"project_id": alpha, "name": "web", "port": 8080, "replicas": 2,
+                "env": [{"key": "TOKEN", "value": "s3cret-value", "secret": true}],
+                "follow": {"repository": "alpha/app", "tag": "main"}}),
+    ));
     let first = push_image(&pat, "alpha/app", "v1", b"config-v1", &[&random(300_000, 1)]);
 
     // Pushes go on while the backup runs; each records itself once its tag is in.
@@ -151,6 +158,13 @@ fn a_backup_taken_during_pushes_restores_users_projects_tags_blobs_and_secrets()
     // The host key came along: the sealed registry password still opens.
     let r = root2.get(&format!("/v1/projects/{alpha}/registries/{cred}"));
     assert_eq!((r.status, r.json()["usable"].as_bool()), (200, Some(true)), "{}", r.text());
+    // The service, with its settings; its secret is still redacted (and sealed).
+    let s = root2.get(&format!("/v1/services/{svc}"));
+    assert_eq!(s.status, 200, "{}", s.text());
+    let s = s.json();
+    assert_eq!((s["name"].as_str(), s["replicas"].as_u64()), (Some("web"), Some(2)), "{s}");
+    assert_eq!(s["env"][0]["value"], "***", "{s}");
+    assert_eq!(s["follow"]["tag"], "main", "{s}");
 
     let (m, blobs) = pull_verified(&root2, "alpha/app", "v1");
     assert_eq!(m, first);
