@@ -36,6 +36,22 @@ pub enum DaemonError {
     Secrets(#[from] crate::secrets::SecretsError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error(
+        "the state dir {} is not writable ({source}): berth keeps its database, images and containers there; \
+         check its owner and mode, and that its filesystem is not mounted read-only",
+        path.display()
+    )]
+    NotWritable { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Refuses a state dir the daemon cannot write, before anything is made in it:
+/// a file is created, synced and removed.
+fn ensure_writable(dir: &Path) -> Result<(), DaemonError> {
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    let written =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&probe).and_then(|f| f.sync_all());
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|source| DaemonError::NotWritable { path: dir.to_path_buf(), source })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -44,15 +60,17 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if !config.not_yet_used.is_empty() {
         tracing::warn!(
             keys = config.not_yet_used.join(", "),
-            "these settings are accepted but not used yet: HTTPS, ACME and DNS overrides are planned"
+            "these settings are accepted but not used yet: HTTPS and ACME are planned"
         );
     }
     for dir in [&config.data_dir, &config.run_dir] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| PathError::new("create", dir, e))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                DaemonError::NotWritable { path: dir.to_path_buf(), source: e }
+            }
+            _ => PathError::new("create", dir, e).into(),
+        })?;
+        ensure_writable(dir)?;
     }
     // Held until this function returns: a second daemon on this dir is refused.
     let _lock = crate::lock::acquire(&config.data_dir)?;

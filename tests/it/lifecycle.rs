@@ -47,3 +47,60 @@ fn sigterm_stops_cleanly_and_state_persists() {
     let admin = b.login("admin", crate::harness::ADMIN_PASSWORD);
     assert_eq!(admin.get("/v1/projects").json()["data"][0]["name"], "keep");
 }
+
+/// A read-only bind mount of a dir over itself, undone on drop.
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &std::path::Path) -> ReadOnly {
+        let d = dir.to_str().unwrap();
+        let out = Command::new("mount").args(["--bind", "-o", "ro", d, d]).output().expect("run mount");
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        ReadOnly(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_written_is_refused_with_its_name() {
+    if !crate::harness::require_root() || !require_tool("mount", &["--version"]) {
+        return;
+    }
+    let tmp = crate::harness::TempDir::new("readonly");
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let ro = ReadOnly::mount(&data);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(&data)
+        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("berth kept running on a read-only state dir");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("the state dir {} is not writable", data.display())), "{stderr}");
+    assert!(stderr.contains("read-only"), "{stderr}");
+    drop(ro);
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "nothing was made in it");
+}
