@@ -43,17 +43,8 @@ TARGET_RPS_RATIO=0.5
 TARGET_P99_RATIO=2
 BUDGET_RSS_MIB=20
 
-# die MESSAGE: the error on stderr and, as the last line on stdout, `api: FAILED (...)`
-# (printed by cleanup once the temp dir exists, so a die inside $(...) is reported too).
-die() {
-    printf 'bench/api: error: %s\n' "$*" >&2
-    if [ -n "${T:-}" ] && [ -d "$T" ]; then
-        printf '%s\n' "$*" >>"$T/failure"
-    else
-        printf 'api: FAILED (%s)\n' "$*"
-    fi
-    exit 1
-}
+# die MESSAGE: the benchmark fails with MESSAGE (bench_die in scripts/lib.sh).
+die() { bench_die api "$@"; }
 # A need that is not met (a missing tool): a failure under CI=true, else a SKIPPED
 # line, and the run does not pass unless BERTH_ALLOW_SKIP=1 (skip in scripts/lib.sh).
 # shellcheck source=scripts/lib.sh

@@ -69,17 +69,8 @@ CPUS=1
 PIDS=64
 TARGET_BARE_FACTOR=2
 
-# die MESSAGE: the error on stderr and, as the last line on stdout, `deploy: FAILED (...)`
-# (printed by cleanup once the temp dir exists, so a die inside $(...) is reported too).
-die() {
-    printf 'bench/deploy: error: %s\n' "$*" >&2
-    if [ -n "${T:-}" ] && [ -d "$T" ]; then
-        printf '%s\n' "$*" >>"$T/failure"
-    else
-        printf 'deploy: FAILED (%s)\n' "$*"
-    fi
-    exit 1
-}
+# die MESSAGE: the benchmark fails with MESSAGE (bench_die in scripts/lib.sh).
+die() { bench_die deploy "$@"; }
 log() { printf 'bench/deploy: %s\n' "$*" >&2; }
 
 # A need that is not met (root, a tool): a failure under CI=true, else a SKIPPED line,

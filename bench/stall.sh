@@ -69,17 +69,8 @@ TARGET_P99_RATIO=2
 DL_ADDR=127.0.0.2
 SLOW_ADDRS=(127.0.0.3 127.0.0.4 127.0.0.5 127.0.0.6 127.0.0.7 127.0.0.8 127.0.0.9 127.0.0.10)
 
-# die MESSAGE: the error on stderr and, as the last line on stdout, `stall: FAILED (...)`
-# (printed by cleanup once the temp dir exists, so a die inside $(...) is reported too).
-die() {
-    printf 'bench/stall: error: %s\n' "$*" >&2
-    if [ -n "${T:-}" ] && [ -d "$T" ]; then
-        printf '%s\n' "$*" >>"$T/failure"
-    else
-        printf 'stall: FAILED (%s)\n' "$*"
-    fi
-    exit 1
-}
+# die MESSAGE: the benchmark fails with MESSAGE (bench_die in scripts/lib.sh).
+die() { bench_die stall "$@"; }
 # A need that is not met (a missing tool): a failure under CI=true, else a SKIPPED
 # line, and the run does not pass unless BERTH_ALLOW_SKIP=1 (skip in scripts/lib.sh).
 # shellcheck source=scripts/lib.sh

@@ -52,3 +52,19 @@ skip() {
 need_tool() {
     command -v "$1" >/dev/null 2>&1 || skip "$1 is not installed (apt-get install $2)"
 }
+
+# bench_die NAME MESSAGE...: a benchmark's failure: the error on stderr and, as the
+# last line on stdout, `NAME: FAILED (...)`; once the benchmark's temp dir $T exists
+# the message goes to $T/failure instead, for its cleanup to print last (so a die
+# inside $(...) is reported too).
+bench_die() {
+    local name=$1
+    shift
+    printf 'bench/%s: error: %s\n' "$name" "$*" >&2
+    if [ -n "${T:-}" ] && [ -d "$T" ]; then
+        printf '%s\n' "$*" >>"$T/failure"
+    else
+        printf '%s: FAILED (%s)\n' "$name" "$*"
+    fi
+    exit 1
+}
