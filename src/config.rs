@@ -221,8 +221,13 @@ pub struct RegistryConfig {
 pub struct RuntimeConfig {
     /// Whether the daemon runs containers at all (needs root and runc).
     pub enabled: bool,
-    /// Name of berth's cgroup subtree beneath the daemon's own cgroup.
+    /// Name of berth's cgroup subtree beneath the daemon's own cgroup (or beneath
+    /// `cgroup_parent`).
     pub cgroup_prefix: String,
+    /// A cgroup path (`/` or `/a/b`) to put berth's subtree under instead of the
+    /// daemon's own cgroup; empty: beneath the daemon's. The package sets `/`, so
+    /// containers never sit below the systemd service and it can restart while they run.
+    pub cgroup_parent: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,7 +252,7 @@ impl Default for DeployConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { enabled: true, cgroup_prefix: "berth".into() }
+        Self { enabled: true, cgroup_prefix: "berth".into(), cgroup_parent: String::new() }
     }
 }
 
@@ -343,6 +348,21 @@ impl Default for NetworkConfig {
             nft_table: "berth".into(),
         }
     }
+}
+
+/// Empty, `/`, or `/name/name…` with no `.` or `..` component.
+fn is_cgroup_parent(p: &str) -> bool {
+    if p.is_empty() || p == "/" {
+        return true;
+    }
+    let Some(rest) = p.strip_prefix('/') else { return false };
+    p.len() <= 512
+        && rest.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
@@ -505,6 +525,12 @@ impl Config {
         if !crate::validate::is_dns_label(&self.runtime.cgroup_prefix) {
             return invalid("runtime.cgroup_prefix", "must be a DNS label");
         }
+        if !is_cgroup_parent(&self.runtime.cgroup_parent) {
+            return invalid(
+                "runtime.cgroup_parent",
+                "must be empty or an absolute cgroup path of names of letters, digits, '.', '_' and '-' (e.g. \"/\")",
+            );
+        }
         if self.deploy.drain_seconds > 3600 || self.deploy.stop_grace_seconds > 3600 {
             return invalid("deploy.drain_seconds", "must be at most 3600, and so must stop_grace_seconds");
         }
@@ -576,6 +602,16 @@ mod tests {
         let d = std::env::temp_dir().join(crate::ids::new_id("cfgtest"));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn cgroup_parents_are_absolute_paths_of_plain_names() {
+        for ok in ["", "/", "/berth", "/a.b/c_d-1"] {
+            assert!(super::is_cgroup_parent(ok), "{ok:?}");
+        }
+        for bad in ["berth", "/a/../b", "/a//b", "/./a", "/a b", "/a/"] {
+            assert!(!super::is_cgroup_parent(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -195,7 +195,15 @@ async fn start_engine(
         );
         return None;
     }
-    let layout = match crate::runtime::cgroups::Layout::for_self(&config.runtime.cgroup_prefix) {
+    let layout = match config.runtime.cgroup_parent.as_str() {
+        "" => crate::runtime::cgroups::Layout::for_self(&config.runtime.cgroup_prefix),
+        parent => Ok(crate::runtime::cgroups::Layout::under(
+            std::path::Path::new("/sys/fs/cgroup"),
+            parent,
+            &config.runtime.cgroup_prefix,
+        )),
+    };
+    let layout = match layout {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "not running containers: no usable cgroup layout");

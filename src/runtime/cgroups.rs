@@ -37,6 +37,9 @@ pub struct Layout {
     pub mount: PathBuf,
     /// berth's subtree, relative to each hierarchy's root, starting with `/`.
     pub base: String,
+    /// Whether the subtree is beneath the daemon's own cgroup (so that, on v2, the
+    /// daemon first moves itself into a leaf), or under a parent of its own.
+    pub beneath_self: bool,
 }
 
 /// Limits for a cgroup.
@@ -130,7 +133,18 @@ impl Layout {
                 own = parent.to_string();
             }
         }
-        Ok(Layout { version, mount: mount.to_path_buf(), base: format!("{own}/{prefix}") })
+        Ok(Layout { version, mount: mount.to_path_buf(), base: format!("{own}/{prefix}"), beneath_self: true })
+    }
+
+    /// The layout under `parent`, a cgroup path of its own (`/` puts berth's subtree
+    /// at `/<prefix>`), outside the daemon's cgroup: containers then never sit below
+    /// the service that runs the daemon, so the service manager can restart the
+    /// daemon while they run (on cgroup v2 it cannot start a process in a cgroup
+    /// whose children use controllers).
+    pub fn under(mount: &Path, parent: &str, prefix: &str) -> Layout {
+        let version = super::host::cgroup_version(mount);
+        let parent = parent.trim_end_matches('/');
+        Layout { version, mount: mount.to_path_buf(), base: format!("{parent}/{prefix}"), beneath_self: false }
     }
 
     /// The layout for this process.
@@ -170,7 +184,16 @@ impl Layout {
     /// Prepares berth's subtree. On v2, moves this process into a `daemon` leaf of its
     /// own cgroup and enables the controllers for children.
     pub fn prepare(&self) -> Result<(), RuntimeError> {
-        if self.version == CgroupVersion::V2 {
+        if self.version == CgroupVersion::V2 && !self.beneath_self {
+            // Every level from the root down hands the controllers on.
+            let mut dir = self.mount.clone();
+            enable_controllers(&dir)?;
+            for part in self.base.trim_start_matches('/').split('/').filter(|p| !p.is_empty()) {
+                dir = dir.join(part);
+                mkdir(&dir)?;
+                enable_controllers(&dir)?;
+            }
+        } else if self.version == CgroupVersion::V2 {
             let own =
                 self.mount.join(self.base.trim_start_matches('/')).parent().map(Path::to_path_buf).unwrap_or_default();
             let leaf = own.join("daemon");
@@ -429,6 +452,38 @@ mod tests {
         let m = l.metrics("/svc/berth/prj");
         assert_eq!((m.cpu_usage_ns, m.memory_bytes, m.pids, m.oom_kills), (1_500_000, 4096, 3, 1));
         assert_eq!((m.io_read_bytes, m.io_write_bytes), (100, 200));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_parent_of_its_own_puts_the_subtree_outside_the_daemon_and_hands_controllers_down() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("cgfix"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("cgroup.controllers"),
+            "cpuset cpu io memory pids
+",
+        )
+        .unwrap();
+        let l = Layout::under(&dir, "/", "berth");
+        assert_eq!((l.version, l.base.as_str(), l.beneath_self), (CgroupVersion::V2, "/berth", false));
+        assert_eq!(l.container_path("p", "c"), "/berth/p/c");
+        assert_eq!(Layout::under(&dir, "/a/b/", "x").base, "/a/b/x");
+        // The fixture has no kernel to fill the new dirs' controller lists; give them.
+        std::fs::create_dir_all(dir.join("berth")).unwrap();
+        std::fs::write(
+            dir.join("berth/cgroup.controllers"),
+            "cpu io memory pids
+",
+        )
+        .unwrap();
+        l.prepare().unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(), "+cpu +memory +pids +io");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("berth/cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids +io"
+        );
+        assert!(!dir.join("daemon").exists(), "the daemon stays where it is");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
