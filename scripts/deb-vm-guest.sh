@@ -124,7 +124,7 @@ since=$(($(date +%s) - $(cat /var/lib/deb-vm-boot1)))
 up=$(cut -d. -f1 /proc/uptime)
 shutdown_s=$((since - up))
 say "reboot: ${since} s from systemctl reboot to this run, of which the shutdown ${shutdown_s} s"
-[ "$shutdown_s" -lt 60 ] || fail "the shutdown took ${shutdown_s} s: did berth not stop its replicas?"
+[ "$shutdown_s" -lt 75 ] || fail "the shutdown took ${shutdown_s} s: did berth not stop its replicas?"
 journalctl -u berth -b -1 --no-pager -o cat 2>/dev/null | grep -i 'host is shutting down' || true
 [ "$(systemctl is-active berth)" = active ] || fail "berth is $(systemctl is-active berth) after the reboot"
 want 200 $API/healthz >/dev/null
