@@ -6,6 +6,10 @@
 //! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
 //! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
 //! close the store (the writer finishes queued commits, the WAL is checkpointed).
+//! Replicas keep running across a daemon stop, except when systemd says the host
+//! itself is shutting down: then, once the workers have ended and while the listeners
+//! drain, every replica is stopped (SIGTERM, SIGKILL after `deploy.stop_grace_seconds`)
+//! so a container ignoring SIGTERM does not hold the shutdown (adr/026).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -142,13 +146,30 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
-    tracing::info!(signal, "shutting down");
+    // Only a host going down takes the replicas along; a daemon stop or restart
+    // leaves them running for the next daemon to re-adopt.
+    let host_down = signal == "SIGTERM" && host_shutting_down().await;
+    tracing::info!(signal, host_shutting_down = host_down, "shutting down");
     sd_notify("STOPPING=1");
     let _ = stop_tx.send(true);
     // Log streams would otherwise hold the drain for its whole grace period.
     state.deployer.shut_down();
+    let engine = state.engine.clone().filter(|_| host_down);
+    let stop_grace = state.deployer.settings().stop_grace;
+    // The replicas stop while the listeners drain, once the workers (the ticker that
+    // applies restart policies among them) have ended.
+    let replicas_stopped = async move {
+        for w in workers {
+            let _ = w.await;
+        }
+        let Some(engine) = engine else { return };
+        match engine.stop_for_host_shutdown(stop_grace).await {
+            Ok(n) => tracing::info!(replicas = n, "the host is shutting down: replicas stopped"),
+            Err(e) => tracing::error!(error = %e, "stopping the replicas for the host shutdown failed"),
+        }
+    };
     // Both listeners drain at once, within the same grace.
-    let (api_drained, ingress_drained) = tokio::join!(server, ingress);
+    let ((api_drained, ingress_drained), ()) = tokio::join!(async { tokio::join!(server, ingress) }, replicas_stopped);
     for (listener, drained) in [("api", api_drained), ("ingress", ingress_drained)] {
         match drained {
             Ok(true) => {}
@@ -161,13 +182,24 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     }
     let _ = pruner.await;
-    for w in workers {
-        let _ = w.await;
-    }
     drop(state);
     tokio::task::spawn_blocking(move || store.close()).await.map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Whether the whole system, not just this daemon, is going down. Only under systemd
+/// (`NOTIFY_SOCKET` set, as for the packaged `Type=notify` unit): systemd's manager
+/// state is `stopping` from the moment a start job for `shutdown.target` is queued
+/// (every reboot, poweroff, halt and kexec pulls it in) and `systemctl
+/// is-system-running` prints it. Anything else (no systemd, systemctl missing or not
+/// answering within 5 s, any other state) counts as not going down, so a plain
+/// `systemctl stop` or `restart` leaves the containers running (adr/026).
+async fn host_shutting_down() -> bool {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return false;
+    }
+    tokio::task::spawn_blocking(|| crate::runtime::host::system_stopping(Duration::from_secs(5))).await.unwrap_or(false)
 }
 
 /// Binds a listener and says which address it got (the port may have been 0).

@@ -10,6 +10,9 @@
 //!   recorded (and their restart policy applied on the next tick); a replica whose
 //!   shim vanished without an exit record is marked failed; container state on disk
 //!   with no row is removed.
+//! - `stop_for_host_shutdown` stops every replica when the host itself goes down
+//!   (the daemon decides that, `crate::daemon`), recorded so that the restart
+//!   policies bring them back after the boot; a plain daemon stop leaves them running.
 //! - `tick` runs every second: it notices exits and applies the restart policy
 //!   (`no`, `on-failure`, `always`) with exponential backoff (1 s doubling to 5 min)
 //!   and crash-loop detection (5 restarts within 5 minutes stops restarting).
@@ -347,6 +350,57 @@ impl Engine {
         r.state = "stopped".into();
         self.save(&r).await?;
         Ok(r)
+    }
+
+    /// For a host shutdown or reboot: stops every running replica at once (SIGTERM,
+    /// then SIGKILL after `grace`) and records it as ended by the host, the way
+    /// `reconcile` records a replica a host restart took without an exit record: with
+    /// a restart policy it is `exited` with no exit code, so the policy brings it back
+    /// after the boot whatever code the process exited with; without one it is
+    /// `stopped`. Nothing is deleted: writable layers, logs and addresses stay for the
+    /// next boot. Call it only once the ticker no longer runs (it would restart them).
+    /// Returns how many replicas it stopped.
+    pub async fn stop_for_host_shutdown(&self, grace: Duration) -> Result<usize, EngineError> {
+        const WHY: &str = "stopped because the host was shutting down";
+        let mut stopping = tokio::task::JoinSet::new();
+        for r in self.list().await? {
+            if !matches!(r.state.as_str(), "starting" | "running") {
+                continue;
+            }
+            let rt = self.runtime.clone();
+            stopping.spawn_blocking(move || {
+                let status = rt.stop(&r.id, grace);
+                (r, status)
+            });
+        }
+        let mut stopped = 0;
+        while let Some(joined) = stopping.join_next().await {
+            let (mut r, status) = joined.map_err(|e| EngineError::Task(e.to_string()))?;
+            let status = match status {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(replica = r.id, error = %e, "could not stop a replica for the host shutdown");
+                    continue;
+                }
+            };
+            record_exit(&mut r, &status);
+            r.pid = None;
+            r.error = Some(WHY.into());
+            if self.config(&r.id).await?.restart == RestartPolicy::No {
+                r.state = "stopped".into();
+            } else {
+                r.state = "exited".into();
+                r.exit_code = None;
+                r.signal = None;
+                r.next_restart_at = None;
+            }
+            if status.exit.is_none() {
+                r.finished_at = Some(crate::ids::now_rfc3339());
+            }
+            self.save(&r).await?;
+            stopped += 1;
+        }
+        Ok(stopped)
     }
 
     /// Removes a replica and everything it had.

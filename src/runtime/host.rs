@@ -1,4 +1,5 @@
-//! Facts about the host, read from procfs, sysfs and statvfs.
+//! Facts about the host, read from procfs, sysfs and statvfs, and whether systemd is
+//! shutting it down.
 
 use std::path::Path;
 
@@ -104,6 +105,54 @@ pub fn statvfs(path: &Path) -> Disk {
     disk
 }
 
+/// Whether systemd's manager state is `stopping`: `systemctl is-system-running`
+/// prints it from the moment a start job for `shutdown.target` is queued, which every
+/// reboot, poweroff, halt and kexec pulls in. No systemctl, no answer within `within`
+/// or any other state: false.
+#[expect(clippy::disallowed_methods, reason = "runtime is the module that runs processes")]
+pub fn system_stopping(within: std::time::Duration) -> bool {
+    use std::io::Read;
+    let mut child = match std::process::Command::new("systemctl")
+        .arg("is-system-running")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not ask systemd whether the host is shutting down");
+            return false;
+        }
+    };
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => {
+                tracing::warn!("systemctl is-system-running did not answer; assuming the host stays up");
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_end(&mut out);
+    }
+    reports_stopping(&out)
+}
+
+/// `systemctl is-system-running`'s output says the system is shutting down (it exits
+/// non-zero for every state but `running`, so only the text counts).
+fn reports_stopping(output: &[u8]) -> bool {
+    String::from_utf8_lossy(output).trim() == "stopping"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +180,13 @@ mod tests {
     fn statvfs_reads_a_real_filesystem() {
         let d = statvfs(Path::new("/"));
         assert!(d.total_bytes > 0 && d.total_bytes >= d.available_bytes);
+    }
+
+    #[test]
+    fn only_a_stopping_system_counts_as_shutting_down() {
+        assert!(reports_stopping(b"stopping\n"));
+        for other in [&b"running\n"[..], b"degraded\n", b"starting\n", b"maintenance\n", b"offline\n", b"", b"\xff"] {
+            assert!(!reports_stopping(other), "{:?}", String::from_utf8_lossy(other));
+        }
     }
 }

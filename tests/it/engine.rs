@@ -1,5 +1,6 @@
 //! The engine over real containers: re-adoption after the daemon goes away, exits
-//! recorded while it was gone, leftovers removed, restart policies.
+//! recorded while it was gone, leftovers removed, restart policies, replicas stopped
+//! for a host shutdown.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -251,6 +252,67 @@ fn replicas_come_back_after_a_host_restart() {
         assert!(lines.contains(&"again".to_string()), "it came back with its writable layer: {lines:?}");
         assert_eq!(lines.first().map(String::as_str), Some("first"), "the logs from before are kept: {lines:?}");
         for r in [&kept, &dropped] {
+            engine.delete(&r.id).await.unwrap();
+        }
+        store.close();
+    });
+}
+
+/// A host shutdown: the daemon stops every replica at once, SIGKILLing after the
+/// grace one whose PID 1 ignores SIGTERM, and records them so that after the boot
+/// their restart policy brings them back, even one that exited cleanly on SIGTERM
+/// under `on-failure`; one without a policy stays stopped.
+#[test]
+fn a_host_shutdown_stops_replicas_and_their_policies_bring_them_back() {
+    if !can_run() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let runtime = shared(&mut f);
+    let db = f.rt.containers_dir.parent().unwrap().join("state.db");
+    let tokio = rt();
+    let polite = "trap 'exit 0' TERM; while :; do sleep 0.1; done";
+    let (stubborn, clean, never) = tokio.block_on(async {
+        let store = Store::open(&db).unwrap();
+        let engine = Engine::new(store.clone(), runtime.clone());
+        // PID 1 of its namespace with no handler: SIGTERM does nothing to it.
+        let stubborn = engine.create(config(&f, "while :; do sleep 0.1; done", RestartPolicy::Always)).await.unwrap();
+        let clean = engine.create(config(&f, polite, RestartPolicy::OnFailure)).await.unwrap();
+        let never = engine.create(config(&f, polite, RestartPolicy::No)).await.unwrap();
+        // Let the shells install their traps.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        assert_eq!(engine.stop_for_host_shutdown(Duration::from_secs(2)).await.unwrap(), 3);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "stopped together in {took:?}");
+        for r in [&stubborn, &clean, &never] {
+            assert_eq!(runtime.status(&r.id).state, berth::runtime::shim::State::Exited, "{} still runs", r.id);
+            assert!(!std::path::Path::new(&format!("/proc/{}", r.pid.unwrap())).exists());
+        }
+        for r in [&stubborn, &clean] {
+            let got = engine.get(&r.id).await.unwrap();
+            assert_eq!((got.state.as_str(), got.exit_code, got.signal), ("exited", None, None), "{got:?}");
+            assert!(got.error.as_deref().unwrap_or_default().contains("host"), "{got:?}");
+        }
+        let n = engine.get(&never.id).await.unwrap();
+        assert_eq!((n.state.as_str(), n.exit_code), ("stopped", Some(0)), "{n:?}");
+        store.close();
+        (stubborn, clean, never)
+    });
+
+    tokio.block_on(async {
+        // The next boot's daemon.
+        let store = Store::open(&db).unwrap();
+        let mut engine = Engine::new(store.clone(), runtime.clone());
+        engine.backoff_start_s = 0;
+        engine.reconcile().await.unwrap();
+        engine.tick().await.unwrap();
+        for r in [&stubborn, &clean] {
+            let got = engine.get(&r.id).await.unwrap();
+            assert_eq!((got.state.as_str(), got.restarts), ("running", 1), "{got:?}");
+        }
+        assert_eq!(engine.get(&never.id).await.unwrap().state, "stopped");
+        for r in [&stubborn, &clean, &never] {
             engine.delete(&r.id).await.unwrap();
         }
         store.close();
