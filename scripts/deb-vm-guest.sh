@@ -60,8 +60,17 @@ systemctl is-system-running --wait >/dev/null || true
 
 if [ ! -e /var/lib/deb-vm-boot1 ]; then
     say "boot 1: cgroup fs $(stat -fc %T /sys/fs/cgroup), systemd $(systemctl --version | head -n1)"
+    for dep in runc nftables; do
+        ! dpkg-query -W -f='${Status}' "$dep" 2>/dev/null | grep -q 'install ok installed' ||
+            fail "$dep is installed before berth: the image should only have it in apt's cache"
+    done
     out=$(apt-get install -y --no-install-recommends /host/berth.deb 2>&1) || fail "apt-get install: $out"
     printf '%s\n' "$out"
+    for dep in runc nftables; do
+        dpkg-query -W -f='${Status}' "$dep" 2>/dev/null | grep -q 'install ok installed' ||
+            fail "apt-get install ./berth.deb did not pull in $dep"
+    done
+    say "apt-get install pulled in berth's dependencies (runc, nftables)"
     grep -q '/var/lib/berth/bootstrap-token' <<<"$out" || fail "the install message does not say where the bootstrap token is"
     [ "$(systemctl is-active berth)" = active ] || fail "berth is $(systemctl is-active berth) after install"
     [ "$(systemctl is-enabled berth)" = enabled ] || fail "berth is not enabled after install"
