@@ -115,17 +115,45 @@ fn a_backup_taken_during_pushes_restores_users_projects_tags_blobs_and_secrets()
             }
         })
     };
+    // And deployments (of a service with no replicas: records and their logs, no
+    // containers) one after another.
+    let bg = created(root.post("/v1/services", &json!({"project_id": alpha, "name": "bg", "port": 80, "replicas": 0})));
+    let deployed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let deployer = {
+        let (stop, deployed, c, bg) = (stop.clone(), deployed.clone(), root.clone(), bg.clone());
+        std::thread::spawn(move || {
+            let source = json!({"kind": "Image", "repository": "alpha/app", "reference": "v1"});
+            while !stop.load(Ordering::Relaxed) && deployed.lock().unwrap().len() < 200 {
+                let r = c.post("/v1/deployments", &json!({"service_id": bg, "source": source}));
+                if r.status != 201 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                let id = r.json()["id"].as_str().unwrap().to_string();
+                deployed.lock().unwrap().push(id.clone());
+                while !stop.load(Ordering::Relaxed) {
+                    let d = c.get(&format!("/v1/deployments/{id}")).json();
+                    if !matches!(d["status"].as_str(), Some("queued" | "pulling" | "starting")) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while pushed.lock().unwrap().len() < 3 {
+    while pushed.lock().unwrap().len() < 3 || deployed.lock().unwrap().len() < 2 {
         assert!(Instant::now() < deadline, "no pushes");
         std::thread::sleep(Duration::from_millis(10));
     }
     let before: Vec<String> = pushed.lock().unwrap().clone();
+    let deployments_before: Vec<String> = deployed.lock().unwrap().clone();
     let archive = b.dir.path().join("backup.tar.zst");
     let out = admin_cmd(&b, &["backup", "--with-blobs", "--output", archive.to_str().unwrap()], "");
     assert!(out.ok, "backup failed: {}", out.stderr);
     stop.store(true, Ordering::Relaxed);
     pusher.join().unwrap();
+    deployer.join().unwrap();
     let during = pushed.lock().unwrap().len() - before.len();
     assert!(out.stderr.contains("keep it secret"), "{}", out.stderr);
     use std::os::unix::fs::PermissionsExt;
@@ -158,6 +186,16 @@ fn a_backup_taken_during_pushes_restores_users_projects_tags_blobs_and_secrets()
     // The host key came along: the sealed registry password still opens.
     let r = root2.get(&format!("/v1/projects/{alpha}/registries/{cred}"));
     assert_eq!((r.status, r.json()["usable"].as_bool()), (200, Some(true)), "{}", r.text());
+    // Every deployment made before the backup began is there and has ended (one
+    // cut off by the copy is ended by the restored daemon's recovery).
+    for id in &deployments_before {
+        let d = root2.get(&format!("/v1/deployments/{id}"));
+        assert_eq!(d.status, 200, "{id}: {}", d.text());
+        let status = d.json()["status"].as_str().unwrap().to_string();
+        assert!(["live", "failed", "cancelled", "superseded"].contains(&status.as_str()), "{id}: {status}");
+    }
+    let list = root2.get(&format!("/v1/services/{bg}/deployments?limit=100")).json();
+    assert!(list["data"].as_array().unwrap().len() >= deployments_before.len(), "{list}");
     // The service, with its settings; its secret is still redacted (and sealed).
     let s = root2.get(&format!("/v1/services/{svc}"));
     assert_eq!(s.status, 200, "{}", s.text());
