@@ -67,7 +67,7 @@ REF_BIN=${BENCH_REF_BIN:-$TARGET_DIR/release/examples/bench_ref}
 [ -x "$REF_BIN" ] || die "$REF_BIN is not an executable"
 
 T=$(mktemp -d -t berth-bench-api.XXXXXX)
-PID=""
+BERTH_PID=""
 REF_PID=""
 stop_pid() {
     if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
@@ -78,7 +78,7 @@ stop_pid() {
 VERDICT_PRINTED=0
 cleanup() {
     local rc=$?
-    stop_pid "$PID"
+    stop_pid "$BERTH_PID"
     stop_pid "$REF_PID"
     if [ "$rc" -ne 0 ] && [ "$VERDICT_PRINTED" = 0 ]; then
         printf 'api: FAILED (%s)\n' "$(head -n 1 "$T/failure" 2>/dev/null || echo "exit status $rc")"
@@ -101,23 +101,10 @@ run_dir = "$T/run"
 rate_limit_per_minute = 100000000
 EOF
 
-# berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
-# all (BERTH_BIN among them) so only the config written above applies.
-env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 --config "$T/berth.toml" \
-    >"$T/berth.log" 2>&1 &
-PID=$!
-
-for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$PID" 2>/dev/null || { cat "$T/berth.log" >&2; die "berth exited during start-up"; }
-    sleep 0.1
-done
-curl -fsS -o /dev/null "$BASE/healthz" || { cat "$T/berth.log" >&2; die "berth did not answer /healthz within 10 s"; }
+start_berth "127.0.0.1:$PORT" 127.0.0.1:0
 
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
-START_RSS_KIB=$(rss_kib "$PID" VmRSS)
+START_RSS_KIB=$(rss_kib "$BERTH_PID" VmRSS)
 
 # call METHOD PATH EXPECTED_STATUS [JSON_BODY]; prints the response body.
 call() {
@@ -171,7 +158,7 @@ curl -fsS -o "$T/ref.json" "$REF_URL" || { cat "$T/ref.log" >&2; die "bench_ref 
 cmp -s "$T/list.json" "$T/ref.json" || die "bench_ref does not answer berth's bytes"
 
 sleep 2
-IDLE_RSS_KIB=$(rss_kib "$PID" VmRSS)
+IDLE_RSS_KIB=$(rss_kib "$BERTH_PID" VmRSS)
 REF_RSS_KIB=$(rss_kib "$REF_PID" VmRSS)
 
 ms() {
@@ -212,7 +199,7 @@ for r in $(seq 1 "$ROUNDS"); do
             load berth "$URL"
             B_RPS+=("$RPS") B_P99+=("$P99_MS")
             B_ERRS=$((B_ERRS + ERRS))
-            kill -0 "$PID" 2>/dev/null || { cat "$T/berth.log" >&2; die "berth died under load"; }
+            kill -0 "$BERTH_PID" 2>/dev/null || { cat "$T/berth.log" >&2; die "berth died under load"; }
         else
             load reference "$REF_URL"
             R_RPS+=("$RPS") R_P99+=("$P99_MS")
@@ -222,8 +209,8 @@ for r in $(seq 1 "$ROUNDS"); do
     RPS_RATIOS+=("$(ratio "${B_RPS[-1]}" "${R_RPS[-1]}")")
     P99_RATIOS+=("$(ratio "${B_P99[-1]}" "${R_P99[-1]}")")
 done
-PEAK_RSS_KIB=$(rss_kib "$PID" VmHWM)
-AFTER_RSS_KIB=$(rss_kib "$PID" VmRSS)
+PEAK_RSS_KIB=$(rss_kib "$BERTH_PID" VmHWM)
+AFTER_RSS_KIB=$(rss_kib "$BERTH_PID" VmRSS)
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 RPS_MED=$(median "${B_RPS[@]}")

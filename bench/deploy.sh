@@ -129,7 +129,7 @@ CG_BASE=$(awk -F: '
     END { p = (v1 != "") ? v1 : v2; sub(/\/$/, "", p); print p }' /proc/self/cgroup)
 
 T=$(mktemp -d -t berth-bench-deploy.XXXXXX)
-API_PORT="" HTTP_PORT="" PID="" AUTH="" SVC=""
+API_PORT="" HTTP_PORT="" BERTH_PID="" AUTH="" SVC=""
 BARE_ROOT="$T/bare-runc"
 VERDICT_PRINTED=0
 
@@ -173,14 +173,14 @@ cleanup() {
         tail -n 30 "$T/berth.log" >&2
     fi
     # The service first, through the API: it removes the replicas, their netns and links.
-    if [ -n "$SVC" ] && [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    if [ -n "$SVC" ] && [ -n "$BERTH_PID" ] && kill -0 "$BERTH_PID" 2>/dev/null; then
         curl -sS -o /dev/null --max-time 60 -X DELETE -H "Authorization: Bearer $AUTH" \
             "http://127.0.0.1:$API_PORT/v1/services/$SVC" || log "could not delete the service"
     fi
     for id in $(runc --root "$BARE_ROOT" list -q 2>/dev/null); do
         runc --root "$BARE_ROOT" delete --force "$id" >/dev/null 2>&1
     done
-    stop_pid "$PID"
+    stop_pid "$BERTH_PID"
     # What the daemon did not get to remove: replicas (their shims outlive the daemon
     # by design) and its network and cgroups.
     for id in $(runc --root "$T/run/runc" list -q 2>/dev/null); do
@@ -253,21 +253,9 @@ netns_prefix = "$NETNS_PREFIX"
 nft_table = "$NFT_TABLE"
 EOF
 
-# berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
-# all (BERTH_BIN among them) so only the config written above applies.
-# shellcheck disable=SC2046
-env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" \
-    --api-listen "127.0.0.1:$API_PORT" --http-listen "127.0.0.1:$HTTP_PORT" --config "$T/berth.toml" \
-    >"$T/berth.log" 2>&1 &
-PID=$!
-for _ in $(seq 1 300); do
-    curl -fsS -o /dev/null "$API/healthz" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || die "berth exited during start-up"
-    sleep 0.1
-done
-curl -fsS -o /dev/null "$API/healthz" || die "berth did not answer /healthz within 30 s"
+start_berth "127.0.0.1:$API_PORT" "127.0.0.1:$HTTP_PORT"
 
-alive() { kill -0 "$PID" 2>/dev/null || die "berth died"; }
+alive() { kill -0 "$BERTH_PID" 2>/dev/null || die "berth died"; }
 
 # call METHOD PATH EXPECTED_STATUS [JSON_BODY]; prints the response body.
 call() {

@@ -293,15 +293,7 @@ rate_limit_per_minute = 100000000
 EOF
 # berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
 # all (BERTH_BIN among them) so only the config written above applies.
-env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "$BERTH" --http-listen 127.0.0.1:0 --config "$T/berth.toml" \
-    >"$T/berth.log" 2>&1 &
-BERTH_PID=$!
-for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null && break
-    kill -0 "$BERTH_PID" 2>/dev/null || { cat "$T/berth.log" >&2; fail "berth exited during start-up"; }
-    sleep 0.1
-done
-curl -fsS -o /dev/null "$BASE/healthz" || { cat "$T/berth.log" >&2; fail "berth did not answer /healthz in 10 s"; }
+start_berth "$BERTH" 127.0.0.1:0 fail
 
 # call METHOD PATH EXPECTED_STATUS [JSON_BODY]; prints the response body.
 AUTH=""

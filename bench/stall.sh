@@ -89,7 +89,7 @@ fi
 [ -x "$BIN" ] || die "$BIN is not an executable"
 
 T=$(mktemp -d -t berth-bench-stall.XXXXXX)
-PID=""
+BERTH_PID=""
 SLOW_PID=""
 VERDICT_PRINTED=0
 stop_pid() {
@@ -101,7 +101,7 @@ stop_pid() {
 cleanup() {
     local rc=$?
     stop_pid "$SLOW_PID"
-    stop_pid "$PID"
+    stop_pid "$BERTH_PID"
     if [ "$rc" -ne 0 ] && [ "$VERDICT_PRINTED" = 0 ]; then
         printf 'stall: FAILED (%s)\n' "$(head -n 1 "$T/failure" 2>/dev/null || echo "exit status $rc")"
     fi
@@ -128,19 +128,9 @@ run_dir = "$T/run"
 rate_limit_per_minute = 100000000
 EOF
 
-# berth reads BERTH_* variables as configuration and refuses unknown ones; drop them
-# all (BERTH_BIN among them) so only the config written above applies.
-env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev --data-dir "$T/data" --api-listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 --config "$T/berth.toml" \
-    >"$T/berth.log" 2>&1 &
-PID=$!
-for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null && break
-    kill -0 "$PID" 2>/dev/null || { cat "$T/berth.log" >&2; die "berth exited during start-up"; }
-    sleep 0.1
-done
-curl -fsS -o /dev/null "$BASE/healthz" || { cat "$T/berth.log" >&2; die "berth did not answer /healthz within 10 s"; }
-berth_alive() { kill -0 "$PID" 2>/dev/null || { tail -50 "$T/berth.log" >&2; die "berth died $1"; }; }
-rss_kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$PID/status"; }
+start_berth "127.0.0.1:$PORT" 127.0.0.1:0
+berth_alive() { kill -0 "$BERTH_PID" 2>/dev/null || { tail -50 "$T/berth.log" >&2; die "berth died $1"; }; }
+rss_kib() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$BERTH_PID/status"; }
 
 # call METHOD PATH EXPECTED_STATUS [JSON_BODY]; prints the response body.
 AUTH=""

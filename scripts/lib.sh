@@ -68,3 +68,24 @@ bench_die() {
     fi
     exit 1
 }
+
+# start_berth API_ADDR HTTP_LISTEN [FAIL]: a benchmark's daemon: "$BIN" serve --dev on
+# $T/data with $T/berth.toml, its output in $T/berth.log, none of the caller's BERTH_*
+# variables (berth reads them as configuration and refuses unknown ones, BERTH_BIN
+# among them). Sets BERTH_PID at once (for the caller's cleanup), then waits up to
+# 30 s for /healthz; on failure calls FAIL (default die) with the reason.
+start_berth() {
+    local api=$1 http=$2 fail=${3:-die} i
+    # shellcheck disable=SC2046  # one -u per variable, split on purpose
+    env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev \
+        --data-dir "$T/data" --api-listen "$api" --http-listen "$http" --config "$T/berth.toml" \
+        >"$T/berth.log" 2>&1 &
+    BERTH_PID=$!
+    for i in $(seq 1 300); do
+        curl -fsS -o /dev/null "http://$api/healthz" 2>/dev/null && return 0
+        kill -0 "$BERTH_PID" 2>/dev/null || { tail -50 "$T/berth.log" >&2; "$fail" "berth exited during start-up"; }
+        sleep 0.1
+    done
+    tail -50 "$T/berth.log" >&2
+    "$fail" "berth did not answer /healthz within 30 s"
+}
