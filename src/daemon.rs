@@ -46,6 +46,8 @@ pub enum DaemonError {
         path.display()
     )]
     NotWritable { path: std::path::PathBuf, source: std::io::Error },
+    #[error("the ingress's certificates: {0}")]
+    Tls(#[from] crate::ingress::tls::TlsError),
 }
 
 /// Refuses a state dir the daemon cannot write, before anything is made in it:
@@ -93,6 +95,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let sealer = tokio::task::spawn_blocking(move || crate::secrets::Sealer::load_or_create(&secrets_dir))
         .await
         .map_err(|e| StoreError::Corrupt(e.to_string()))??;
+    // Handshakes for names without a certificate of their own get a self-signed one.
+    let fallback_names = ["localhost".to_string(), format!("*.{}", config.ingress.apps_domain)];
+    let certs = Arc::new(crate::ingress::tls::CertStore::new(&fallback_names)?);
     let state = AppState::new(crate::state::Parts {
         config: config.clone(),
         store: store.clone(),
@@ -100,6 +105,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         host,
         engine,
         sealer: Arc::new(sealer),
+        certs,
     });
     state.registry.blobs.init()?;
     // Deployments a previous run left in flight end, replicas of no live
@@ -125,8 +131,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let limits = crate::http::serve::Limits::from_config(&config.api);
     let conns = Arc::new(crate::http::serve::Connections::default());
     let server = tokio::spawn(crate::http::serve::serve(listener, app, limits, conns, stop_rx.clone(), grace));
-    let proxy =
-        crate::ingress::proxy::Proxy::new(state.routes.clone(), state.access_log.clone(), state.gate.metrics.clone());
+    let proxy = crate::ingress::proxy::Proxy::new(
+        state.routes.clone(),
+        state.challenges.clone(),
+        state.access_log.clone(),
+        state.gate.metrics.clone(),
+    );
     let ingress = tokio::spawn(crate::http::serve::serve(
         http_listener,
         proxy.clone(),

@@ -26,6 +26,10 @@ pub struct Shared {
     pub sealer: Arc<crate::secrets::Sealer>,
     /// The ingress's live routing table.
     pub routes: Arc<crate::ingress::routes::RoutingTable>,
+    /// Certificates by host, read by the TLS listener's handshakes.
+    pub certs: Arc<crate::ingress::tls::CertStore>,
+    /// Answers on the ingress's challenge paths (domain verification, ACME HTTP-01).
+    pub challenges: Arc<crate::ingress::challenge::Challenges>,
     /// Each service's recent ingress requests (`GET /v1/services/{id}/requests`).
     pub access_log: Arc<crate::ingress::access_log::AccessLog>,
     /// The client for external registries: one connection pool and token cache.
@@ -115,6 +119,8 @@ pub struct Parts {
     pub host: crate::runtime::host::StaticFacts,
     pub engine: Option<Arc<crate::engine::Engine>>,
     pub sealer: Arc<crate::secrets::Sealer>,
+    /// The ingress's certificates (the TLS listener resolves through it).
+    pub certs: Arc<crate::ingress::tls::CertStore>,
 }
 
 impl Deref for AppState {
@@ -126,7 +132,7 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(parts: Parts) -> Self {
-        let Parts { config, store, gate, host, engine, sealer } = parts;
+        let Parts { config, store, gate, host, engine, sealer, certs } = parts;
         let registry =
             Arc::new(crate::registry::Registry::new(crate::registry::Settings::from_config(&config), store.clone()));
         let routes = Arc::new(crate::ingress::routes::RoutingTable::new());
@@ -165,6 +171,8 @@ impl AppState {
             host,
             sealer,
             routes,
+            certs,
+            challenges: Arc::new(crate::ingress::challenge::Challenges::default()),
             access_log: Arc::new(crate::ingress::access_log::AccessLog::default()),
             puller,
             deployer,
@@ -192,6 +200,9 @@ impl AppState {
             host,
             engine: None,
             sealer: Arc::new(crate::secrets::Sealer::ephemeral()),
+            certs: Arc::new(
+                crate::ingress::tls::CertStore::new(&["localhost".into()]).expect("a self-signed certificate"),
+            ),
         })
     }
 

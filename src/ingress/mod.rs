@@ -20,8 +20,10 @@
 //! holds its clients' connections until they give up.
 
 pub mod access_log;
+pub mod challenge;
 pub mod error;
 pub mod headers;
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 pub mod upstream;

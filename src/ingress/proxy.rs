@@ -41,6 +41,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::access_log::{AccessEntry, AccessLog, CLIENT_CLOSED, clip_path};
+use super::challenge::Challenges;
 use super::error::{Origin, ProxyError};
 use super::headers;
 use super::routes::{Backend, Route, RoutingTable};
@@ -64,14 +65,20 @@ pub struct Proxy(Arc<Inner>);
 
 struct Inner {
     routes: Arc<RoutingTable>,
+    challenges: Arc<Challenges>,
     log: Arc<AccessLog>,
     upstreams: Arc<Upstreams<ReqBody>>,
     metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(routes: Arc<RoutingTable>, log: Arc<AccessLog>, metrics: Arc<Metrics>) -> Proxy {
-        Proxy(Arc::new(Inner { routes, log, upstreams: Arc::new(Upstreams::default()), metrics }))
+    pub fn new(
+        routes: Arc<RoutingTable>,
+        challenges: Arc<Challenges>,
+        log: Arc<AccessLog>,
+        metrics: Arc<Metrics>,
+    ) -> Proxy {
+        Proxy(Arc::new(Inner { routes, challenges, log, upstreams: Arc::new(Upstreams::default()), metrics }))
     }
 
     /// The upstream connection pool (for tests and metrics).
@@ -114,6 +121,11 @@ impl Proxy {
     async fn handle(self, mut req: IncomingRequest, client: IpAddr, seat: Option<TunnelSeat>) -> Response<ProxyBody> {
         let at = time::OffsetDateTime::now_utc();
         let started = Instant::now();
+        if Challenges::is_challenge_path(req.uri().path()) {
+            let resp = self.challenge(&mut req);
+            self.0.metrics.ingress_request(resp.status().as_u16(), started.elapsed());
+            return resp;
+        }
         let route = match self.route(&mut req) {
             Ok(r) => r,
             Err(e) => {
@@ -142,26 +154,51 @@ impl Proxy {
         }
     }
 
-    /// The route for a request's host. An absolute-form target names the host
-    /// itself (RFC 9112 §3.2.2): it replaces `Host`, and the target becomes a path.
-    fn route(&self, req: &mut IncomingRequest) -> Result<Arc<Route>, ProxyError> {
-        if let Some(authority) = req.uri().authority().cloned() {
-            let host = match authority.port() {
-                Some(port) => format!("{}:{}", authority.host(), port),
-                None => authority.host().to_string(),
-            };
-            let value = HeaderValue::from_str(&host).map_err(|_| ProxyError::NoHost)?;
-            req.headers_mut().insert(header::HOST, value);
-            let path = req.uri().path_and_query().cloned().map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
-            *req.uri_mut() = path;
+    /// The answer on a challenge path: the token's body for its own host, else 404.
+    fn challenge(&self, req: &mut IncomingRequest) -> Response<ProxyBody> {
+        let host = request_host(req);
+        match self.0.challenges.answer(&host, req.uri().path()) {
+            Some(body) => {
+                let mut resp = Response::new(ProxyBody(Kind::Page(Some(Bytes::from(body)))));
+                let h = resp.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
+            None => error_response(&ProxyError::UnknownHost),
         }
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    }
+
+    /// The route for a request's host.
+    fn route(&self, req: &mut IncomingRequest) -> Result<Arc<Route>, ProxyError> {
+        let host = request_host(req);
         if host.trim().is_empty() {
             return Err(ProxyError::NoHost);
         }
-        self.0.routes.lookup(host).ok_or(ProxyError::UnknownHost)
+        self.0.routes.lookup(&host).ok_or(ProxyError::UnknownHost)
     }
+}
 
+/// The host a request is for. An absolute-form target names the host itself (RFC
+/// 9112 §3.2.2; HTTP/2's `:authority`): it replaces `Host`, and the target becomes
+/// a path.
+fn request_host(req: &mut IncomingRequest) -> String {
+    if let Some(authority) = req.uri().authority().cloned() {
+        let host = match authority.port() {
+            Some(port) => format!("{}:{}", authority.host(), port),
+            None => authority.host().to_string(),
+        };
+        match HeaderValue::from_str(&host) {
+            Ok(value) => req.headers_mut().insert(header::HOST, value),
+            Err(_) => req.headers_mut().remove(header::HOST),
+        };
+        let path = req.uri().path_and_query().cloned().map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
+        *req.uri_mut() = path;
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string()
+}
+
+impl Proxy {
     async fn forward(
         &self,
         route: &Route,
@@ -644,7 +681,7 @@ mod tests {
         let routes = Arc::new(RoutingTable::new());
         let log = Arc::new(AccessLog::default());
         let metrics = Arc::new(Metrics::new());
-        let proxy = Proxy::new(routes.clone(), log.clone(), metrics.clone());
+        let proxy = Proxy::new(routes.clone(), Default::default(), log.clone(), metrics.clone());
         let (stop, stop_rx) = watch::channel(false);
         let conns = Arc::new(Connections::default());
         tokio::spawn(serve(listener, proxy.clone(), limits(body), conns, stop_rx, Duration::from_secs(1)));
