@@ -96,144 +96,31 @@ fi
 BIN=$(realpath "${BERTH_BIN:-$TARGET_DIR/release/berth}")
 [ -x "$BIN" ] || die "$BIN is not an executable"
 
-# Names of this run's own: a tag of 4 characters in every name, an address pool no
-# route on the machine touches.
-TAG=$(python3 -c 'import secrets, string; print("".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4)))')
-LINK_PREFIX="bd$TAG"                        # bridges bdXXXX0, veths bdXXXXv<8>: 15 characters at most
-NETNS_PREFIX="berth-bench-$TAG-"
-NFT_TABLE="berth_bench_$TAG"
-CG_PREFIX="berth-bench-$TAG"                # berth's subtree; the bare containers go in $CG_PREFIX-bare
-POOL_BYTE=""
-IN_USE=$(ip -4 route show; ip -4 addr show)
-for _ in $(seq 1 20); do
-    b=$((220 + RANDOM % 30))
-    if ! grep -qE "(^|inet )10\.$b\." <<<"$IN_USE"; then
-        POOL_BYTE=$b
-        break
-    fi
-done
-[ -n "$POOL_BYTE" ] || die "no free 10.220-249.0.0/16 pool on this machine"
-POOL="10.$POOL_BYTE.0.0/16"
+BENCH_NAME=deploy
+# shellcheck source=scripts/bench-containers.sh
+source scripts/bench-containers.sh
 # The bare container's veth: the last /30 of the pool (projects take /24s from the start).
 BARE_HOST_IP="10.$POOL_BYTE.255.253"
 BARE_IP="10.$POOL_BYTE.255.254"
 BARE_NETNS="${NETNS_PREFIX}bare"
 BARE_VETH="${LINK_PREFIX}b0"
 BARE_PEER="${LINK_PREFIX}b1"
-
-# berth and runc put containers at the same relative path in every controller: the
-# deepest of this process's own cgroups (cgroup v1 controllers), or the unified one.
-CG_BASE=$(awk -F: '
-    $2 ~ /(^|,)(memory|cpu|cpuacct|pids|blkio)(,|$)/ { if (length($3) > length(v1)) v1 = $3 }
-    $1 == "0" && $2 == "" { v2 = $3 }
-    END { p = (v1 != "") ? v1 : v2; sub(/\/$/, "", p); print p }' /proc/self/cgroup)
-
-T=$(mktemp -d -t berth-bench-deploy.XXXXXX)
-API_PORT="" HTTP_PORT="" BERTH_PID="" AUTH="" SVC=""
 BARE_ROOT="$T/bare-runc"
-VERDICT_PRINTED=0
-
-stop_pid() {
-    local pid=$1 i
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not stop within 30 s of SIGTERM; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-# What this run left on the machine, one line each (empty when nothing).
-leftovers() {
-    ip netns list 2>/dev/null | awk -v p="$NETNS_PREFIX" 'index($1, p) == 1 { print "netns " $1 }'
-    nft list tables 2>/dev/null | awk -v t="$NFT_TABLE" '$3 == t { print "nftables table " t }'
-    ip -o link show 2>/dev/null | awk -F': ' -v p="$LINK_PREFIX" '{ sub(/@.*/, "", $2) } index($2, p) == 1 { print "link " $2 }'
-    find /sys/fs/cgroup -mindepth 1 -maxdepth 8 -type d -name "$CG_PREFIX*" 2>/dev/null | sed 's/^/cgroup /'
-    awk -v t="$T" 'index($2, t) == 1 { print "mount " $2 }' /proc/mounts
-    [ ! -e "$T" ] || echo "dir $T"
-    local p cmd
-    for p in /proc/[0-9]*; do
-        cmd=$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
-        case "$cmd" in *"$T"*) echo "process ${p#/proc/} ${cmd:0:120}" ;; esac
-    done
-}
-
-cleanup() {
-    local rc=$? failure="" left id p cmd d m
-    set +e
-    # A signal names the failure even when what it cut short failed first.
-    failure=$(cat "$T/interrupted" 2>/dev/null || head -n 1 "$T/failure" 2>/dev/null)
-    if [ "$rc" -ne 0 ] && [ -f "$T/berth.log" ]; then
-        log "the daemon's last log lines:"
-        tail -n 30 "$T/berth.log" >&2
-    fi
-    # The service first, through the API: it removes the replicas, their netns and links.
-    if [ -n "$SVC" ] && [ -n "$BERTH_PID" ] && kill -0 "$BERTH_PID" 2>/dev/null; then
-        curl -sS -o /dev/null --max-time 60 -X DELETE -H "Authorization: Bearer $AUTH" \
-            "http://127.0.0.1:$API_PORT/v1/services/$SVC" || log "could not delete the service"
-    fi
+bench_cleanup_hook() {
+    local id
     for id in $(runc --root "$BARE_ROOT" list -q 2>/dev/null); do
         runc --root "$BARE_ROOT" delete --force "$id" >/dev/null 2>&1
     done
-    stop_pid "$BERTH_PID"
-    # What the daemon did not get to remove: replicas (their shims outlive the daemon
-    # by design) and its network and cgroups.
-    for id in $(runc --root "$T/run/runc" list -q 2>/dev/null); do
-        runc --root "$T/run/runc" delete --force "$id" >/dev/null 2>&1
-    done
-    for p in /proc/[0-9]*; do
-        cmd=$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null) || continue
-        case "$cmd" in *"$T"*) kill -KILL "${p#/proc/}" 2>/dev/null ;; esac
-    done
-    nft delete table inet "$NFT_TABLE" 2>/dev/null
-    for d in $(ip netns list 2>/dev/null | awk -v p="$NETNS_PREFIX" 'index($1, p) == 1 { print $1 }'); do
-        ip netns delete "$d" 2>/dev/null
-    done
-    for d in $(ip -o link show 2>/dev/null | awk -F': ' -v p="$LINK_PREFIX" '{ sub(/@.*/, "", $2) } index($2, p) == 1 { print $2 }'); do
-        ip link delete "$d" 2>/dev/null
-    done
-    for d in $(find /sys/fs/cgroup -mindepth 1 -maxdepth 8 -type d -name "$CG_PREFIX*" 2>/dev/null); do
-        find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
-    done
-    for m in $(awk -v t="$T" 'index($2, t) == 1 { print length($2), $2 }' /proc/mounts | sort -rn | cut -d' ' -f2); do
-        umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
-    done
-    rm -rf "$T"
-    left=$(leftovers)
-    if [ -n "$left" ]; then
-        printf '%s\n' "$left" | sed 's/^/bench\/deploy: left behind: /' >&2
-        failure="left behind: $(printf '%s\n' "$left" | head -n 3 | paste -sd ';' -)"
-        rc=1
-    fi
-    # A full run that missed its target exits 1 after its verdict: that stays the last line.
-    if [ -n "$left" ] || { [ "$rc" -ne 0 ] && [ "$VERDICT_PRINTED" = 0 ]; }; then
-        printf 'deploy: FAILED (%s)\n' "${failure:-exit status $rc}"
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-# A signal would run the EXIT trap with a status of 0: turn it into a failure.
-interrupted() { printf 'interrupted by SIG%s\n' "$1" >"$T/interrupted"; exit "$2"; }
-trap 'interrupted INT 130' INT
-trap 'interrupted TERM 143' TERM
-trap 'interrupted HUP 129' HUP
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-API_PORT=$(free_port)
-HTTP_PORT=$(free_port)
-API="http://127.0.0.1:$API_PORT"
 
 # No drain and a short stop grace: rounds measure the rollout, not the goodbye
 # (busybox httpd as PID 1 ignores SIGTERM, so each old replica takes the grace). The
 # per-token rate limit (6000/min) is raised: polling a deployment every 10 ms is 6000
 # requests a minute on its own.
-cat >"$T/berth.toml" <<EOF
-run_dir = "$T/run"
+{
+    bench_config
+    cat <<EOF
 
 [api]
 rate_limit_per_minute = 100000000
@@ -242,91 +129,29 @@ rate_limit_per_minute = 100000000
 drain_seconds = 0
 stop_grace_seconds = 1
 health_deadline_seconds = 60
-
-[runtime]
-cgroup_prefix = "$CG_PREFIX"
-
-[network]
-pool = "$POOL"
-link_prefix = "$LINK_PREFIX"
-netns_prefix = "$NETNS_PREFIX"
-nft_table = "$NFT_TABLE"
 EOF
+} >"$T/berth.toml"
 
 start_berth "127.0.0.1:$API_PORT" "127.0.0.1:$HTTP_PORT"
 
-alive() { kill -0 "$BERTH_PID" 2>/dev/null || die "berth died"; }
-
-# call METHOD PATH EXPECTED_STATUS [JSON_BODY]; prints the response body.
-call() {
-    local method=$1 path=$2 want=$3 body=${4:-} status
-    local args=(-sS -o "$T/resp" -w '%{http_code}' -X "$method")
-    [ -z "$AUTH" ] || args+=(-H "Authorization: Bearer $AUTH")
-    [ -z "$body" ] || args+=(-H 'Content-Type: application/json' --data "$body")
-    status=$(curl "${args[@]}" "$API$path") || { alive; die "$method $path: curl failed"; }
-    if [ "$status" != "$want" ]; then
-        cat "$T/resp" >&2
-        die "$method $path answered $status, expected $want"
-    fi
-    cat "$T/resp"
-}
-
-AUTH=$(cat "$T/data/bootstrap-token")
-call POST /v1/bootstrap 201 '{"username":"bench","password":"bench-password-1"}' >/dev/null
-AUTH=""
-AUTH=$(call POST /v1/auth/login 200 '{"username":"bench","password":"bench-password-1"}' | jq -er .token)
-PROJECT=$(call POST /v1/projects 201 '{"name":"bench"}' | jq -er .id)
+bench_login
 HOST="web.bench.localhost"
 REPO="bench/web"
 
 # The image, without Docker: layer 1 the static busybox (and /bin/sh), layer 2 the
-# pages (`/` says which version, `/health` for the check); uncompressed tar layers,
-# an OCI config and manifest, each blob in one monolithic POST, the manifest PUT.
-case "$(uname -m)" in
-    x86_64) ARCH=amd64 ;;
-    aarch64) ARCH=arm64 ;;
-    *) ARCH=$(uname -m) ;;
-esac
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-tar_dir() { tar -C "$1" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$2" .; }
-layer() {
-    jq -cn --arg d "sha256:$(sha "$1")" --argjson s "$(stat -c %s "$1")" \
-        '{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $d, size: $s}'
-}
-push_blob() {
-    local status
-    status=$(curl -sS -o "$T/resp" -w '%{http_code}' -X POST -H "Authorization: Bearer $AUTH" \
-        -H 'Content-Type: application/octet-stream' --data-binary "@$1" \
-        "$API/v2/$REPO/blobs/uploads/?digest=sha256:$(sha "$1")") || die "push of $1: curl failed"
-    [ "$status" = 201 ] || { cat "$T/resp" >&2; die "push of blob $1 answered $status"; }
-}
+# pages (`/` says which version, `/health` for the check).
 mkdir -p "$T/img/base/bin"
 cp /bin/busybox "$T/img/base/bin/busybox"
 ln -s busybox "$T/img/base/bin/sh"
 tar_dir "$T/img/base" "$T/img/base.tar"
-push_blob "$T/img/base.tar"
 declare -A DIGEST
 for v in v1 v2; do
     mkdir -p "$T/img/$v/www"
     printf 'hello from %s\n' "$v" >"$T/img/$v/www/index.html"
     printf 'ok\n' >"$T/img/$v/www/health"
     tar_dir "$T/img/$v" "$T/img/$v.tar"
-    push_blob "$T/img/$v.tar"
-    jq -cn --arg arch "$ARCH" --arg d1 "sha256:$(sha "$T/img/base.tar")" --arg d2 "sha256:$(sha "$T/img/$v.tar")" '{
-        architecture: $arch, os: "linux",
-        config: {Cmd: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"], Env: ["PATH=/bin"]},
-        rootfs: {type: "layers", diff_ids: [$d1, $d2]}}' | tr -d '\n' >"$T/img/$v.config.json"
-    push_blob "$T/img/$v.config.json"
-    jq -cn --arg cd "sha256:$(sha "$T/img/$v.config.json")" --argjson cs "$(stat -c %s "$T/img/$v.config.json")" \
-        --argjson l1 "$(layer "$T/img/base.tar")" --argjson l2 "$(layer "$T/img/$v.tar")" '{
-        schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
-        config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $cd, size: $cs},
-        layers: [$l1, $l2]}' | tr -d '\n' >"$T/img/$v.manifest.json"
-    STATUS=$(curl -sS -o "$T/resp" -w '%{http_code}' -X PUT -H "Authorization: Bearer $AUTH" \
-        -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$T/img/$v.manifest.json" \
-        "$API/v2/$REPO/manifests/$v") || die "manifest $v: curl failed"
-    [ "$STATUS" = 201 ] || { cat "$T/resp" >&2; die "manifest $v answered $STATUS"; }
-    DIGEST[$v]="sha256:$(sha "$T/img/$v.manifest.json")"
+    DIGEST[$v]=$(push_image "$REPO" "$v" '["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]' \
+        "$T/img/base.tar" "$T/img/$v.tar")
 done
 
 SVC_BODY=$(jq -cn --arg p "$PROJECT" --argjson i "$INTERVAL_S" --argjson m "$MEMORY_MB" --argjson c "$CPUS" --argjson n "$PIDS" '{
@@ -521,13 +346,6 @@ overflows() {
 overflows >/dev/null || die "cannot read the replica's netstat in netns $REPLICA_NETNS"
 [ "$(curl -sS --max-time 5 "http://$ADDR/")" = "hello from $LIVE" ] || die "the replica at $ADDR does not serve $LIVE"
 
-ms() {
-    # wrk prints latencies as e.g. 850.00us, 3.21ms, 1.02s, 1.50m.
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000; else if (u != "ms") n = -1
-        printf "%.2f", n }'
-}
 # The host's TIME_WAIT sockets towards the replica. busybox answers every request
 # with `Connection: close`; wrk and the ingress close their end as soon as the answer
 # is read, often before busybox's FIN arrives, so many of those connections end in
@@ -582,8 +400,6 @@ load() {
         "$w" "$name" "$RPS" "$P99_MS" "$(awk '/requests in/ { print $1 }' "$out")" "$TW" "$OVERFLOWS"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 printf '\nwrk -t%s -c%s -d%ss on GET / (%s bytes), through the ingress and at %s, %s round(s)\n' \
     "$THREADS" "$CONNECTIONS" "$DURATION" "$(printf 'hello from %s\n' "$LIVE" | wc -c)" "$ADDR" "$WRK_ROUNDS"

@@ -42,6 +42,9 @@ PACKAGES=(
     # the .deb: built with dpkg tooling, checked by lintian and systemd-analyze, then
     # installed in a Debian 12 VM with systemd as PID 1 built by mmdebstrap (scripts/deb-vm.sh)
     dpkg-dev binutils lintian systemd mmdebstrap e2fsprogs
+    # ACME against a real CA on loopback (tests/it/acme.rs), and the reverse proxy the
+    # ingress benchmark compares against (bench/ingress.sh)
+    pebble nginx
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS

@@ -28,6 +28,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_IDLE_PER_REPLICA: usize = 32;
 /// Largest response head accepted from a replica.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Largest read buffer of an upstream connection: a response head must fit, and a
+/// body streams through it. hyper's default (~400 KiB) grows to that on every
+/// connection that carries a large body, which multiplies by the open connections.
+const UPSTREAM_READ_BUF: usize = MAX_RESPONSE_HEAD + 16 * 1024;
 /// How long a settling connection is waited for before it is given up.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -143,6 +147,7 @@ where
     let _ = stream.set_nodelay(true);
     let (tx, conn) = Builder::new()
         .max_header_size(MAX_RESPONSE_HEAD)
+        .max_buf_size(UPSTREAM_READ_BUF)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ProxyError::Upstream { addr, source })?;
