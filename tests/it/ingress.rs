@@ -86,3 +86,87 @@ fn the_ingress_has_its_own_caps_and_deadlines() {
     let answer = get(ingress, "a.localhost", "/");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
+
+/// 500 clients trickling their request heads (one header line every 200 ms, from ten
+/// loopback addresses) while a normal client asks a live service through the
+/// ingress: every normal request is answered, and the trickling connections are cut
+/// at the head deadline.
+#[test]
+fn slow_clients_trickling_headers_do_not_stop_normal_requests() {
+    use crate::deployments::{deploy, node_with, project_id, push_web, service, settle, via_ingress};
+    use serde_json::json;
+    if !crate::runtime::can_run() {
+        return;
+    }
+    const SLOW: usize = 500;
+    const HEAD_TIMEOUT: u64 = 6;
+    let (node, admin) = node_with("", &format!("[ingress]\nhead_timeout_seconds = {HEAD_TIMEOUT}\n"));
+    let project = project_id(&admin, "alpha");
+    push_web(&admin, "alpha/web", "v1", "hello from v1\n", true);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "health_check": {"path": "/health", "interval_s": 1}}),
+    );
+    let dep = deploy(&admin, &svc, "alpha/web", "v1");
+    assert_eq!(settle(&admin, &dep, 90)["status"], "live");
+    let ingress = node.b.ingress_addr();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let started = Instant::now();
+    let slow: Vec<_> = (0..SLOW)
+        .map(|i| {
+            rt.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let src = std::net::IpAddr::from([127, 0, 1, 1 + (i % 10) as u8]);
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(src, 0))?;
+                let mut s = socket.connect(ingress).await?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: web.alpha.localhost\r\n").await?;
+                let mut buf = [0u8; 512];
+                // Trickle until the server closes (or a generous deadline passes).
+                for n in 0..(HEAD_TIMEOUT * 5 * 4) {
+                    let line = format!("X-Slow-{n}: x\r\n");
+                    if s.write_all(line.as_bytes()).await.is_err() {
+                        return Ok::<_, std::io::Error>(Some(started.elapsed()));
+                    }
+                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Ok(Some(started.elapsed())),
+                        Ok(Ok(_)) | Err(_) => {}
+                    }
+                }
+                Ok(None)
+            })
+        })
+        .collect();
+    // Give the trickle time to build up, then be a normal client meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut latencies = Vec::new();
+    let mut ok = 0;
+    let total = 200;
+    for _ in 0..total {
+        let t = Instant::now();
+        let answer = via_ingress(&node, "web.alpha.localhost", "/");
+        latencies.push(t.elapsed());
+        if answer == Some((200, "hello from v1\n".to_string())) {
+            ok += 1;
+        }
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    let closed: Vec<Option<Duration>> = slow
+        .into_iter()
+        .map(|h| rt.block_on(h).unwrap().unwrap_or_else(|e| panic!("a slow client could not connect: {e}")))
+        .collect();
+    let cut = closed.iter().filter(|c| c.is_some()).count();
+    let latest = closed.iter().flatten().max().copied().unwrap_or_default();
+    println!(
+        "normal client beside {SLOW} slow ones: {ok}/{total} answered 200, p99 {:.1} ms; \
+         {cut}/{SLOW} slow connections cut by the server, the last after {:.1} s (head timeout {HEAD_TIMEOUT} s)",
+        p99.as_secs_f64() * 1000.0,
+        latest.as_secs_f64()
+    );
+    assert_eq!(ok, total, "every normal request is answered while the slow clients trickle");
+    assert!(p99 < Duration::from_secs(HEAD_TIMEOUT), "normal requests did not wait for the slow clients: p99 {p99:?}");
+    assert_eq!(cut, SLOW, "every trickling connection is cut at the head deadline");
+    assert!(latest < Duration::from_secs(HEAD_TIMEOUT * 3), "slow connections outlived the head deadline: {latest:?}");
+}
