@@ -782,9 +782,13 @@ pub struct ReplicaMetrics {
 #[derive(Serialize, ToSchema)]
 pub struct ServiceMetrics {
     pub replicas: Vec<ReplicaMetrics>,
+    /// What the ingress saw of the service's requests since the daemon started.
+    pub requests: crate::ingress::access_log::RequestStats,
 }
 
-/// Usage of each replica: CPU, memory, pids, I/O (cgroup) and network (its namespace).
+/// Usage of each replica: CPU, memory, pids, I/O (cgroup) and network (its namespace);
+/// the requests the ingress routed to the service, by status class, with latency
+/// percentiles over the most recent ones.
 #[utoipa::path(get, operation_id = "services_metrics", path = "/v1/services/{id}/metrics", tag = "services",
     params(("id" = String, Path, description = "service id")),
     responses((status = 200, body = ServiceMetrics), (status = 404, body = super::error::ErrorBody)),
@@ -811,7 +815,8 @@ pub async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> A
             net_tx_packets: m.net_tx_packets,
         })
         .collect();
-    Ok(Json(ServiceMetrics { replicas }))
+    let requests = state.access_log.stats(&id);
+    Ok(Json(ServiceMetrics { replicas, requests }))
 }
 
 #[cfg(test)]

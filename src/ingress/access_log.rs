@@ -5,6 +5,10 @@
 //! 502 or a 503). Paths are kept without their query string (which often carries
 //! tokens) and cut at [`MAX_PATH`] bytes, so a service's ring stays under a megabyte.
 //! The rings are lost on restart; the daemon's own log has what matters longer.
+//!
+//! Beside each ring, counters since the daemon started (requests and response bytes
+//! by status class) feed the service's metrics ([`AccessLog::stats`]), with latency
+//! percentiles over the entries in the ring.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -62,7 +66,36 @@ pub fn clip_path(path: &str) -> String {
     path[..end].to_string()
 }
 
-type Ring = Arc<Mutex<VecDeque<AccessEntry>>>;
+/// One service's recent entries and running totals.
+#[derive(Default)]
+struct Book {
+    ring: VecDeque<AccessEntry>,
+    /// Requests by status class: 1xx..5xx (anything else counts as 5xx).
+    by_class: [u64; 5],
+    bytes: u64,
+}
+
+type Ring = Arc<Mutex<Book>>;
+
+/// A service's request figures, for `GET /v1/services/{id}/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+pub struct RequestStats {
+    /// Requests routed to the service since the daemon started.
+    pub total: u64,
+    pub status_1xx: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    /// Response body bytes sent for them.
+    pub bytes: u64,
+    /// How many recent requests the latency figures are taken over (the access log's ring).
+    pub recent: u64,
+    pub latency_p50_ms: u64,
+    pub latency_p95_ms: u64,
+    pub latency_p99_ms: u64,
+    pub latency_max_ms: u64,
+}
 
 /// The rings of every service that had requests.
 pub struct AccessLog {
@@ -90,11 +123,44 @@ impl AccessLog {
                 self.rings.write().unwrap_or_else(|e| e.into_inner()).entry(service_id.to_string()).or_default().clone()
             }
         };
-        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
-        if ring.len() >= self.capacity {
-            ring.pop_front();
+        let mut book = ring.lock().unwrap_or_else(|e| e.into_inner());
+        let class = usize::from(entry.status / 100).clamp(1, 5) - 1;
+        book.by_class[class] += 1;
+        book.bytes += entry.bytes;
+        if book.ring.len() >= self.capacity {
+            book.ring.pop_front();
         }
-        ring.push_back(entry);
+        book.ring.push_back(entry);
+    }
+
+    /// A service's request counts and recent latency percentiles.
+    pub fn stats(&self, service_id: &str) -> RequestStats {
+        let Some(ring) = self.rings.read().unwrap_or_else(|e| e.into_inner()).get(service_id).cloned() else {
+            return RequestStats::default();
+        };
+        let (by_class, bytes, mut durations) = {
+            let book = ring.lock().unwrap_or_else(|e| e.into_inner());
+            (book.by_class, book.bytes, book.ring.iter().map(|e| e.duration_ms).collect::<Vec<u64>>())
+        };
+        durations.sort_unstable();
+        let at = |q: usize| match durations.len() {
+            0 => 0,
+            n => durations[((n * q).div_ceil(100)).clamp(1, n) - 1],
+        };
+        RequestStats {
+            total: by_class.iter().sum(),
+            status_1xx: by_class[0],
+            status_2xx: by_class[1],
+            status_3xx: by_class[2],
+            status_4xx: by_class[3],
+            status_5xx: by_class[4],
+            bytes,
+            recent: durations.len() as u64,
+            latency_p50_ms: at(50),
+            latency_p95_ms: at(95),
+            latency_p99_ms: at(99),
+            latency_max_ms: durations.last().copied().unwrap_or(0),
+        }
     }
 
     /// A service's most recent entries, newest first, at most `limit`.
@@ -102,8 +168,8 @@ impl AccessLog {
         let Some(ring) = self.rings.read().unwrap_or_else(|e| e.into_inner()).get(service_id).cloned() else {
             return Vec::new();
         };
-        let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter().rev().take(limit).cloned().collect()
+        let book = ring.lock().unwrap_or_else(|e| e.into_inner());
+        book.ring.iter().rev().take(limit).cloned().collect()
     }
 
     /// Drops a service's ring (the service was deleted).
@@ -147,6 +213,24 @@ mod tests {
         let json = serde_json::to_value(&log.recent("svc_b", 1)[0]).unwrap();
         assert_eq!(json["at"], "1970-01-01T00:00:00Z");
         assert_eq!(json["client"], "127.0.0.1");
+    }
+
+    #[test]
+    fn stats_count_every_request_and_take_percentiles_over_the_ring() {
+        let log = AccessLog::new(100);
+        assert_eq!(log.stats("svc_a"), RequestStats::default());
+        for i in 1..=200u64 {
+            let mut e = entry(if i % 10 == 0 { 502 } else { 200 }, "/");
+            e.duration_ms = i;
+            log.record("svc_a", e);
+        }
+        log.record("svc_a", entry(101, "/ws"));
+        let s = log.stats("svc_a");
+        assert_eq!((s.total, s.status_1xx, s.status_2xx, s.status_5xx), (201, 1, 180, 20));
+        assert_eq!(s.bytes, 201 * 2);
+        // The ring holds the last 100: durations 102..=200 and the upgrade's 1 ms.
+        assert_eq!(s.recent, 100);
+        assert_eq!((s.latency_p50_ms, s.latency_p99_ms, s.latency_max_ms), (150, 199, 200));
     }
 
     #[test]

@@ -169,4 +169,11 @@ fn slow_clients_trickling_headers_do_not_stop_normal_requests() {
     assert!(p99 < Duration::from_secs(HEAD_TIMEOUT), "normal requests did not wait for the slow clients: p99 {p99:?}");
     assert_eq!(cut, SLOW, "every trickling connection is cut at the head deadline");
     assert!(latest < Duration::from_secs(HEAD_TIMEOUT * 3), "slow connections outlived the head deadline: {latest:?}");
+    // The service's metrics count what the ingress answered for it (the trickling
+    // heads never became requests).
+    let m = admin.get(&format!("/v1/services/{svc}/metrics")).json();
+    let r = &m["requests"];
+    assert_eq!((r["total"].as_u64(), r["status_2xx"].as_u64()), (Some(total as u64), Some(total as u64)), "{m}");
+    assert_eq!(r["bytes"].as_u64(), Some(total as u64 * 14), "{m}");
+    assert!(r["latency_p99_ms"].as_u64() >= r["latency_p50_ms"].as_u64(), "{m}");
 }
