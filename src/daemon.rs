@@ -113,6 +113,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = state.deployer.recover().await {
         tracing::error!(error = %e, "recovering services and deployments failed");
     }
+    // Custom domains' verification answers, before the ingress accepts.
+    if let Err(e) = api::domains::restore(&state).await {
+        tracing::error!(error = %e, "restoring the domains' challenge answers failed");
+    }
     let app = api::router::build(state.clone());
     // Every ingress connection may hold one to a replica as well.
     raise_open_files_limit(config.api.max_connections + 2 * config.ingress.max_connections);
