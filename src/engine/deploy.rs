@@ -25,6 +25,11 @@
 //!   check's interval; a replica failing `failure_threshold` probes in a row (or
 //!   not running) leaves the routing table until it passes again. Crashed replicas
 //!   are restarted by the engine's restart policy, at the same address.
+//! - A service's verified custom domains (adr/027) are routed beside its default
+//!   hostname: kept here per service, read from the store by `reroute` (after a
+//!   verify or a delete, serialized so an older read never lands last) and at
+//!   recovery, and added to the hosts on every publish, so a rollout that read its
+//!   hosts before a domain went cannot bring the domain back.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
