@@ -148,7 +148,7 @@ pub struct IngressConfig {
     /// Longest pause between two pieces of a request body, in seconds.
     pub body_idle_seconds: u64,
     /// The port domain verification fetches `http://<domain>/.well-known/berth-challenge/…`
-    /// from: 80, where the world reaches this host's HTTP ingress.
+    /// from: 80, where the world reaches this host's HTTP ingress (8080 in dev mode).
     pub challenge_port: u16,
 }
 
@@ -563,6 +563,7 @@ fn dev_base(table: &toml::Table) -> toml::Table {
         http_listen = "127.0.0.1:8080"
         https_listen = "127.0.0.1:8443"
         apps_domain = "localhost"
+        challenge_port = 8080
         [acme]
         enabled = false
         "#,
@@ -644,6 +645,7 @@ mod tests {
         let c = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap();
         assert_eq!(c.ingress.http_listen.port(), 9999);
         assert_eq!(c.ingress.https_listen.port(), 8443);
+        assert_eq!(c.ingress.challenge_port, 8080, "verification reaches the dev ingress");
         assert!(!c.acme.enabled);
         assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
         assert!(c.not_yet_used.is_empty(), "the HTTP ingress reads http_listen: {:?}", c.not_yet_used);

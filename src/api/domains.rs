@@ -183,8 +183,8 @@ pub async fn delete(
 ) -> ApiResult<impl IntoResponse> {
     let (s, i) = (id.clone(), domain_id.clone());
     let gone = state.store.write(move |c| sql::delete(c, &s, &i)).await?;
-    state.deployer.reroute(&id).await?;
     forget(&state, &gone);
+    state.deployer.reroute(&id).await?;
     let note = AuditNote {
         target: Some(format!("{} ({})", gone.id, gone.hostname)),
         project_id: Some(gone.project_id),

@@ -118,7 +118,8 @@ fn names_are_checked_unique_across_projects_and_hidden_from_other_projects() {
     );
     assert!(d["id"].as_str().unwrap().starts_with("dom_"), "{d}");
     assert_eq!(token.len(), 64, "{d}");
-    assert_eq!(d["verification_url"], format!("http://app.test/.well-known/berth-challenge/{token}"));
+    // Dev mode checks on the dev ingress's port.
+    assert_eq!(d["verification_url"], format!("http://app.test:8080/.well-known/berth-challenge/{token}"));
     assert!(d["certificate"].is_null() && d["error"].is_null() && d["verified_at"].is_null(), "{d}");
     // The challenge answers at once, for its own host only (issue 11, done-when 2).
     assert_eq!(challenge(&b, "app.test", &token), (200, token.clone()));
