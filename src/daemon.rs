@@ -2,7 +2,8 @@
 //!
 //! Start: state dirs → the state dir's lock (`crate::lock`: one daemon per dir) → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
-//! (routing table rebuilt) → listeners (API, then the ingress's HTTP listener) →
+//! (routing table rebuilt, verified custom domains with it) → the custom domains'
+//! challenge answers → listeners (API, then the ingress's HTTP listener) →
 //! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
 //! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
 //! close the store (the writer finishes queued commits, the WAL is checkpointed).
