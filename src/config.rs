@@ -147,6 +147,9 @@ pub struct IngressConfig {
     pub body_min_bytes_per_second: u64,
     /// Longest pause between two pieces of a request body, in seconds.
     pub body_idle_seconds: u64,
+    /// The port domain verification fetches `http://<domain>/.well-known/berth-challenge/…`
+    /// from: 80, where the world reaches this host's HTTP ingress (8080 in dev mode).
+    pub challenge_port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,8 +170,9 @@ pub struct AcmeConfig {
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
-    /// Hostname → address answers berth uses instead of the system resolver (today:
-    /// pulls from external registries; TLS still checks the certificate for the name).
+    /// Hostname → address answers berth uses instead of the system resolver (pulls
+    /// from external registries, domain verification; TLS still checks the
+    /// certificate for the name).
     pub overrides: BTreeMap<String, IpAddr>,
 }
 
@@ -324,6 +328,7 @@ impl Default for IngressConfig {
             body_grace_seconds: 10,
             body_min_bytes_per_second: 4096,
             body_idle_seconds: 30,
+            challenge_port: 80,
         }
     }
 }
@@ -499,6 +504,9 @@ impl Config {
         if self.ingress.head_timeout_seconds == 0 || self.ingress.body_idle_seconds == 0 {
             return invalid("ingress.head_timeout_seconds", "must be at least 1, and so must body_idle_seconds");
         }
+        if self.ingress.challenge_port == 0 {
+            return invalid("ingress.challenge_port", "must be a port from 1 to 65535");
+        }
         if self.ingress.http_listen == self.api.listen && self.api.listen.port() != 0 {
             return invalid("ingress.http_listen", "must differ from api.listen");
         }
@@ -555,6 +563,7 @@ fn dev_base(table: &toml::Table) -> toml::Table {
         http_listen = "127.0.0.1:8080"
         https_listen = "127.0.0.1:8443"
         apps_domain = "localhost"
+        challenge_port = 8080
         [acme]
         enabled = false
         "#,
@@ -636,6 +645,7 @@ mod tests {
         let c = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap();
         assert_eq!(c.ingress.http_listen.port(), 9999);
         assert_eq!(c.ingress.https_listen.port(), 8443);
+        assert_eq!(c.ingress.challenge_port, 8080, "verification reaches the dev ingress");
         assert!(!c.acme.enabled);
         assert_eq!(c.data_dir, PathBuf::from(".berth-dev"));
         assert!(c.not_yet_used.is_empty(), "the HTTP ingress reads http_listen: {:?}", c.not_yet_used);

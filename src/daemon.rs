@@ -2,7 +2,8 @@
 //!
 //! Start: state dirs → the state dir's lock (`crate::lock`: one daemon per dir) → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
-//! (routing table rebuilt) → listeners (API, then the ingress's HTTP listener) →
+//! (routing table rebuilt, verified custom domains with it) → the custom domains'
+//! challenge answers → listeners (API, then the ingress's HTTP listener) →
 //! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
 //! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
 //! close the store (the writer finishes queued commits, the WAL is checkpointed).
@@ -112,6 +113,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // deployment go, and the routing table comes back before anything is served.
     if let Err(e) = state.deployer.recover().await {
         tracing::error!(error = %e, "recovering services and deployments failed");
+    }
+    // Custom domains' verification answers, before the ingress accepts.
+    if let Err(e) = api::domains::restore(&state).await {
+        tracing::error!(error = %e, "restoring the domains' challenge answers failed");
     }
     let app = api::router::build(state.clone());
     // Every ingress connection may hold one to a replica as well.

@@ -335,25 +335,39 @@ pub async fn logs_stream(
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RouteBackend {
-    pub replica_id: String,
+pub struct RouteReplica {
+    /// The replica's id.
+    pub id: String,
     /// `ip:port`.
     pub address: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RouteCertificate {
+    /// `issued` when a certificate of its own (or a wildcard for its parent) is
+    /// installed for the host, else `none` (TLS handshakes get the self-signed fallback).
+    pub state: String,
+    /// RFC 3339.
+    pub not_after: Option<String>,
+    pub issuer: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct IngressRoute {
     pub host: String,
     pub service_id: String,
+    /// The service's name.
+    pub service: String,
     pub project_id: String,
+    /// `default` (`<service>.<project>.<apps_domain>`) or `domain` (a verified custom domain).
+    pub kind: String,
     /// The healthy replicas requests go to; empty means 503.
-    pub backends: Vec<RouteBackend>,
-    /// The host's certificate: `none` (TLS comes with the ingress's next stage).
-    pub certificate: String,
+    pub replicas: Vec<RouteReplica>,
+    pub certificate: RouteCertificate,
 }
 
-/// The live routing table (host → service → healthy replicas), filtered to the
-/// projects you belong to.
+/// The live routing table (host → service → healthy replicas, certificate state),
+/// filtered to the projects you belong to, by host.
 #[utoipa::path(get, operation_id = "ingress_routes", path = "/v1/ingress/routes", tag = "ingress",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("project_id" = Option<String>, Query)),
     responses((status = 200, body = Paginated<IngressRoute>)),
@@ -371,6 +385,13 @@ pub async fn routes(
     };
     let project = params.filter("project_id").map(str::to_string);
     let after = params.cursor.clone().unwrap_or_default();
+    let names: std::collections::HashMap<String, (String, String)> = state
+        .store
+        .read(crate::store::domains::service_names)
+        .await?
+        .into_iter()
+        .map(|(id, service, project)| (id, (service, project)))
+        .collect();
     let mut rows: Vec<IngressRoute> = state
         .routes
         .snapshot()
@@ -379,16 +400,29 @@ pub async fn routes(
         .filter(|r| project.as_ref().is_none_or(|p| *p == r.project_id))
         .filter(|r| r.host > after)
         .take(params.limit as usize + 1)
-        .map(|r| IngressRoute {
-            host: r.host.clone(),
-            service_id: r.service_id.clone(),
-            project_id: r.project_id.clone(),
-            backends: r
-                .backends
-                .iter()
-                .map(|b| RouteBackend { replica_id: b.replica_id.clone(), address: b.addr.to_string() })
-                .collect(),
-            certificate: "none".into(),
+        .map(|r| {
+            let (service, default_host) = match names.get(&r.service_id) {
+                Some((s, p)) => (s.clone(), state.deployer.default_hostname(s, p)),
+                None => (String::new(), String::new()),
+            };
+            let cert = state.certs.lookup(&r.host);
+            IngressRoute {
+                host: r.host.clone(),
+                service_id: r.service_id.clone(),
+                service,
+                project_id: r.project_id.clone(),
+                kind: if r.host == default_host { "default" } else { "domain" }.into(),
+                replicas: r
+                    .backends
+                    .iter()
+                    .map(|b| RouteReplica { id: b.replica_id.clone(), address: b.addr.to_string() })
+                    .collect(),
+                certificate: RouteCertificate {
+                    state: if cert.is_some() { "issued" } else { "none" }.into(),
+                    not_after: cert.as_ref().map(|c| crate::ids::format_time(c.info.not_after)),
+                    issuer: cert.map(|c| c.info.issuer.clone()),
+                },
+            }
         })
         .collect();
     let has_more = rows.len() > params.limit as usize;

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cache;
 pub mod credentials;
 pub mod deployments;
+pub mod domains;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -12,8 +12,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, cache, credentials, deployments, health, metrics, middleware, node, openapi, projects, registry,
-    services, session, tokens, users,
+    AppState, audit, cache, credentials, deployments, domains, health, metrics, middleware, node, openapi, projects,
+    registry, services, session, tokens, users,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -130,6 +130,11 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/services/{id}/logs/stream", Service(Operator), Some(Scope::LogsRead), services::logs_stream),
     route!(GET "/v1/services/{id}/metrics", Service(Viewer), Some(Scope::ServicesRead), services::metrics),
     route!(GET "/v1/services/{id}/requests", Service(Viewer), Some(Scope::ServicesRead), services::requests),
+    route!(GET "/v1/services/{id}/domains", Service(Viewer), Some(Scope::ServicesRead), domains::list),
+    route!(POST "/v1/services/{id}/domains", Service(Operator), Some(Scope::ServicesWrite), domains::create),
+    route!(GET "/v1/services/{id}/domains/{domain_id}", Service(Viewer), Some(Scope::ServicesRead), domains::get),
+    route!(DELETE "/v1/services/{id}/domains/{domain_id}", Service(Operator), Some(Scope::ServicesWrite), domains::delete),
+    route!(POST "/v1/services/{id}/domains/{domain_id}/verify", Service(Operator), Some(Scope::ServicesWrite), domains::verify),
     route!(POST "/v1/deployments", InBody(Operator), Some(Scope::DeploymentsWrite), deployments::create),
     route!(GET "/v1/deployments/{id}", Deployment(Viewer), Some(Scope::ServicesRead), deployments::get),
     route!(POST "/v1/deployments/{id}/cancel", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::cancel),

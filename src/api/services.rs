@@ -330,6 +330,7 @@ pub async fn view(state: &AppState, row: ServiceRow) -> ApiResult<Service> {
     let instances = state.deployer.instances(&row).await?;
     let status = state.deployer.status(&row, &instances).await?;
     let env = spec.env.into_iter().map(|v| if v.secret { EnvVar { value: REDACTED.into(), ..v } } else { v }).collect();
+    let domains = state.deployer.routed_domains(&row.id);
     Ok(Service {
         default_hostname: state.deployer.default_hostname(&row.name, &project_name),
         id: row.id,
@@ -347,7 +348,7 @@ pub async fn view(state: &AppState, row: ServiceRow) -> ApiResult<Service> {
         follow: spec.follow,
         status: status.into(),
         current_deployment_id: row.current_deployment_id,
-        domains: Vec::new(),
+        domains,
         instances,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -512,15 +513,20 @@ pub async fn update(
     Ok(Json(view(&state, row).await?))
 }
 
-/// Deletes a service: its replicas, routes, volumes, deployments and their logs.
-/// 409 while a deployment of it is in progress (cancel it first).
+/// Deletes a service: its replicas, routes, volumes, custom domains, deployments
+/// and their logs. 409 while a deployment of it is in progress (cancel it first).
 #[utoipa::path(delete, operation_id = "services_delete", path = "/v1/services/{id}", tag = "services",
     params(("id" = String, Path, description = "service id")),
     responses((status = 204), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let lookup = id.clone();
+    let domains = state.store.read(move |c| crate::store::domains::of_service(c, &lookup)).await?;
     state.deployer.delete_service(&id).await?;
     state.access_log.forget(&id);
+    for d in &domains {
+        super::domains::forget(&state, d);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,6 +16,7 @@ use crate::store::users::User;
 
 struct World {
     app: axum::Router,
+    state: AppState,
     store: Store,
     dir: std::path::PathBuf,
     project: String,
@@ -42,7 +43,7 @@ async fn world() -> World {
         updated_at: "t".into(),
     };
     store.write(move |c| crate::store::projects::insert(c, &p)).await.unwrap();
-    World { app: super::router::build(state), store, dir, project }
+    World { app: super::router::build(state.clone()), state, store, dir, project }
 }
 
 /// A user with a session (and, with `scopes`, an API token instead); returns the bearer.
@@ -212,4 +213,77 @@ async fn the_context_layer_refuses_before_routing() {
     let resp = w.app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().contains_key("x-ratelimit-limit") && resp.headers().contains_key("x-ratelimit-remaining"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_reads_issued_with_its_certificate_and_takes_it_when_deleted() {
+    let w = world().await;
+    let root = user(&w, "root", true, None, None).await;
+    let body = json!({"project_id": w.project, "name": "web", "port": 8080, "replicas": 0});
+    let (s, v) = call(&w, "POST", "/v1/services", Some(&root), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let svc = v["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/services/{svc}/domains");
+    // Two attaches of one name at once: one wins.
+    let (a, b) = tokio::join!(
+        call(&w, "POST", &path, Some(&root), Some(json!({"hostname": "app.test"}))),
+        call(&w, "POST", &path, Some(&root), Some(json!({"hostname": "App.Test"}))),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT], "{} {}", a.1, b.1);
+    let d = if a.0 == StatusCode::CREATED { a.1 } else { b.1 };
+    let (id, token) = (d["id"].as_str().unwrap().to_string(), d["verification_token"].as_str().unwrap().to_string());
+    assert_eq!(w.state.challenges.answer("app.test", &format!("/.well-known/berth-challenge/{token}")), Some(token));
+    let (i, s2) = (id.clone(), svc.clone());
+    let now = crate::ids::now_rfc3339();
+    w.store.write(move |c| crate::store::domains::record_check(c, &s2, &i, Ok(()), &now)).await.unwrap();
+    let one = format!("{path}/{id}");
+    let (_, v) = call(&w, "GET", &one, Some(&root), None).await;
+    assert_eq!((v["status"].as_str(), v["certificate"].is_null()), (Some("verified"), true), "{v}");
+    // A certificate of its own (the ACME code installs them) makes it `issued`.
+    let cert = rcgen::generate_simple_self_signed(vec!["app.test".to_string()]).unwrap();
+    let info = w.state.certs.install("app.test", &cert.cert.pem(), &cert.signing_key.serialize_pem()).unwrap();
+    let (_, v) = call(&w, "GET", &one, Some(&root), None).await;
+    assert_eq!(v["status"], "issued", "{v}");
+    assert_eq!(v["certificate"]["not_after"], crate::ids::format_time(info.not_after).as_str(), "{v}");
+    assert_eq!(v["certificate"]["issuer"], info.issuer.as_str(), "{v}");
+    let (_, v) = call(&w, "GET", &path, Some(&root), None).await;
+    assert_eq!(v["data"][0]["status"], "issued", "{v}");
+    // The routing table's view: each host with its kind, replicas and certificate.
+    let backend = crate::ingress::routes::Backend { replica_id: "rep_1".into(), addr: ([10, 0, 0, 2], 8080).into() };
+    let hosts = ["web.alpha.localhost".to_string(), "app.test".to_string()];
+    w.state.routes.set_service(&svc, &w.project, &hosts, vec![backend]);
+    let (s, v) = call(&w, "GET", "/v1/ingress/routes", Some(&root), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let want = |host: &str, kind: &str, cert: Value| {
+        json!({"host": host, "service_id": svc, "service": "web", "project_id": w.project, "kind": kind,
+            "replicas": [{"id": "rep_1", "address": "10.0.0.2:8080"}], "certificate": cert})
+    };
+    let issued =
+        json!({"state": "issued", "not_after": crate::ids::format_time(info.not_after), "issuer": info.issuer});
+    let none = json!({"state": "none", "not_after": null, "issuer": null});
+    assert_eq!(v["data"], json!([want("app.test", "domain", issued), want("web.alpha.localhost", "default", none)]));
+    let viewer = user(&w, "vera", false, Some(Role::Viewer), None).await;
+    let alpha_only = user(&w, "otto", false, Some(Role::Operator), None).await;
+    let (_, v) = call(&w, "GET", "/v1/ingress/routes", Some(&viewer), None).await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+    let other = "prj_00000000000000000000000002";
+    w.state.routes.set_service("svc_other", other, &["x.other.localhost".to_string()], vec![]);
+    let (_, v) = call(&w, "GET", "/v1/ingress/routes", Some(&alpha_only), None).await;
+    assert!(v["data"].as_array().unwrap().iter().all(|r| r["project_id"] == w.project.as_str()), "{v}");
+    let (_, v) = call(&w, "GET", "/v1/ingress/routes", Some(&root), None).await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 3, "an admin sees every project's: {v}");
+    // Deleting the domain takes its certificate and its challenge answer.
+    let (s, _) = call(&w, "DELETE", &one, Some(&root), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(w.state.certs.get("app.test").is_none());
+    assert_eq!(
+        w.state
+            .challenges
+            .answer("app.test", &format!("/.well-known/berth-challenge/{}", d["verification_token"].as_str().unwrap())),
+        None
+    );
+    let (s, v) = call(&w, "GET", &one, Some(&root), None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
 }

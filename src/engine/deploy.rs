@@ -25,6 +25,11 @@
 //!   check's interval; a replica failing `failure_threshold` probes in a row (or
 //!   not running) leaves the routing table until it passes again. Crashed replicas
 //!   are restarted by the engine's restart policy, at the same address.
+//! - A service's verified custom domains (adr/027) are routed beside its default
+//!   hostname: kept here per service, read from the store by `reroute` (after a
+//!   verify or a delete, serialized so an older read never lands last) and at
+//!   recovery, and added to the hosts on every publish, so a rollout that read its
+//!   hosts before a domain went cannot bring the domain back.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +47,7 @@ use super::{Engine, EngineError, ReplicaConfig, RootSource};
 use crate::ingress::routes::{Backend, RoutingTable};
 use crate::metrics::{Metrics, Outcome};
 use crate::store::deployments::{self as sql, DeploymentRow, IN_FLIGHT, Member};
+use crate::store::domains as domains_sql;
 use crate::store::replicas::Replica;
 use crate::store::services::{self as services_sql, ServiceRow};
 use crate::store::{Store, StoreError};
@@ -192,6 +198,12 @@ pub struct Deployer {
     draining: Mutex<HashSet<String>>,
     /// Deployments finished, by outcome (`GET /metrics`).
     metrics: Arc<Metrics>,
+    /// Each service's verified custom domains, routed beside its default hostname.
+    /// Written only by [`Deployer::reroute`] (and recovery), from the store.
+    domains: Mutex<HashMap<String, Vec<String>>>,
+    /// Serializes reroutes, so an older read of a service's domains never lands
+    /// after a newer one.
+    reroutes: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -254,6 +266,8 @@ impl Deployer {
             stopping: watch::channel(false).0,
             draining: Mutex::default(),
             metrics,
+            domains: Mutex::default(),
+            reroutes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -832,10 +846,12 @@ impl Deployer {
         self.publish(&svc.id);
     }
 
-    /// Writes the service's routes from its serving set: its hosts → its healthy replicas.
+    /// Writes the service's routes from its serving set: its hosts and verified
+    /// domains → its healthy replicas.
     fn publish(&self, service_id: &str) {
         let serving = lock(&self.serving);
         let health = lock(&self.health);
+        let domains = lock(&self.domains);
         match serving.get(service_id) {
             None => self.routes.remove_service(service_id),
             Some(s) => {
@@ -847,9 +863,36 @@ impl Deployer {
                         ip.map(|ip| Backend { replica_id: id.clone(), addr: SocketAddr::new(ip, s.port) })
                     })
                     .collect();
-                self.routes.set_service(service_id, &s.project_id, &s.hosts, backends);
+                let mut hosts = s.hosts.clone();
+                hosts.extend(domains.get(service_id).into_iter().flatten().cloned());
+                self.routes.set_service(service_id, &s.project_id, &hosts, backends);
             }
         }
+    }
+
+    /// Routes the service at its verified domains as the store now lists them (after
+    /// a domain is verified or deleted): a domain that went stops routing at once.
+    /// A service that serves nothing yet gets its domains' routes with its first
+    /// deployment.
+    pub async fn reroute(&self, service_id: &str) -> Result<(), DeployError> {
+        let _turn = self.reroutes.lock().await;
+        let id = service_id.to_string();
+        let routed = self.store.read(move |c| domains_sql::routed(c, &id)).await?;
+        {
+            let mut domains = lock(&self.domains);
+            if routed.is_empty() {
+                domains.remove(service_id);
+            } else {
+                domains.insert(service_id.to_string(), routed);
+            }
+        }
+        self.publish(service_id);
+        Ok(())
+    }
+
+    /// The service's verified domains as routed now.
+    pub fn routed_domains(&self, service_id: &str) -> Vec<String> {
+        lock(&self.domains).get(service_id).cloned().unwrap_or_default()
     }
 
     // ---- scaling, start/stop, restart -----------------------------------------
@@ -1057,6 +1100,7 @@ impl Deployer {
         let id = service_id.to_string();
         self.store.write(move |c| services_sql::delete(c, &id)).await?;
         lock(&self.serving).remove(service_id);
+        lock(&self.domains).remove(service_id);
         self.routes.remove_service(service_id);
         if let Some(engine) = &self.engine {
             let ids: Vec<String> = members.into_iter().map(|m| m.replica_id).collect();
@@ -1274,6 +1318,13 @@ impl Deployer {
             }
         }
         let services = self.store.read(services_sql::all).await?;
+        {
+            let verified = self.store.read(domains_sql::all).await?;
+            let mut domains = lock(&self.domains);
+            for d in verified.into_iter().filter(|d| d.status == "verified") {
+                domains.entry(d.service_id).or_default().push(d.hostname);
+            }
+        }
         let current: HashMap<String, Option<String>> =
             services.iter().map(|s| (s.id.clone(), s.current_deployment_id.clone())).collect();
         let members = self.store.read(sql::all_members).await?;

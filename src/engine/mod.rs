@@ -22,6 +22,7 @@
 //! attachment are wired in by the callers that have them.
 
 pub mod deploy;
+pub mod domains;
 pub mod health;
 pub mod image;
 pub mod ipam;

@@ -1,7 +1,8 @@
 //! The ingress: host-based routing of HTTP requests to service replicas.
 //!
 //! - [`routes::RoutingTable`] is the live table: a host name (a service's default
-//!   hostname `<service>.<project>.<apps_domain>`, later its verified domains) → the
+//!   hostname `<service>.<project>.<apps_domain>` and its verified custom domains,
+//!   adr/027) → the
 //!   addresses of its healthy replicas. Deployments switch a service's entry in one
 //!   step when a rollout's new replicas are healthy; the proxy reads a snapshot per
 //!   request, so a request sees either the old set or the new one, never a mix.
@@ -14,7 +15,7 @@
 //!   through.
 //! - [`access_log::AccessLog`] keeps each service's recent requests in memory.
 //!
-//! Current limits: plain HTTP only (TLS, ACME and custom domains come later, on
+//! Current limits: plain HTTP only (TLS and ACME come later, on
 //! `ingress.https_listen`); HTTP/1.1 to clients and replicas; no timeout on a
 //! replica's answer (long polls and event streams must work), so a hung replica
 //! holds its clients' connections until they give up.

@@ -34,6 +34,7 @@ pub mod backup;
 pub mod cache;
 pub mod credentials;
 pub mod deployments;
+pub mod domains;
 pub mod ipam;
 pub mod projects;
 pub mod registry;
@@ -97,6 +98,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/007_credentials.sql")),
     (8, include_str!("migrations/008_oci_cache.sql")),
     (9, include_str!("migrations/009_services.sql")),
+    (10, include_str!("migrations/010_domains.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -242,7 +242,7 @@ pub fn backends(c: &Client, host: &str) -> Option<Vec<String>> {
         .unwrap()
         .iter()
         .find(|r| r["host"] == host)
-        .map(|r| r["backends"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_string()).collect())
+        .map(|r| r["replicas"].as_array().unwrap().iter().map(|b| b["address"].as_str().unwrap().to_string()).collect())
 }
 
 /// A daemon with project `alpha`, a fast drain and health deadline, and an admin;

@@ -15,6 +15,7 @@ mod clients;
 mod conformance;
 mod credentials;
 mod deployments;
+mod domains;
 mod durability;
 mod engine;
 mod flow;

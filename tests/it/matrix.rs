@@ -142,7 +142,15 @@ impl Fixture {
     fn new() -> Fixture {
         // Containers run (cancel needs a rollout in progress), under names of the
         // fixture's own; a rollout waits as long as the test may take.
-        let node = Node::start("[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n");
+        // Domain verification resolves its names here and finds nothing listening
+        // on loopback's port 1: no lookup leaves the machine.
+        let names: Vec<String> =
+            CALLERS.iter().map(|c| format!("\"{}\" = \"127.0.0.1\"", verify_hostname(*c))).collect();
+        let node = Node::start(&format!(
+            "[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n[ingress]\nchallenge_port = 1\n\
+             [dns]\noverrides = {{ {} }}\n",
+            names.join(", ")
+        ));
         let b = &node.b;
         let root = b.admin();
         let mut tokens = Vec::new();
@@ -256,6 +264,11 @@ impl Fixture {
         assert_eq!(r.status, 201, "{}", r.text());
         r.json()["id"].as_str().unwrap().to_string()
     }
+}
+
+/// The domain a verify cell checks: one per caller, in `[dns] overrides`.
+fn verify_hostname(caller: Caller) -> String {
+    format!("verify-{}.matrix.test", format!("{caller:?}").to_lowercase())
 }
 
 /// One request: method, path, body, headers, and the client to send it with.
@@ -429,6 +442,26 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
         ("POST", "/v1/deployments/{id}/cancel") => {
             let dep = f.deployment_in_progress(project, n);
             Request::json(client, format!("/v1/deployments/{dep}/cancel"), json!({})).hidden("deployment", &dep)
+        }
+        ("POST", "/v1/services/{id}/domains") => {
+            let svc = f.service(project, n, json!({}));
+            let body = json!({"hostname": format!("d{n}.matrix.test")});
+            Request::json(client, format!("/v1/services/{svc}/domains"), body).hidden("service", &svc)
+        }
+        (method, path) if path.starts_with("/v1/services/{id}/domains/{domain_id}") => {
+            // A domain of a fresh service; the one a verify checks resolves to loopback.
+            let svc = f.service(project, n, json!({}));
+            let hostname =
+                if path.ends_with("/verify") { verify_hostname(caller) } else { format!("d{n}.matrix.test") };
+            let r = f.root.post(&format!("/v1/services/{svc}/domains"), &json!({ "hostname": hostname }));
+            assert_eq!(r.status, 201, "{}", r.text());
+            let dom = r.json()["id"].as_str().unwrap().to_string();
+            let path = path.replace("{id}", &svc).replace("{domain_id}", &dom);
+            match method {
+                "POST" => Request::json(client, path, json!({})),
+                _ => Request::empty(client, path),
+            }
+            .hidden("service", &svc)
         }
         (method, path) if path.starts_with("/v1/services/{id}") => {
             let svc = f.service(project, n, json!({}));

@@ -40,9 +40,25 @@ const BODY_IDLE: Duration = Duration::from_secs(60);
 
 /// `[dns] overrides` first, then the system resolver.
 #[derive(Clone)]
-pub(super) struct Resolver {
+pub(crate) struct Resolver {
     overrides: Arc<BTreeMap<String, IpAddr>>,
     system: GaiResolver,
+}
+
+impl Resolver {
+    pub(crate) fn new(overrides: Arc<BTreeMap<String, IpAddr>>) -> Resolver {
+        Resolver { overrides, system: GaiResolver::new() }
+    }
+
+    /// The addresses `host` resolves to, as a pull would connect to them (domain
+    /// verification resolves the same way).
+    pub(crate) async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, std::io::Error> {
+        use std::str::FromStr;
+        let name = Name::from_str(host).map_err(std::io::Error::other)?;
+        let mut me = self.clone();
+        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut me, cx)).await?;
+        Ok(tower::Service::call(&mut me, name).await?.map(|a| a.ip()).collect())
+    }
 }
 
 type Resolving = Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
@@ -84,7 +100,7 @@ impl Http {
     pub(super) fn new(overrides: Arc<BTreeMap<String, IpAddr>>, extra_roots: &[u8]) -> Result<Http, String> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        let mut tcp = HttpConnector::new_with_resolver(Resolver { overrides, system: GaiResolver::new() });
+        let mut tcp = HttpConnector::new_with_resolver(Resolver::new(overrides));
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         tcp.set_nodelay(true);
