@@ -34,4 +34,5 @@ mod replicas;
 mod runtime;
 mod secrets;
 mod services;
+mod tls;
 mod tools;
