@@ -322,3 +322,207 @@ fn services_answer_over_https_and_http2_with_the_ingress_statuses() {
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some(), "{}", r.head);
 }
+
+/// The environment variable that makes the test binary a WebSocket echo server.
+const WS_PORT_ENV: &str = "WS_ECHO_PORT";
+
+/// Not a test: the role the test binary plays inside the container of
+/// [`websockets_reach_a_container_through_http_and_https`], a WebSocket echo server
+/// on the port `WS_ECHO_PORT` names (its command runs exactly this function).
+#[test]
+#[ignore = "a role the test binary plays inside a container; does nothing without WS_ECHO_PORT"]
+fn role_websocket_echo_server() {
+    use futures_util::{SinkExt, StreamExt};
+    let Ok(port) = std::env::var(WS_PORT_ENV) else {
+        eprintln!("{WS_PORT_ENV} is not set: not the echo server's container, nothing to do");
+        return;
+    };
+    let port: u16 = port.parse().expect("a port number");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await.unwrap();
+        eprintln!("websocket echo server on port {port}");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                // Health probes connect and leave: not a handshake, nothing to do.
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// An image whose only program is this test binary (debug info stripped) with the
+/// shared libraries `ldd` lists for it, run as [`role_websocket_echo_server`].
+fn push_echo_image(c: &crate::harness::Client) -> String {
+    let me = std::env::current_exe().unwrap();
+    let work = TempDir::new("ws-img");
+    let stripped = work.path().join("it");
+    let ok = Command::new("objcopy").arg("--strip-debug").arg(&me).arg(&stripped).status().unwrap().success();
+    assert!(ok, "objcopy --strip-debug {}", me.display());
+    let ldd = Command::new("ldd").arg(&me).output().unwrap();
+    let libs: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.as_slice() {
+                [_, "=>", path, ..] if path.starts_with('/') => Some(path.to_string()),
+                [path, ..] if path.starts_with('/') => Some(path.to_string()),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(libs.iter().any(|l| l.contains("ld-linux")), "no loader in ldd's list: {libs:?}");
+    let binary = std::fs::read(&stripped).unwrap();
+    let contents: Vec<(String, Vec<u8>)> = libs
+        .iter()
+        .map(|l| (l.trim_start_matches('/').to_string(), std::fs::read(std::fs::canonicalize(l).unwrap()).unwrap()))
+        .collect();
+    let mut files: Vec<(&str, &[u8], u32)> = vec![("it", &binary, 0o755), ("tmp/.keep", b"", 0o644)];
+    files.extend(contents.iter().map(|(p, b)| (p.as_str(), b.as_slice(), 0o755)));
+    let cmd = ["/it", "--ignored", "--exact", "tls::role_websocket_echo_server", "--nocapture"];
+    push(c, "alpha/echo", "v1", &[layer(&files)], &cmd)
+}
+
+/// Accepts whatever certificate the server shows: the listener's is the
+/// self-signed fallback, made when the daemon started.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection offering only http/1.1 (WebSockets upgrade HTTP/1.1).
+async fn tls_to(addr: std::net::SocketAddr, host: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    #[expect(deprecated, reason = "ring, as the daemon uses (adr/019)")]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap()
+}
+
+/// Text and binary messages echoed over `ws`, then a clean close.
+async fn echo_round<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, label: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let big: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let messages = [
+        Message::text(format!("hello over {label}")),
+        Message::binary(vec![0u8, 1, 2, 255]),
+        Message::binary(big),
+        Message::text("é ☃ 🚢".to_string()),
+    ];
+    for m in messages {
+        ws.send(m.clone()).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{label}: no echo"))
+            .expect("the socket ended")
+            .unwrap();
+        assert_eq!(back, m, "{label}: the echo differs");
+    }
+    ws.close(None).await.unwrap();
+    // The server's close frame, then the end.
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut closed = false;
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(_)) => closed = true,
+                Ok(other) => panic!("{label}: {other:?} after close"),
+                Err(_) => break,
+            }
+        }
+        closed
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{label}: the close was not answered"));
+    assert!(rest, "{label}: no close frame came back");
+}
+
+#[test]
+fn websockets_reach_a_container_through_http_and_https() {
+    if !crate::runtime::can_run() || !require_tool("objcopy", &["--version"]) || !require_tool("ldd", &["--version"]) {
+        return;
+    }
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push_echo_image(&admin);
+    let svc = service(
+        &admin,
+        json!({"project_id": project, "name": "ws", "port": 8080, "env": [{"key": WS_PORT_ENV, "value": "8080"}]}),
+    );
+    let dep = deploy(&admin, &svc, "alpha/echo", "v1");
+    let d = settle(&admin, &dep, 120);
+    assert_eq!(d["status"], "live", "{d}");
+    let host = "ws.alpha.localhost";
+    let (http, https) = (node.b.ingress_addr(), node.b.https_addr());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+        let url = format!("ws://{host}:{}/echo", http.port());
+        let (ws, resp) = tokio_tungstenite::client_async(url.as_str(), tcp).await.expect("ws:// handshake");
+        assert_eq!(resp.status(), 101);
+        assert!(resp.headers().contains_key("x-request-id"), "{resp:?}");
+        echo_round(ws, "ws://").await;
+
+        let tls = tls_to(https, host).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let url = format!("wss://{host}:{}/echo", https.port());
+        let (ws, resp) = tokio_tungstenite::client_async(url.as_str(), tls).await.expect("wss:// handshake");
+        assert_eq!(resp.status(), 101);
+        echo_round(ws, "wss://").await;
+    });
+    let seen = admin.get(&format!("/v1/services/{svc}/requests?limit=10")).json();
+    let upgrades = seen["data"].as_array().unwrap().iter().filter(|e| e["status"] == 101).count();
+    assert_eq!(upgrades, 2, "{seen}");
+    // The echo was the container's: its log has the role's line.
+    let logs = admin.get(&format!("/v1/services/{svc}/logs?tail=50")).text();
+    assert!(logs.contains("websocket echo server on port 8080"), "{logs}");
+}
