@@ -1,4 +1,5 @@
-//! The HTTP/1.1 accept loop, shared by the API listener and the ingress.
+//! The accept loop, shared by the API listener and the ingress's HTTP and HTTPS
+//! listeners.
 //!
 //! Hand-rolled over hyper (instead of `axum::serve`) for the limits a public
 //! listener needs:
@@ -10,7 +11,10 @@
 //! - caps on open connections, in all and per address (IPv6 per /64): connections
 //!   over a cap are closed at once, before hyper allocates anything for them;
 //! - a graceful drain that stops accepting, lets in-flight requests finish, and
-//!   reports whether they did within the grace period.
+//!   reports whether they did within the grace period;
+//! - on TLS ([`serve_tls`]): the handshake under the head deadline and inside the
+//!   caps, then HTTP/2 when ALPN says `h2` (stream and header caps, the rapid-reset
+//!   guards, an idle deadline) and HTTP/1.1 with upgrades otherwise (adr/029).
 //!
 //! What answers the requests is a [`Handler`]: the API's axum `Router`, or the
 //! ingress's proxy. Each listener has its own [`Limits`] and [`Connections`].
