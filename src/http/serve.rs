@@ -661,8 +661,11 @@ mod tests {
                         tokio::task::yield_now().await;
                     }
                 }
-                let closed = driver.is_finished();
-                (sent, closed)
+                // Stopped before the deadline: the server closed the connection
+                // (GOAWAY ENHANCE_YOUR_CALM once too many resets were pending).
+                let cut_off = tokio::time::Instant::now() < deadline;
+                driver.abort();
+                (sent, cut_off)
             })
         };
         let mut tx = h2_client(pair.connect(addr, &[b"h2"]).await).await;
@@ -678,10 +681,10 @@ mod tests {
         })
         .await
         .expect("the normal client was starved");
-        let (resets, closed) = attack.await.unwrap();
-        eprintln!("rapid reset: {resets} streams opened and reset; attacker closed: {closed}; normal client 40/40");
+        let (resets, cut_off) = attack.await.unwrap();
+        eprintln!("rapid reset: {resets} streams opened and reset; attacker cut off: {cut_off}; normal client 40/40");
         assert_eq!(normal, 40);
-        assert!(resets > 100, "the attack did not run: {resets}");
+        assert!(resets >= 50, "the attack did not run: {resets}");
         let most = echo.most.load(Ordering::SeqCst);
         assert!(
             most <= H2_MAX_CONCURRENT_STREAMS as usize + 1,

@@ -214,7 +214,7 @@ impl Proxy {
         }
         let host = normalize_host(&request_host(req));
         let redirect = front.redirect.as_ref().filter(|_| !tls);
-        if let Some(r) = redirect.filter(|r| crate::validate::is_hostname(&host) && r.certs.covers(&host)) {
+        if let Some(r) = redirect.filter(|r| r.certs.covers(&host) && crate::validate::is_hostname(&host)) {
             let port = if r.https_port == 443 { String::new() } else { format!(":{}", r.https_port) };
             let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
             if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{port}{target}")) {
