@@ -616,6 +616,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http2_head_over_the_cap_gets_431_and_the_connection_goes_on() {
+        let (addr, pair, _stop) = tls_server(tight(10, Duration::from_secs(5)), Echo::default()).await;
+        let stream = pair.connect(addr, &[b"h2"]).await;
+        // h2's client, unlike curl's, sends what the server said it would not take.
+        let (h2, conn) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(conn);
+        let mut h2 = h2.ready().await.unwrap();
+        let big = "a".repeat(MAX_HEAD_BYTES + 1024);
+        let req = Request::get("https://localhost/big").header("x-big", big).body(()).unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 431);
+        let mut h2 = h2.ready().await.unwrap();
+        let req = Request::get("https://localhost/after").body(()).unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, b"tls=true HTTP/2.0 /after");
+    }
+
+    #[tokio::test]
     async fn a_client_that_never_says_hello_is_closed_at_the_head_timeout_and_counted_until_then() {
         let head = Duration::from_millis(500);
         let (addr, pair, _stop) = tls_server(tight(2, head), Echo::default()).await;

@@ -303,8 +303,9 @@ fn services_answer_over_https_and_http2_with_the_ingress_statuses() {
     let big = format!("X-Big: {}", "a".repeat(70 * 1024));
     let r = curl(&["--http1.1", "--resolve", &res, "-H", &big, &url("/")]);
     assert_eq!(r.status, 431, "oversized head over HTTP/1.1 and TLS");
-    // (Over HTTP/2 the same limit is announced in SETTINGS_MAX_HEADER_LIST_SIZE;
-    // curl then refuses to send such a head at all.)
+    // (Over HTTP/2 the same limit is announced in SETTINGS_MAX_HEADER_LIST_SIZE, and
+    // curl then refuses to send such a head at all; a client that sends it anyway gets
+    // 431: `http::serve::tests::an_http2_head_over_the_cap_gets_431_and_the_connection_goes_on`.)
     // A replica that accepts and never answers: 504 once the timeout has passed.
     let r = curl(&["--http2", "--resolve", &res, &url("/cgi-bin/hang")]);
     assert_eq!(r.status, 504, "{}", r.text());
