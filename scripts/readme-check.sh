@@ -6,7 +6,7 @@
 #
 # 1. Starts command 1, `bash scripts/dev.sh`, with its state in a temp dir
 #    (BERTH_DATA_DIR), the API and the ingress on free loopback ports (--api-listen,
-#    --http-listen), and waits until it answers /healthz. Its containers get names of
+#    --http-listen, --https-listen), and waits until it answers /healthz. Its containers get names of
 #    this run's own, like the integration tests' (BERTH_NETWORK_*, BERTH_RUNTIME_*): an
 #    address pool, a /20 of 10.200.0.0-10.254.255.255 overlapping no route here,
 #    links named rd<tag>…, netns berth-it-readme-<tag>-…, the nftables table
@@ -20,7 +20,8 @@
 #    `<!-- readme-check: skip: <why> -->` line, and runs them as one bash script
 #    (`set -euo pipefail`, so the variables of one block reach the next), with the
 #    same substitutions in every block: `127.0.0.1:7420` becomes the daemon's API
-#    address, `127.0.0.1:8080` its ingress and `.berth-dev` its temp state dir. A
+#    address, `127.0.0.1:8080` its ingress, the port of `localhost:8443` its HTTPS
+#    listener's and `.berth-dev` its temp state dir. A
 #    command is the shortest run of lines that `bash -n` accepts (so a loop or a
 #    quoted string may span lines). The status of every curl is asserted: the status
 #    in the comment that ends the command (`# 201`, `# 403 {...}`), else any 2xx (a
@@ -181,6 +182,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 IPORT=$(free_port)
+HPORT=$(free_port)
 # A /20 (room for 16 projects' /24s) in 10.200.0.0-10.254.255.255, where
 # scripts/check-leftovers.sh looks, outside berth's default 10.213.0.0/16, that no
 # route here overlaps: small, so two runs side by side rarely pick the same one.
@@ -200,13 +202,13 @@ print(random.choice(free) if free else "")
 EOF
 )
 [ -n "$POOL" ] || die "no /20 of 10.200.0.0-10.254.255.255 is free of routes here"
-say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT --http-listen 127.0.0.1:$IPORT (state in $DATA; pool $POOL, names *$TAG*)"
+say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT --http-listen 127.0.0.1:$IPORT --https-listen 127.0.0.1:$HPORT (state in $DATA; pool $POOL, names *$TAG*)"
 # dev.sh replaces itself with the daemon, so this pid is the daemon's.
 BERTH_DATA_DIR="$DATA" BERTH_LOG=warn \
     BERTH_NETWORK_POOL="$POOL" BERTH_NETWORK_LINK_PREFIX="$LINK_PREFIX" BERTH_NETWORK_NETNS_PREFIX="$NETNS_PREFIX" \
     BERTH_NETWORK_NFT_TABLE="$NFT_TABLE" BERTH_RUNTIME_CGROUP_PREFIX="$CGROUP_PREFIX" \
     BERTH_DEPLOY_DRAIN_SECONDS=1 BERTH_DEPLOY_STOP_GRACE_SECONDS=2 \
-    bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$IPORT" >"$T/dev.log" 2>&1 &
+    bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$IPORT" --https-listen "127.0.0.1:$HPORT" >"$T/dev.log" 2>&1 &
 BERTH_PID=$!
 # Command 1 may have to build first.
 for _ in $(seq 1800); do
@@ -243,12 +245,12 @@ done
 docker info >/dev/null 2>&1 || die "dockerd did not answer within 60 s"
 
 # --- 3. the README's sh blocks, as one script ------------------------------------------
-python3 - "$ROOT/README.md" "127.0.0.1:$PORT" "127.0.0.1:$IPORT" "$DATA" >"$T/readme.sh" <<'EOF'
+python3 - "$ROOT/README.md" "127.0.0.1:$PORT" "127.0.0.1:$IPORT" "$HPORT" "$DATA" >"$T/readme.sh" <<'EOF'
 import re
 import subprocess
 import sys
 
-readme, addr, ingress, data = sys.argv[1:]
+readme, addr, ingress, https_port, data = sys.argv[1:]
 lines = open(readme, encoding="utf-8").read().split("\n")
 
 
@@ -284,7 +286,10 @@ while i < len(lines):
                     if k == len(body):
                         sys.exit(f"README.md line {start + j + 1}: a command that never ends")
                 cmd = [
-                    l.replace("127.0.0.1:7420", addr).replace("127.0.0.1:8080", ingress).replace(".berth-dev", data)
+                    l.replace("127.0.0.1:7420", addr)
+                    .replace("127.0.0.1:8080", ingress)
+                    .replace("localhost:8443", f"localhost:{https_port}")
+                    .replace(".berth-dev", data)
                     for l in body[j : k + 1]
                 ]
                 text = "\n".join(cmd)

@@ -52,17 +52,17 @@ pub struct Config {
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (HTTPS and ACME are
-    /// planned); the daemon says so at start instead of ignoring them silently.
+    /// Keys the operator set that no code reads yet (ACME is planned); the daemon
+    /// says so at start instead of ignoring them silently.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
 }
 
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
-const NOT_YET_USED: &[(&str, &str)] = &[("ingress", "https_listen"), ("acme", "*")];
+const NOT_YET_USED: &[(&str, &str)] = &[("acme", "*")];
 
-fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
+fn not_yet_used(table: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
     for (section, key) in NOT_YET_USED {
         let Some(toml::Value::Table(t)) = table.get(*section) else { continue };
@@ -71,9 +71,6 @@ fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
                 out.push(format!("{section}.{k}"));
             }
         }
-    }
-    if flags.https_listen.is_some() {
-        out.push("--https-listen".into());
     }
     out
 }
@@ -124,10 +121,10 @@ pub struct ApiConfig {
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
-    /// Plain HTTP listener: the reverse proxy to services (later also ACME HTTP-01,
-    /// redirects and domain verification).
+    /// Plain HTTP listener: the reverse proxy to services, the challenge paths, and
+    /// redirects to HTTPS for hosts with a certificate.
     pub http_listen: SocketAddr,
-    /// HTTPS listener.
+    /// HTTPS listener (TLS by SNI, HTTP/2 and HTTP/1.1 by ALPN).
     pub https_listen: SocketAddr,
     /// Services are reachable at `<service>.<project>.<apps_domain>`.
     pub apps_domain: String,
@@ -150,6 +147,12 @@ pub struct IngressConfig {
     /// The port domain verification fetches `http://<domain>/.well-known/berth-challenge/…`
     /// from: 80, where the world reaches this host's HTTP ingress (8080 in dev mode).
     pub challenge_port: u16,
+    /// Time a replica has from being sent a request to answering its head, in
+    /// seconds; past it the client gets 504. A body streaming after the head is not cut.
+    pub upstream_timeout_seconds: u64,
+    /// Whether plain HTTP requests for a host with a certificate of its own are
+    /// redirected (308) to HTTPS (the challenge paths never are).
+    pub https_redirect: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +332,8 @@ impl Default for IngressConfig {
             body_min_bytes_per_second: 4096,
             body_idle_seconds: 30,
             challenge_port: 80,
+            upstream_timeout_seconds: 60,
+            https_redirect: true,
         }
     }
 }
@@ -435,7 +440,7 @@ impl Config {
                 _ => return Err(unknown_env(&name)),
             }
         }
-        let unused = not_yet_used(&table, flags);
+        let unused = not_yet_used(&table);
         let run_dir_set = table.contains_key("run_dir");
         let table = if flags.dev { dev_base(&table) } else { table };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -509,6 +514,13 @@ impl Config {
         }
         if self.ingress.http_listen == self.api.listen && self.api.listen.port() != 0 {
             return invalid("ingress.http_listen", "must differ from api.listen");
+        }
+        let https = self.ingress.https_listen;
+        if https.port() != 0 && (https == self.api.listen || https == self.ingress.http_listen) {
+            return invalid("ingress.https_listen", "must differ from api.listen and ingress.http_listen");
+        }
+        if self.ingress.upstream_timeout_seconds == 0 {
+            return invalid("ingress.upstream_timeout_seconds", "must be at least 1");
         }
         if self.registry.max_open_uploads_per_project == 0 {
             return invalid("registry.max_open_uploads_per_project", "must be at least 1");
