@@ -24,8 +24,10 @@ use super::error::ProxyError;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an unused connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per replica.
-pub const MAX_IDLE_PER_REPLICA: usize = 32;
+/// Idle connections kept per replica: at least as many as the requests a busy
+/// replica has in flight at once, or the pool churns (a connection closed at
+/// check-in, a new one opened at the next checkout: nginx's `keepalive 32` trap).
+pub const MAX_IDLE_PER_REPLICA: usize = 256;
 /// Largest response head accepted from a replica.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Largest read buffer of an upstream connection: a response head must fit, and a
