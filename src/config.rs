@@ -52,7 +52,7 @@ pub struct Config {
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (HTTPS and ACME are
+    /// Keys the operator set that no code reads yet (the HTTPS listener is
     /// planned); the daemon says so at start instead of ignoring them silently.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
@@ -60,7 +60,7 @@ pub struct Config {
 
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
-const NOT_YET_USED: &[(&str, &str)] = &[("ingress", "https_listen"), ("acme", "*")];
+const NOT_YET_USED: &[(&str, &str)] = &[("ingress", "https_listen")];
 
 fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
     let mut out = Vec::new();
@@ -159,8 +159,16 @@ pub struct AcmeConfig {
     pub contact: String,
     /// The ACME directory.
     pub directory_url: String,
-    /// Extra PEM roots trusted for the directory (private or test CAs).
+    /// Extra PEM roots trusted for the directory (private or test CAs): a file path.
     pub ca_bundle: String,
+    /// How often the renewal worker looks for hosts whose certificate is missing or
+    /// has less than a third of its lifetime left, in seconds.
+    pub renew_check_seconds: u64,
+    /// Wait after a host's first failed issuance, in seconds; it doubles with every
+    /// further failure, up to `backoff_max_seconds`.
+    pub backoff_min_seconds: u64,
+    /// Longest wait between two failed issuances for one host, in seconds.
+    pub backoff_max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -335,6 +343,9 @@ impl Default for AcmeConfig {
             contact: String::new(),
             directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
             ca_bundle: String::new(),
+            renew_check_seconds: 60,
+            backoff_min_seconds: 60,
+            backoff_max_seconds: 86_400,
         }
     }
 }
@@ -540,6 +551,29 @@ impl Config {
         if self.acme.enabled && !self.acme.directory_url.starts_with("https://") {
             return invalid("acme.directory_url", "must be an https:// url");
         }
+        if self.acme.enabled && self.acme.directory_url.parse::<hyper::Uri>().is_err() {
+            return invalid("acme.directory_url", "is not a url");
+        }
+        if self.acme.renew_check_seconds == 0 || self.acme.renew_check_seconds > 86_400 {
+            return invalid("acme.renew_check_seconds", "must be between 1 and 86400");
+        }
+        if self.acme.backoff_min_seconds == 0 || self.acme.backoff_min_seconds > self.acme.backoff_max_seconds {
+            return invalid("acme.backoff_min_seconds", "must be at least 1 and at most acme.backoff_max_seconds");
+        }
+        if self.acme.backoff_max_seconds > 30 * 86_400 {
+            return invalid("acme.backoff_max_seconds", "must be at most 2592000 (30 days)");
+        }
+        if !self.acme.ca_bundle.is_empty() {
+            let pem = std::fs::read(&self.acme.ca_bundle).map_err(|e| ConfigError::Invalid {
+                key: "acme.ca_bundle",
+                message: format!("{}: {e}", self.acme.ca_bundle),
+            })?;
+            match crate::http::outbound::parse_roots(&pem) {
+                Ok(roots) if !roots.is_empty() => {}
+                Ok(_) => return invalid("acme.ca_bundle", "holds no PEM certificate"),
+                Err(e) => return invalid("acme.ca_bundle", &e),
+            }
+        }
         Ok(())
     }
 }
@@ -657,10 +691,17 @@ mod tests {
     #[test]
     fn settings_nothing_reads_yet_are_named() {
         let d = tmp();
-        let p = write(&d, "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n");
+        let p = write(
+            &d,
+            "[ingress]\ncontrol_domain = \"b.example.com\"\nhttps_listen = \"0.0.0.0:443\"\n[acme]\nenabled = false\n",
+        );
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
-        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string()], "dns.overrides is read by external pulls");
+        assert_eq!(
+            c.not_yet_used,
+            vec!["ingress.https_listen".to_string()],
+            "dns.overrides is read by external pulls, [acme] by the certificate worker"
+        );
         assert_eq!(c.dns.overrides.get("a.test"), Some(&"127.0.0.1".parse().unwrap()));
         std::fs::remove_dir_all(d).unwrap();
     }

@@ -2,7 +2,7 @@
 //!
 //! Start: state dirs → the state dir's lock (`crate::lock`: one daemon per dir) → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
-//! (routing table rebuilt) → listeners (API, then the ingress's HTTP listener) →
+//! (routing table rebuilt) → stored certificates loaded → listeners (API, then the ingress's HTTP listener) →
 //! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
 //! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
 //! close the store (the writer finishes queued commits, the WAL is checkpointed).
@@ -66,7 +66,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if !config.not_yet_used.is_empty() {
         tracing::warn!(
             keys = config.not_yet_used.join(", "),
-            "these settings are accepted but not used yet: HTTPS and ACME are planned"
+            "these settings are accepted but not used yet: the HTTPS listener is planned"
         );
     }
     for dir in [&config.data_dir, &config.run_dir] {
@@ -112,6 +112,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // deployment go, and the routing table comes back before anything is served.
     if let Err(e) = state.deployer.recover().await {
         tracing::error!(error = %e, "recovering services and deployments failed");
+    }
+    // Certificates issued before are served from the first handshake.
+    match crate::ingress::acme::load_stored(&state.store, &state.sealer, &state.certs, &state.acme).await {
+        Ok(n) => tracing::debug!(certificates = n, "stored certificates loaded"),
+        Err(e) => tracing::error!(error = %e, "loading the stored certificates failed"),
     }
     let app = api::router::build(state.clone());
     // Every ingress connection may hold one to a replica as well.

@@ -348,8 +348,11 @@ pub struct IngressRoute {
     pub project_id: String,
     /// The healthy replicas requests go to; empty means 503.
     pub backends: Vec<RouteBackend>,
-    /// The host's certificate: `none` (TLS comes with the ingress's next stage).
+    /// The host's ACME certificate: `none` (never tried: ACME off, or a name that
+    /// gets none), `pending`, `issued` or `error` (see `certificate_detail`).
     pub certificate: String,
+    /// Serial, validity, issuer, and the last error with its backoff.
+    pub certificate_detail: Option<crate::ingress::acme::CertificateStatus>,
 }
 
 /// The live routing table (host → service → healthy replicas), filtered to the
@@ -388,7 +391,12 @@ pub async fn routes(
                 .iter()
                 .map(|b| RouteBackend { replica_id: b.replica_id.clone(), address: b.addr.to_string() })
                 .collect(),
-            certificate: "none".into(),
+            certificate: match state.acme.status(&r.host) {
+                Some(s) => s.state,
+                None if state.config.acme.enabled && crate::ingress::acme::eligible(&r.host) => "pending".into(),
+                None => "none".into(),
+            },
+            certificate_detail: state.acme.status(&r.host),
         })
         .collect();
     let has_more = rows.len() > params.limit as usize;

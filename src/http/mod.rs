@@ -16,6 +16,7 @@
 pub mod body;
 pub mod context;
 pub mod login;
+pub mod outbound;
 pub mod ratelimit;
 pub mod serve;
 

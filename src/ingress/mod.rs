@@ -20,6 +20,7 @@
 //! holds its clients' connections until they give up.
 
 pub mod access_log;
+pub mod acme;
 pub mod challenge;
 pub mod error;
 pub mod headers;

@@ -79,6 +79,9 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         }));
     }
     all.push(auto_deploy(state.clone(), shutdown.clone()));
+    if state.config.acme.enabled {
+        all.push(crate::ingress::acme::spawn(state.clone(), shutdown.clone()));
+    }
     let every = state.config.registry.gc_interval_seconds;
     if every > 0 {
         let s = state.clone();

@@ -89,7 +89,10 @@ fn expected(route: &Route, caller: Caller) -> Expect {
     let access = match route.access {
         Access::Registry if route.path.contains('{') => Access::Project(registry_role(route)),
         // A service, a deployment or a body's project: the project's role decides.
-        Access::Service(min) | Access::Deployment(min) | Access::InBody(min) => Access::Project(min),
+        // A routed host: its service's project decides.
+        Access::Service(min) | Access::Deployment(min) | Access::InBody(min) | Access::Host(min) => {
+            Access::Project(min)
+        }
         a => a,
     };
     match (access, caller) {
@@ -107,7 +110,9 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         (Access::AnyAdmin, Admin | OtherAdmin) => Allowed,
         (Access::AnyAdmin, _) => Forbidden,
         (Access::Project(_), Outsider | OtherAdmin) => Hidden,
-        (Access::Service(_) | Access::Deployment(_) | Access::InBody(_), _) => unreachable!("mapped above"),
+        (Access::Service(_) | Access::Deployment(_) | Access::InBody(_) | Access::Host(_), _) => {
+            unreachable!("mapped above")
+        }
         (Access::Project(min), _) => {
             if role.is_some_and(|r| r >= min) {
                 Allowed
@@ -142,7 +147,12 @@ impl Fixture {
     fn new() -> Fixture {
         // Containers run (cancel needs a rollout in progress), under names of the
         // fixture's own; a rollout waits as long as the test may take.
-        let node = Node::start("[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n");
+        // Routed hosts get certificates (so a forced renewal is accepted), from a CA
+        // that is not there: the worker fails once per host and backs off.
+        let node = Node::start(
+            "[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n[ingress]\napps_domain = \"matrix.test\"\n\
+             [acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:9/directory\"\nbackoff_min_seconds = 3600\n",
+        );
         let b = &node.b;
         let root = b.admin();
         let mut tokens = Vec::new();
@@ -430,6 +440,12 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
             let dep = f.deployment_in_progress(project, n);
             Request::json(client, format!("/v1/deployments/{dep}/cancel"), json!({})).hidden("deployment", &dep)
         }
+        ("POST", "/v1/ingress/routes/{host}/renew") => {
+            // The default hostname of a live service of this cell's project.
+            f.live_deployment(project, n);
+            let host = format!("s{n}.m{n}.matrix.test");
+            Request::json(client, format!("/v1/ingress/routes/{host}/renew"), json!({})).hidden("route", &host)
+        }
         (method, path) if path.starts_with("/v1/services/{id}") => {
             let svc = f.service(project, n, json!({}));
             let path = path.replace("{id}", &svc);
@@ -530,7 +546,8 @@ fn every_route_by_every_caller() {
                 (_, Some(c)) => c.clone(),
                 (_, None) => anon.clone(),
             };
-            let needs_project = route.path.contains("{id}") || matches!(route.access, Access::InBody(_));
+            let needs_project =
+                route.path.contains("{id}") || matches!(route.access, Access::InBody(_) | Access::Host(_));
             let project = needs_project.then(|| f.project(n));
             let req = request(&f, route, caller, &client, project.as_deref(), n);
             let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
