@@ -274,6 +274,7 @@ fn pebble_issues_a_deployed_hosts_certificate_renews_it_on_demand_and_it_survive
     // the CA (pebble still points at the old ingress port, so it could not issue).
     node.b.stop();
     node.b.spawn();
+    let admin = node.b.admin_session();
     let r = until(60, "the route is back", || route(&admin, HOST).filter(|r| r["certificate"] == "issued"));
     assert_eq!(r["certificate_detail"]["serial"], renewed.as_str(), "{r}");
     std::thread::sleep(Duration::from_secs(3));
