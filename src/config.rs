@@ -739,6 +739,36 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 
+    #[test]
+    fn acme_settings_are_checked() {
+        let d = tmp();
+        let load = |text: &str| {
+            let p = write(&d, text);
+            Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() })
+        };
+        let pem = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap().cert.pem();
+        std::fs::write(d.join("ca.pem"), pem).unwrap();
+        std::fs::write(d.join("junk.pem"), "not a certificate").unwrap();
+        let ok = format!("[acme]\nenabled = true\nca_bundle = \"{}\"\n", d.join("ca.pem").display());
+        let c = load(&ok).unwrap();
+        assert!(c.acme.enabled, "explicit settings win over dev mode's acme off");
+        assert_eq!(
+            (c.acme.renew_check_seconds, c.acme.backoff_min_seconds, c.acme.backoff_max_seconds),
+            (60, 60, 86_400)
+        );
+        for (bad, key) in [
+            ("directory_url = \"http://ca.test/dir\"".to_string(), "acme.directory_url"),
+            (format!("ca_bundle = \"{}\"", d.join("missing.pem").display()), "acme.ca_bundle"),
+            (format!("ca_bundle = \"{}\"", d.join("junk.pem").display()), "acme.ca_bundle"),
+            ("renew_check_seconds = 0".to_string(), "acme.renew_check_seconds"),
+            ("backoff_min_seconds = 100\nbackoff_max_seconds = 10".to_string(), "acme.backoff_min_seconds"),
+        ] {
+            let e = load(&format!("[acme]\nenabled = true\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
     /// The conffile the .deb installs as /etc/berth/berth.toml (packaging/berth.toml).
     const PACKAGED: &str = include_str!("../packaging/berth.toml");
 

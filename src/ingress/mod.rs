@@ -13,9 +13,12 @@
 //!   or 502 with a short page of its own ([`error`]) and passes WebSocket upgrades
 //!   through.
 //! - [`access_log::AccessLog`] keeps each service's recent requests in memory.
+//! - [`tls::CertStore`] holds a certificate per host for SNI, with a self-signed
+//!   fallback; [`acme`] fills it from an ACME CA (HTTP-01 answered through
+//!   [`challenge::Challenges`]) and renews in the background (adr/028).
 //!
-//! Current limits: plain HTTP only (TLS, ACME and custom domains come later, on
-//! `ingress.https_listen`); HTTP/1.1 to clients and replicas; no timeout on a
+//! Current limits: plain HTTP only (the TLS listener and custom domains come later,
+//! on `ingress.https_listen`); HTTP/1.1 to clients and replicas; no timeout on a
 //! replica's answer (long polls and event streams must work), so a hung replica
 //! holds its clients' connections until they give up.
 
