@@ -73,12 +73,14 @@ bench_die() {
 # $T/data with $T/berth.toml, its output in $T/berth.log, none of the caller's BERTH_*
 # variables (berth reads them as configuration and refuses unknown ones, BERTH_BIN
 # among them). Sets BERTH_PID at once (for the caller's cleanup), then waits up to
-# 30 s for /healthz; on failure calls FAIL (default die) with the reason.
+# 30 s for /healthz; on failure calls FAIL (default die) with the reason. The HTTPS
+# listener takes $HTTPS_LISTEN, else a free loopback port.
 start_berth() {
     local api=$1 http=$2 fail=${3:-die} i
     # shellcheck disable=SC2046  # one -u per variable, split on purpose
     env $(env | awk -F= '/^BERTH_/ { printf "-u %s ", $1 }') BERTH_LOG=warn "$BIN" serve --dev \
-        --data-dir "$T/data" --api-listen "$api" --http-listen "$http" --config "$T/berth.toml" \
+        --data-dir "$T/data" --api-listen "$api" --http-listen "$http" --https-listen "${HTTPS_LISTEN:-127.0.0.1:0}" \
+        --config "$T/berth.toml" \
         >"$T/berth.log" 2>&1 &
     BERTH_PID=$!
     for i in $(seq 1 300); do

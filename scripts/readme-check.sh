@@ -6,7 +6,7 @@
 #
 # 1. Starts command 1, `bash scripts/dev.sh`, with its state in a temp dir
 #    (BERTH_DATA_DIR), the API and the ingress on free loopback ports (--api-listen,
-#    --http-listen), and waits until it answers /healthz. Its containers get names of
+#    --http-listen, --https-listen), and waits until it answers /healthz. Its containers get names of
 #    this run's own, like the integration tests' (BERTH_NETWORK_*, BERTH_RUNTIME_*): an
 #    address pool, a /20 of 10.200.0.0-10.254.255.255 overlapping no route here,
 #    links named rd<tag>…, netns berth-it-readme-<tag>-…, the nftables table
@@ -200,13 +200,13 @@ print(random.choice(free) if free else "")
 EOF
 )
 [ -n "$POOL" ] || die "no /20 of 10.200.0.0-10.254.255.255 is free of routes here"
-say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT --http-listen 127.0.0.1:$IPORT (state in $DATA; pool $POOL, names *$TAG*)"
+say "command 1: bash scripts/dev.sh --api-listen 127.0.0.1:$PORT --http-listen 127.0.0.1:$IPORT --https-listen 127.0.0.1:0 (state in $DATA; pool $POOL, names *$TAG*)"
 # dev.sh replaces itself with the daemon, so this pid is the daemon's.
 BERTH_DATA_DIR="$DATA" BERTH_LOG=warn \
     BERTH_NETWORK_POOL="$POOL" BERTH_NETWORK_LINK_PREFIX="$LINK_PREFIX" BERTH_NETWORK_NETNS_PREFIX="$NETNS_PREFIX" \
     BERTH_NETWORK_NFT_TABLE="$NFT_TABLE" BERTH_RUNTIME_CGROUP_PREFIX="$CGROUP_PREFIX" \
     BERTH_DEPLOY_DRAIN_SECONDS=1 BERTH_DEPLOY_STOP_GRACE_SECONDS=2 \
-    bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$IPORT" >"$T/dev.log" 2>&1 &
+    bash scripts/dev.sh --api-listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$IPORT" --https-listen 127.0.0.1:0 >"$T/dev.log" 2>&1 &
 BERTH_PID=$!
 # Command 1 may have to build first.
 for _ in $(seq 1800); do

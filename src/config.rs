@@ -52,17 +52,17 @@ pub struct Config {
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (the HTTPS listener is
-    /// planned); the daemon says so at start instead of ignoring them silently.
+    /// Keys the operator set that no code reads yet (none today; the list stays for
+    /// the next planned key); the daemon says so at start instead of ignoring them.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
 }
 
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
-const NOT_YET_USED: &[(&str, &str)] = &[("ingress", "https_listen")];
+const NOT_YET_USED: &[(&str, &str)] = &[];
 
-fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
+fn not_yet_used(table: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
     for (section, key) in NOT_YET_USED {
         let Some(toml::Value::Table(t)) = table.get(*section) else { continue };
@@ -71,9 +71,6 @@ fn not_yet_used(table: &toml::Table, flags: &Overrides) -> Vec<String> {
                 out.push(format!("{section}.{k}"));
             }
         }
-    }
-    if flags.https_listen.is_some() {
-        out.push("--https-listen".into());
     }
     out
 }
@@ -124,10 +121,10 @@ pub struct ApiConfig {
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
-    /// Plain HTTP listener: the reverse proxy to services (later also ACME HTTP-01,
-    /// redirects and domain verification).
+    /// Plain HTTP listener: the reverse proxy to services, the challenge paths, and
+    /// redirects to HTTPS for hosts with a certificate.
     pub http_listen: SocketAddr,
-    /// HTTPS listener.
+    /// HTTPS listener (TLS by SNI, HTTP/2 and HTTP/1.1 by ALPN).
     pub https_listen: SocketAddr,
     /// Services are reachable at `<service>.<project>.<apps_domain>`.
     pub apps_domain: String,
@@ -147,6 +144,12 @@ pub struct IngressConfig {
     pub body_min_bytes_per_second: u64,
     /// Longest pause between two pieces of a request body, in seconds.
     pub body_idle_seconds: u64,
+    /// Time a replica has from being sent a request to answering its head, in
+    /// seconds; past it the client gets 504. A body streaming after the head is not cut.
+    pub upstream_timeout_seconds: u64,
+    /// Whether plain HTTP requests for a host with a certificate of its own are
+    /// redirected (308) to HTTPS (the challenge paths never are).
+    pub https_redirect: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +335,8 @@ impl Default for IngressConfig {
             body_grace_seconds: 10,
             body_min_bytes_per_second: 4096,
             body_idle_seconds: 30,
+            upstream_timeout_seconds: 60,
+            https_redirect: true,
         }
     }
 }
@@ -441,7 +446,7 @@ impl Config {
                 _ => return Err(unknown_env(&name)),
             }
         }
-        let unused = not_yet_used(&table, flags);
+        let unused = not_yet_used(&table);
         let run_dir_set = table.contains_key("run_dir");
         let table = if flags.dev { dev_base(&table) } else { table };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -512,6 +517,13 @@ impl Config {
         }
         if self.ingress.http_listen == self.api.listen && self.api.listen.port() != 0 {
             return invalid("ingress.http_listen", "must differ from api.listen");
+        }
+        let https = self.ingress.https_listen;
+        if https.port() != 0 && (https == self.api.listen || https == self.ingress.http_listen) {
+            return invalid("ingress.https_listen", "must differ from api.listen and ingress.http_listen");
+        }
+        if self.ingress.upstream_timeout_seconds == 0 {
+            return invalid("ingress.upstream_timeout_seconds", "must be at least 1");
         }
         if self.registry.max_open_uploads_per_project == 0 {
             return invalid("registry.max_open_uploads_per_project", "must be at least 1");
@@ -697,10 +709,10 @@ mod tests {
         );
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
-        assert_eq!(
-            c.not_yet_used,
-            vec!["ingress.https_listen".to_string()],
-            "dns.overrides is read by external pulls, [acme] by the certificate worker"
+        assert!(
+            c.not_yet_used.is_empty(),
+            "dns.overrides is read by external pulls, https_listen by the TLS listener, [acme] by the certificate worker: {:?}",
+            c.not_yet_used
         );
         assert_eq!(c.dns.overrides.get("a.test"), Some(&"127.0.0.1".parse().unwrap()));
         std::fs::remove_dir_all(d).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! Start: state dirs → the state dir's lock (`crate::lock`: one daemon per dir) → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
-//! (routing table rebuilt) → stored certificates loaded → listeners (API, then the ingress's HTTP listener) →
-//! `READY=1` → workers. Stop (SIGTERM/SIGINT): both listeners stop accepting and drain
+//! (routing table rebuilt) → stored certificates loaded → listeners (API, then the
+//! ingress's HTTP and HTTPS listeners) → `READY=1` → workers (ACME renewal among
+//! them). Stop (SIGTERM/SIGINT): the listeners stop accepting and drain
 //! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
 //! close the store (the writer finishes queued commits, the WAL is checkpointed).
 //! Replicas keep running across a daemon stop, except when systemd says the host
@@ -48,6 +49,8 @@ pub enum DaemonError {
     NotWritable { path: std::path::PathBuf, source: std::io::Error },
     #[error("the ingress's certificates: {0}")]
     Tls(#[from] crate::ingress::tls::TlsError),
+    #[error("the ingress's tls settings: {0}")]
+    TlsConfig(rustls::Error),
 }
 
 /// Refuses a state dir the daemon cannot write, before anything is made in it:
@@ -66,7 +69,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if !config.not_yet_used.is_empty() {
         tracing::warn!(
             keys = config.not_yet_used.join(", "),
-            "these settings are accepted but not used yet: the HTTPS listener is planned"
+            "these settings are accepted but not used yet"
         );
     }
     for dir in [&config.data_dir, &config.run_dir] {
@@ -96,7 +99,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| StoreError::Corrupt(e.to_string()))??;
     // Handshakes for names without a certificate of their own get a self-signed one.
-    let fallback_names = ["localhost".to_string(), format!("*.{}", config.ingress.apps_domain)];
+    let mut fallback_names = vec!["localhost".to_string(), format!("*.{}", config.ingress.apps_domain)];
+    fallback_names.extend(config.ingress.control_domain.clone());
     let certs = Arc::new(crate::ingress::tls::CertStore::new(&fallback_names)?);
     let state = AppState::new(crate::state::Parts {
         config: config.clone(),
@@ -126,6 +130,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(%addr, dev = config.dev, data_dir = %config.data_dir.display(), "api listening");
     let (http_listener, http_addr) = bind(config.ingress.http_listen).await?;
     tracing::info!(addr = %http_addr, "ingress listening (http)");
+    let (https_listener, https_addr) = bind(config.ingress.https_listen).await?;
+    tracing::info!(addr = %https_addr, "ingress listening (https)");
+    let tls = tokio_rustls::TlsAcceptor::from(state.certs.server_config().map_err(DaemonError::TlsConfig)?);
 
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -135,18 +142,40 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let grace = Duration::from_secs(config.api.shutdown_grace_seconds);
     let limits = crate::http::serve::Limits::from_config(&config.api);
     let conns = Arc::new(crate::http::serve::Connections::default());
-    let server = tokio::spawn(crate::http::serve::serve(listener, app, limits, conns, stop_rx.clone(), grace));
-    let proxy = crate::ingress::proxy::Proxy::new(
+    let server = tokio::spawn(crate::http::serve::serve(listener, app.clone(), limits, conns, stop_rx.clone(), grace));
+    let front = crate::ingress::proxy::Front {
+        redirect: config
+            .ingress
+            .https_redirect
+            .then(|| crate::ingress::proxy::Redirect { certs: state.certs.clone(), https_port: https_addr.port() }),
+        control: config.ingress.control_domain.as_deref().map(|d| (crate::ingress::routes::normalize_host(d), app)),
+        upstream_timeout: Duration::from_secs(config.ingress.upstream_timeout_seconds),
+    };
+    let proxy = crate::ingress::proxy::Proxy::with_front(
         state.routes.clone(),
         state.challenges.clone(),
         state.access_log.clone(),
         state.gate.metrics.clone(),
+        front,
     );
+    // Both ingress listeners count connections together: the caps are per client,
+    // whichever port it uses.
+    let ingress_conns = Arc::new(crate::http::serve::Connections::default());
+    let ingress_limits = crate::http::serve::Limits::for_ingress(&config.ingress);
     let ingress = tokio::spawn(crate::http::serve::serve(
         http_listener,
         proxy.clone(),
-        crate::http::serve::Limits::for_ingress(&config.ingress),
-        Arc::new(crate::http::serve::Connections::default()),
+        ingress_limits,
+        ingress_conns.clone(),
+        stop_rx.clone(),
+        grace,
+    ));
+    let ingress_tls = tokio::spawn(crate::http::serve::serve_tls(
+        https_listener,
+        tls,
+        proxy.clone(),
+        ingress_limits,
+        ingress_conns,
         stop_rx.clone(),
         grace,
     ));
@@ -154,7 +183,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         let stop = stop_rx.clone();
         tokio::spawn(async move { proxy.prune_until(stop).await })
     };
-    sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}; ingress on {http_addr}"));
+    sd_notify(&format!("READY=1\nSTATUS=api listening on {addr}; ingress on {http_addr}; https on {https_addr}"));
     let workers = crate::workers::start_all(&state, &stop_rx);
 
     let signal = tokio::select! {
@@ -184,8 +213,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     };
     // Both listeners drain at once, within the same grace.
-    let ((api_drained, ingress_drained), ()) = tokio::join!(async { tokio::join!(server, ingress) }, replicas_stopped);
-    for (listener, drained) in [("api", api_drained), ("ingress", ingress_drained)] {
+    let ((api_drained, ingress_drained, https_drained), ()) =
+        tokio::join!(async { tokio::join!(server, ingress, ingress_tls) }, replicas_stopped);
+    for (listener, drained) in [("api", api_drained), ("ingress", ingress_drained), ("ingress https", https_drained)] {
         match drained {
             Ok(true) => {}
             Ok(false) => tracing::warn!(

@@ -35,6 +35,8 @@ pub enum ProxyError {
     ConnectTimeout { addr: SocketAddr },
     #[error("upstream {addr}: {source}")]
     Upstream { addr: SocketAddr, source: hyper::Error },
+    #[error("upstream {addr} did not answer in time")]
+    UpstreamTimeout { addr: SocketAddr },
     #[error("upstream {addr} switched protocols unasked")]
     UnaskedUpgrade { addr: SocketAddr },
     #[error("the request body arrived too slowly")]
@@ -53,6 +55,7 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UnaskedUpgrade { .. } => Origin::Upstream,
             ProxyError::NoBackend => Origin::Internal,
         }
@@ -69,6 +72,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnaskedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -82,6 +86,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::UnaskedUpgrade { .. } => "The service did not answer properly.",
+            ProxyError::UpstreamTimeout { .. } => "The service did not answer in time.",
             ProxyError::ClientTimeout => "The request body arrived too slowly.",
             ProxyError::ClientBody(_) => "The request body could not be read.",
         }
@@ -115,6 +120,9 @@ mod tests {
         assert_eq!(ProxyError::UnknownHost.status(), StatusCode::NOT_FOUND);
         assert_eq!(ProxyError::NoBackend.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ProxyError::NoBackend.origin(), Origin::Internal);
+        let hung = ProxyError::UpstreamTimeout { addr };
+        assert_eq!((hung.origin(), hung.status()), (Origin::Upstream, StatusCode::GATEWAY_TIMEOUT));
+        assert!(hung.page().contains("504 Gateway Timeout") && !hung.page().contains("10.213"));
         assert_eq!(
             (ProxyError::ClientTimeout.origin(), ProxyError::ClientTimeout.status()),
             (Origin::Client, StatusCode::REQUEST_TIMEOUT)

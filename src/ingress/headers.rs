@@ -1,5 +1,12 @@
 //! What the ingress changes in the heads it forwards: hop-by-hop headers out
-//! (RFC 9110 §7.6.1), `X-Forwarded-*` in, the client's `Host` kept.
+//! (RFC 9110 §7.6.1), `X-Forwarded-*` and `X-Request-Id` in, the client's `Host`
+//! kept.
+//!
+//! Forwarding headers a client sends are not trusted: berth is the edge, so
+//! `X-Forwarded-For` is the address the connection came from, `-Proto` the
+//! listener's scheme and `-Host` the request's host, each replacing whatever the
+//! client put there. `X-Request-Id` is fresh for every request (adr/029), and the
+//! client gets it back on the response.
 
 use std::net::IpAddr;
 
@@ -13,6 +20,7 @@ const HOP_BY_HOP: &[&str] =
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 /// Whether the request asks for a WebSocket (HTTP/1.1 `Upgrade: websocket` with
 /// `Connection: upgrade`).
@@ -66,30 +74,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Prepares a request's headers for the replica: hop-by-hop headers out,
-/// `X-Forwarded-For` appended with the client's address, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` set. `Host` stays as the client sent it.
-pub fn forward_request(headers: &mut HeaderMap, client: IpAddr, websocket: bool) {
+/// `X-Forwarded-For` the client's address, `X-Forwarded-Proto` `https` when the
+/// request came over TLS (else `http`), `X-Forwarded-Host` the request's host,
+/// `X-Request-Id` the ingress's id for the request. `Host` stays as the client sent it.
+pub fn forward_request(headers: &mut HeaderMap, client: IpAddr, websocket: bool, tls: bool, request_id: &HeaderValue) {
     strip_hop_by_hop(headers, websocket);
     let client = client.to_canonical().to_string();
-    let forwarded_for = {
-        let mut earlier = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
-        if earlier.peek().is_none() {
-            HeaderValue::from_str(&client)
-        } else {
-            let mut joined = earlier.collect::<Vec<_>>().join(", ");
-            joined.push_str(", ");
-            joined.push_str(&client);
-            HeaderValue::from_str(&joined)
-        }
+    match HeaderValue::from_str(&client) {
+        Ok(v) => headers.insert(X_FORWARDED_FOR, v),
+        Err(_) => headers.remove(X_FORWARDED_FOR),
     };
-    if let Ok(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     match headers.get(header::HOST).cloned() {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),
     };
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// A fresh request id as a header value.
+pub fn new_request_id() -> HeaderValue {
+    // Ids are ASCII letters, digits and `_`: always a valid header value.
+    HeaderValue::from_str(&crate::ids::new_request_id()).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 #[cfg(test)]
@@ -127,30 +133,41 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_headers_append_and_overwrite() {
+    fn client_sent_forwarding_headers_are_replaced() {
         let mut h = map(&[
             ("host", "Web.Alpha.localhost:8080"),
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "spoofed"),
+            ("x-request-id", "client-chosen"),
         ]);
-        forward_request(&mut h, "::ffff:192.0.2.1".parse().unwrap(), false);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1, 192.0.2.1");
+        let id = new_request_id();
+        forward_request(&mut h, "::ffff:192.0.2.1".parse().unwrap(), false, false, &id);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1", "a client cannot plant addresses");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "Web.Alpha.localhost:8080");
         assert_eq!(h["host"], "Web.Alpha.localhost:8080");
-        let mut h = map(&[("host", "a.test")]);
-        forward_request(&mut h, "127.0.0.1".parse().unwrap(), false);
-        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-request-id"], id);
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        let mut h = map(&[("host", "a.test"), ("x-forwarded-proto", "http")]);
+        let other = new_request_id();
+        assert_ne!(other, id, "every request gets its own id");
+        forward_request(&mut h, "2001:db8::1".parse().unwrap(), false, true, &other);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "https", "the TLS listener says so");
+        assert!(other.to_str().unwrap().starts_with("req_"));
+        let mut h = map(&[]);
+        forward_request(&mut h, "127.0.0.1".parse().unwrap(), false, false, &other);
+        assert!(!h.contains_key("x-forwarded-host"), "no host, no forwarded host");
     }
 
     #[test]
     fn websocket_upgrades_keep_their_upgrade() {
         let mut h = map(&[("host", "a.test"), ("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
         assert!(is_websocket(&h));
-        forward_request(&mut h, "127.0.0.1".parse().unwrap(), true);
+        forward_request(&mut h, "127.0.0.1".parse().unwrap(), true, false, &new_request_id());
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert!(!is_websocket(&map(&[("upgrade", "websocket")])), "no Connection: upgrade");

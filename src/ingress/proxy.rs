@@ -27,10 +27,11 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use http_body::Body as _;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
@@ -44,7 +45,8 @@ use super::access_log::{AccessEntry, AccessLog, CLIENT_CLOSED, clip_path};
 use super::challenge::Challenges;
 use super::error::{Origin, ProxyError};
 use super::headers;
-use super::routes::{Backend, Route, RoutingTable};
+use super::routes::{Backend, Route, RoutingTable, normalize_host};
+use super::tls::CertStore;
 use super::upstream::{IDLE_TIMEOUT, Upstreams};
 use crate::http::body::{TimedBody, is_timeout};
 use crate::http::serve::{Conn, Handler, Hold, IncomingRequest};
@@ -69,6 +71,31 @@ struct Inner {
     log: Arc<AccessLog>,
     upstreams: Arc<Upstreams<ReqBody>>,
     metrics: Arc<Metrics>,
+    front: Front,
+}
+
+/// What the ingress answers before routing to a service, and its deadline on replicas.
+#[derive(Clone)]
+pub struct Front {
+    /// Redirects plain HTTP requests for hosts with a certificate of their own here.
+    pub redirect: Option<Redirect>,
+    /// The control domain (normalized) and the API that answers it in-process.
+    pub control: Option<(String, Router)>,
+    /// Time a replica has to answer a request's head once the request is sent.
+    pub upstream_timeout: Duration,
+}
+
+/// HTTP→HTTPS redirects: for the hosts `certs` covers, to the HTTPS listener's port.
+#[derive(Clone)]
+pub struct Redirect {
+    pub certs: Arc<CertStore>,
+    pub https_port: u16,
+}
+
+impl Default for Front {
+    fn default() -> Self {
+        Front { redirect: None, control: None, upstream_timeout: Duration::from_secs(60) }
+    }
 }
 
 impl Proxy {
@@ -78,7 +105,18 @@ impl Proxy {
         log: Arc<AccessLog>,
         metrics: Arc<Metrics>,
     ) -> Proxy {
-        Proxy(Arc::new(Inner { routes, challenges, log, upstreams: Arc::new(Upstreams::default()), metrics }))
+        Proxy::with_front(routes, challenges, log, metrics, Front::default())
+    }
+
+    /// A proxy with redirects, the control domain and the upstream deadline of `front`.
+    pub fn with_front(
+        routes: Arc<RoutingTable>,
+        challenges: Arc<Challenges>,
+        log: Arc<AccessLog>,
+        metrics: Arc<Metrics>,
+        front: Front,
+    ) -> Proxy {
+        Proxy(Arc::new(Inner { routes, challenges, log, upstreams: Arc::new(Upstreams::default()), metrics, front }))
     }
 
     /// The upstream connection pool (for tests and metrics).
@@ -108,23 +146,113 @@ struct TunnelSeat {
 impl Handler for Proxy {
     type Body = ProxyBody;
 
-    fn call(&self, req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
-        let seat = (req.method() == Method::GET && headers::is_websocket(req.headers()))
-            .then(|| TunnelSeat { hold: conn.hold(), stop: conn.stop.clone() });
-        let this = self.clone();
+    fn call(&self, mut req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
+        let started = Instant::now();
+        let request_id = headers::new_request_id();
         let client = conn.peer.ip().to_canonical();
-        async move { this.handle(req, client, seat).await }
+        let this = self.clone();
+        // The control domain is answered by the API, with the connection as it is
+        // (the real client address for rate limits and the audit); challenge paths
+        // and redirects come first.
+        let api = match self.plan(&mut req, conn.tls) {
+            Plan::Api(router) => {
+                req.headers_mut().insert(headers::X_REQUEST_ID, request_id.clone());
+                Ok(router.call(req, conn))
+            }
+            plan => {
+                let seat = (req.method() == Method::GET && headers::is_websocket(req.headers()))
+                    .then(|| TunnelSeat { hold: conn.hold(), stop: conn.stop.clone() });
+                Err((plan, req, seat))
+            }
+        };
+        let tls = conn.tls;
+        async move {
+            let mut resp = match api {
+                Ok(answer) => {
+                    let resp = answer.await.map(|b| ProxyBody(Kind::Api(b)));
+                    this.0.metrics.ingress_request(resp.status().as_u16(), started.elapsed());
+                    resp
+                }
+                Err((plan, req, seat)) => {
+                    this.handle(plan, req, Forward { client, tls, request_id: request_id.clone(), started }, seat).await
+                }
+            };
+            resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+            resp
+        }
     }
 }
 
+/// What answers a request, decided before anything is awaited.
+enum Plan {
+    /// A challenge path: answered from memory.
+    Challenge,
+    /// A plain HTTP request for a host with a certificate: 308 to this location.
+    Redirect(HeaderValue),
+    /// The control domain: the API.
+    Api(Router),
+    /// Anything else: a service, by host.
+    Route,
+}
+
+/// The facts about a request that travel with it to the replica.
+struct Forward {
+    client: IpAddr,
+    tls: bool,
+    request_id: HeaderValue,
+    started: Instant,
+}
+
 impl Proxy {
-    async fn handle(self, mut req: IncomingRequest, client: IpAddr, seat: Option<TunnelSeat>) -> Response<ProxyBody> {
-        let at = time::OffsetDateTime::now_utc();
-        let started = Instant::now();
+    fn plan(&self, req: &mut IncomingRequest, tls: bool) -> Plan {
         if Challenges::is_challenge_path(req.uri().path()) {
-            let resp = self.challenge(&mut req);
-            self.0.metrics.ingress_request(resp.status().as_u16(), started.elapsed());
-            return resp;
+            return Plan::Challenge;
+        }
+        let front = &self.0.front;
+        if front.redirect.is_none() && front.control.is_none() {
+            return Plan::Route;
+        }
+        let host = normalize_host(&request_host(req));
+        let redirect = front.redirect.as_ref().filter(|_| !tls);
+        if let Some(r) = redirect.filter(|r| crate::validate::is_hostname(&host) && r.certs.covers(&host)) {
+            let port = if r.https_port == 443 { String::new() } else { format!(":{}", r.https_port) };
+            let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{port}{target}")) {
+                return Plan::Redirect(location);
+            }
+        }
+        match &front.control {
+            Some((domain, router)) if *domain == host => Plan::Api(router.clone()),
+            _ => Plan::Route,
+        }
+    }
+
+    async fn handle(
+        self,
+        plan: Plan,
+        mut req: IncomingRequest,
+        fwd: Forward,
+        seat: Option<TunnelSeat>,
+    ) -> Response<ProxyBody> {
+        let at = time::OffsetDateTime::now_utc();
+        let started = fwd.started;
+        let client = fwd.client;
+        match plan {
+            Plan::Challenge => {
+                let resp = self.challenge(&mut req);
+                self.0.metrics.ingress_request(resp.status().as_u16(), started.elapsed());
+                return resp;
+            }
+            Plan::Redirect(location) => {
+                let mut resp = Response::new(ProxyBody(Kind::Page(None)));
+                *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                resp.headers_mut().insert(header::LOCATION, location);
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                self.0.metrics.ingress_request(resp.status().as_u16(), started.elapsed());
+                return resp;
+            }
+            // Answered before `handle` (see `call`); routed like any host if it comes here.
+            Plan::Api(_) | Plan::Route => {}
         }
         let route = match self.route(&mut req) {
             Ok(r) => r,
@@ -136,7 +264,7 @@ impl Proxy {
             }
         };
         let mut log = Pending::new(&self.0, &route, at, started, &req, client);
-        match self.forward(&route, req, client, seat, &mut log).await {
+        match self.forward(&route, req, &fwd, seat, &mut log).await {
             Ok(resp) => resp,
             Err(e) => {
                 match e.origin() {
@@ -203,14 +331,14 @@ impl Proxy {
         &self,
         route: &Route,
         mut req: IncomingRequest,
-        client: IpAddr,
+        fwd: &Forward,
         seat: Option<TunnelSeat>,
         log: &mut Pending,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let first = route.pick().ok_or(ProxyError::NoBackend)?;
         let client_upgrade = seat.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        headers::forward_request(&mut parts.headers, client, seat.is_some());
+        headers::forward_request(&mut parts.headers, fwd.client, seat.is_some(), fwd.tls, &fwd.request_id);
         parts.version = Version::HTTP_11;
         parts.extensions = Default::default();
         let bodyless = http_body::Body::is_end_stream(&body);
@@ -218,10 +346,11 @@ impl Proxy {
         let (body, req_done) = if bodyless {
             (ReqBody::Empty, None)
         } else {
-            let done = Arc::new(AtomicBool::new(false));
+            let done = Arc::new(Sent::new());
             (ReqBody::Client { body, done: done.clone() }, Some(done))
         };
-        let (mut resp, backend, tx) = self.exchange(route, first, Request::from_parts(parts, body), replayable).await?;
+        let (mut resp, backend, tx) =
+            self.exchange(route, first, Request::from_parts(parts, body), replayable, req_done.as_deref()).await?;
         log.backend = Some(backend.clone());
         let status = resp.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -258,6 +387,7 @@ impl Proxy {
         first: &'r Backend,
         mut req: Request<ReqBody>,
         replayable: bool,
+        sent: Option<&Sent>,
     ) -> Result<(Response<Incoming>, &'r Backend, SendRequest<ReqBody>), ProxyError> {
         let mut backend = first;
         let mut moved = false;
@@ -284,7 +414,11 @@ impl Proxy {
                 },
             };
             let again = (co.reused && replayable && !replayed).then(|| copy_head(&req));
-            match co.tx.try_send_request(req).await {
+            let answer = co.tx.try_send_request(req);
+            let Ok(answered) = answer_within(answer, self.0.front.upstream_timeout, sent).await else {
+                return Err(ProxyError::UpstreamTimeout { addr: backend.addr });
+            };
+            match answered {
                 Ok(resp) => return Ok((resp, backend, co.tx)),
                 Err(mut e) => {
                     if let Some(unsent) = e.take_message() {
@@ -322,6 +456,52 @@ impl Proxy {
             }
         }
         Err(last.unwrap_or(ProxyError::NoBackend))
+    }
+}
+
+/// Waits for a replica's answer head until `timeout` has passed since the request
+/// was sent: since the head, or since the last piece of its body went out (a long
+/// upload to a replica reading it is not cut; one the replica stopped reading is).
+async fn answer_within<F: Future>(answer: F, timeout: Duration, sent: Option<&Sent>) -> Result<F::Output, ()> {
+    let start = tokio::time::Instant::now();
+    tokio::pin!(answer);
+    loop {
+        let since = sent.map_or(start, |s| s.last().max(start));
+        tokio::select! {
+            r = answer.as_mut() => return Ok(r),
+            _ = tokio::time::sleep_until(since + timeout) => {
+                if sent.is_none_or(|s| s.last().max(start) + timeout <= tokio::time::Instant::now()) {
+                    return Err(());
+                }
+            }
+        }
+    }
+}
+
+/// How far a request body has gone out: whether whole, and when a piece last did.
+pub struct Sent {
+    whole: AtomicBool,
+    base: tokio::time::Instant,
+    /// Milliseconds after `base`.
+    last: AtomicU64,
+}
+
+impl Sent {
+    fn new() -> Sent {
+        Sent { whole: AtomicBool::new(false), base: tokio::time::Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    fn progressed(&self) {
+        let ms = self.base.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+        self.last.store(ms, Ordering::Release);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.base + Duration::from_millis(self.last.load(Ordering::Acquire))
+    }
+
+    fn is_whole(&self) -> bool {
+        self.whole.load(Ordering::Acquire)
     }
 }
 
@@ -401,8 +581,9 @@ pub enum ReqBody {
     Empty,
     Client {
         body: TimedBody<Incoming>,
-        /// Set when the body has been sent whole (the connection may then be reused).
-        done: Arc<AtomicBool>,
+        /// Whether the body has been sent whole (the connection may then be reused),
+        /// and when a piece of it last went out (for the upstream deadline).
+        done: Arc<Sent>,
     },
 }
 
@@ -417,11 +598,15 @@ impl http_body::Body for ReqBody {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 let ended = match &polled {
                     Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Ready(Some(Ok(_))) => {
+                        done.progressed();
+                        body.is_end_stream()
+                    }
                     Poll::Ready(Some(Err(_))) | Poll::Pending => false,
                 };
                 if ended {
-                    done.store(true, Ordering::Release);
+                    done.progressed();
+                    done.whole.store(true, Ordering::Release);
                 }
                 polled
             }
@@ -454,6 +639,8 @@ pub struct ProxyBody(Kind);
 enum Kind {
     Page(Option<Bytes>),
     Upstream(Streamed),
+    /// The API's answer, for the control domain.
+    Api(axum::body::Body),
 }
 
 impl ProxyBody {
@@ -461,7 +648,7 @@ impl ProxyBody {
     fn len(&self) -> u64 {
         match &self.0 {
             Kind::Page(Some(b)) => b.len() as u64,
-            Kind::Page(None) | Kind::Upstream(_) => 0,
+            Kind::Page(None) | Kind::Upstream(_) | Kind::Api(_) => 0,
         }
     }
 }
@@ -474,6 +661,7 @@ impl http_body::Body for ProxyBody {
         match &mut self.get_mut().0 {
             Kind::Page(page) => Poll::Ready(page.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(s) => s.poll(cx),
+            Kind::Api(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -481,6 +669,7 @@ impl http_body::Body for ProxyBody {
         match &self.0 {
             Kind::Page(page) => page.is_none(),
             Kind::Upstream(s) => s.inner.is_end_stream(),
+            Kind::Api(b) => b.is_end_stream(),
         }
     }
 
@@ -488,6 +677,7 @@ impl http_body::Body for ProxyBody {
         match &self.0 {
             Kind::Page(page) => SizeHint::with_exact(page.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(s) => http_body::Body::size_hint(&s.inner),
+            Kind::Api(b) => b.size_hint(),
         }
     }
 }
@@ -498,13 +688,13 @@ struct GiveBack {
     addr: SocketAddr,
     upstreams: Arc<Upstreams<ReqBody>>,
     /// `None` for a bodyless request.
-    req_done: Option<Arc<AtomicBool>>,
+    req_done: Option<Arc<Sent>>,
 }
 
 impl GiveBack {
     fn give_back(self) {
         let GiveBack { mut tx, addr, upstreams, req_done } = self;
-        if req_done.is_none_or(|d| d.load(Ordering::Acquire)) {
+        if req_done.is_none_or(|d| d.is_whole()) {
             upstreams.checkin(addr, tx);
             return;
         }
@@ -653,7 +843,7 @@ mod tests {
 
     use super::*;
     use crate::http::body::BodyPolicy;
-    use crate::http::serve::{Connections, Limits, serve};
+    use crate::http::serve::{Connections, Limits, serve, serve_tls, test_tls};
 
     type TestBody = BoxBody<Bytes, BoxError>;
 
@@ -676,15 +866,24 @@ mod tests {
     }
 
     async fn ingress(body: BodyPolicy) -> Ingress {
+        ingress_with(body, Front::default(), None).await
+    }
+
+    /// An ingress with `front`, plain or (with `tls`) over TLS.
+    async fn ingress_with(body: BodyPolicy, front: Front, tls: Option<tokio_rustls::TlsAcceptor>) -> Ingress {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(RoutingTable::new());
         let log = Arc::new(AccessLog::default());
         let metrics = Arc::new(Metrics::new());
-        let proxy = Proxy::new(routes.clone(), Default::default(), log.clone(), metrics.clone());
+        let proxy = Proxy::with_front(routes.clone(), Default::default(), log.clone(), metrics.clone(), front);
         let (stop, stop_rx) = watch::channel(false);
         let conns = Arc::new(Connections::default());
-        tokio::spawn(serve(listener, proxy.clone(), limits(body), conns, stop_rx, Duration::from_secs(1)));
+        let grace = Duration::from_secs(1);
+        match tls {
+            None => tokio::spawn(serve(listener, proxy.clone(), limits(body), conns, stop_rx, grace)),
+            Some(tls) => tokio::spawn(serve_tls(listener, tls, proxy.clone(), limits(body), conns, stop_rx, grace)),
+        };
         Ingress { addr, proxy, routes, log, metrics, stop }
     }
 
@@ -983,23 +1182,32 @@ mod tests {
             .header("proxy", "http://evil.test")
             .header("x-forwarded-for", "203.0.113.9")
             .header("x-forwarded-proto", "https")
+            .header("x-request-id", "chosen-by-the-client")
             .header("x-end", "kept")
             .body(full(""))
             .unwrap();
         let resp = send(&mut client(ing.addr).await, request).await;
         let seen = body_text(&resp);
         let lines: Vec<&str> = seen.lines().collect();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert!(id.starts_with("req_"), "{id}");
         assert_eq!(
             lines,
             vec![
                 "host: Web.Test:8080",
                 "x-end: kept",
-                "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+                "x-forwarded-for: 127.0.0.1",
                 "x-forwarded-host: Web.Test:8080",
                 "x-forwarded-proto: http",
+                &format!("x-request-id: {id}"),
             ],
-            "{seen}"
+            "client-sent forwarding headers are replaced; the replica and the client see one id: {seen}"
         );
+        let again = send(&mut client(ing.addr).await, req("GET", "web.test", "/", "")).await;
+        assert_ne!(again.headers()["x-request-id"].to_str().unwrap(), id, "a fresh id per request");
+        let unrouted = get(ing.addr, "nothing.test", "/").await;
+        assert_eq!(unrouted.status(), StatusCode::NOT_FOUND);
+        assert!(unrouted.headers().contains_key("x-request-id"), "the ingress's own pages carry one too");
         assert_eq!(resp.headers()["x-app"], "yes");
         for gone in ["x-private", "keep-alive", "proxy-authenticate"] {
             assert!(!resp.headers().contains_key(gone), "{gone} reached the client");
@@ -1243,5 +1451,219 @@ mod tests {
         let mut rest = Vec::new();
         let n = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert_eq!(n, 0);
+    }
+
+    /// A replica that reads requests and never answers; sends on `closed` when the
+    /// ingress closes a connection to it.
+    async fn hanging_replica() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    let _ = tx.send(());
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn front(timeout: Duration) -> Front {
+        Front { upstream_timeout: timeout, ..Front::default() }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_never_answers_gets_a_504_within_the_timeout_and_is_let_go() {
+        let ing = ingress_with(patient(), front(Duration::from_millis(500)), None).await;
+        let (hung, mut closed) = hanging_replica().await;
+        ing.routes.set_service("svc_h", "prj_1", &["hung.test".into()], vec![backend("rep_h", hung)]);
+        let started = std::time::Instant::now();
+        let r = get(ing.addr, "hung.test", "/poll").await;
+        let took = started.elapsed();
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT, "{}", body_text(&r));
+        assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(5), "answered after {took:?}");
+        assert!(body_text(&r).contains("did not answer in time"));
+        // The exchange is given up: the connection to the replica is closed, not pooled.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv()).await.expect("the upstream connection stayed open");
+        assert_eq!(ing.proxy.upstreams().idle_count(), 0);
+        assert_eq!(ing.log.recent("svc_h", 1)[0].status, 504);
+        // A POST waits the same (it is not retried elsewhere either).
+        let r = send(&mut client(ing.addr).await, req("POST", "hung.test", "/", "x")).await;
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_at_the_head_and_counts_from_the_last_piece_of_an_upload() {
+        let ing = ingress_with(patient(), front(Duration::from_millis(400)), None).await;
+        let r = replica(|req: Request<Incoming>| async move {
+            if req.method() == Method::POST {
+                // Reads a body trickling in for longer than the deadline, then answers.
+                let n = req.into_body().collect().await.unwrap().to_bytes().len();
+                return text(200, n.to_string());
+            }
+            // Answers the head at once, then streams for longer than the deadline.
+            let (tx, rx) = mpsc::channel::<Bytes>(1);
+            tokio::spawn(async move {
+                for i in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if tx.send(Bytes::from(format!("tick{i}\n"))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(Chan(rx).boxed())
+        })
+        .await;
+        ing.routes.set_service("svc_1", "prj_1", &["slow.test".into()], vec![backend("r", r.addr)]);
+        let streamed = get(ing.addr, "slow.test", "/events").await;
+        assert_eq!(streamed.status(), StatusCode::OK);
+        assert_eq!(body_text(&streamed).lines().count(), 6, "a body after the head is not cut");
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        tokio::spawn(async move {
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = tx.send(Bytes::from_static(b"0123456789")).await;
+            }
+        });
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/up")
+            .header(header::HOST, "slow.test")
+            .body(Chan(rx).boxed())
+            .unwrap();
+        let r = send(&mut client(ing.addr).await, upload).await;
+        assert_eq!((r.status(), body_text(&r)), (StatusCode::OK, "60".into()), "an upload still moving is not cut");
+    }
+
+    fn self_signed(names: &[&str]) -> (String, String) {
+        let g = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        (g.cert.pem(), g.signing_key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn plain_requests_for_hosts_with_a_certificate_go_to_https_except_challenges() {
+        let certs = Arc::new(CertStore::new(&["localhost".into(), "*.apps.test".into()]).unwrap());
+        let (chain, key) = self_signed(&["app.test"]);
+        certs.install("app.test", &chain, &key).unwrap();
+        let (chain, key) = self_signed(&["*.wild.test"]);
+        certs.install("*.wild.test", &chain, &key).unwrap();
+        let f = Front { redirect: Some(Redirect { certs: certs.clone(), https_port: 8443 }), ..Front::default() };
+        let ing = ingress_with(patient(), f, None).await;
+        let r = named("page").await;
+        ing.routes.set_service(
+            "svc_1",
+            "prj_1",
+            &["app.test".into(), "plain.test".into(), "x.apps.test".into()],
+            vec![backend("r", r.addr)],
+        );
+        let moved = get(ing.addr, "App.Test:8080", "/a/b?c=1&d").await;
+        assert_eq!(moved.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(moved.headers()[header::LOCATION], "https://app.test:8443/a/b?c=1&d");
+        assert!(moved.headers().contains_key("x-request-id"));
+        let wild = get(ing.addr, "a.wild.test", "/").await;
+        assert_eq!(wild.headers()[header::LOCATION], "https://a.wild.test:8443/");
+        // Challenge paths are answered over HTTP (404 here: no token is put).
+        let challenge = get(ing.addr, "app.test", "/.well-known/acme-challenge/tok").await;
+        assert_eq!(challenge.status(), StatusCode::NOT_FOUND);
+        // Hosts with only the fallback, or none, are served over HTTP as before.
+        assert_eq!(body_text(&get(ing.addr, "plain.test", "/").await), "page");
+        assert_eq!(body_text(&get(ing.addr, "x.apps.test", "/").await), "page", "the fallback does not count");
+        // A host that is not a name is never a redirect target.
+        let odd = get(ing.addr, "evil.test/x.wild.test", "/").await;
+        assert_ne!(odd.status(), StatusCode::PERMANENT_REDIRECT);
+        // On 443 the location names no port.
+        let f = Front { redirect: Some(Redirect { certs, https_port: 443 }), ..Front::default() };
+        let ing = ingress_with(patient(), f, None).await;
+        let moved = get(ing.addr, "app.test", "/x").await;
+        assert_eq!(moved.headers()[header::LOCATION], "https://app.test/x");
+    }
+
+    #[tokio::test]
+    async fn the_control_domain_is_answered_by_the_api_with_the_real_client() {
+        use axum::extract::Extension;
+        // The API's real table is mounted by `api::router`; one fallback stands in for it.
+        let api = Router::new().fallback(
+            |Extension(peer): Extension<crate::http::serve::Peer>, h: hyper::HeaderMap| async move {
+                let id = h.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                format!("{} {id}", peer.remote.ip())
+            },
+        );
+        let f = Front { control: Some(("berth.test".into(), api)), ..Front::default() };
+        let ing = ingress_with(patient(), f, None).await;
+        let r = send(
+            &mut client(ing.addr).await,
+            Request::builder()
+                .uri("/v1/who")
+                .header(header::HOST, "Berth.Test:8080")
+                .header("x-request-id", "mine")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(body_text(&r), format!("127.0.0.1 {id}"), "the API sees the client and the ingress's id");
+        assert_ne!(id, "mine");
+        // Other hosts are not the API's.
+        assert_eq!(get(ing.addr, "other.test", "/v1/who").await.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_and_http2_the_replica_gets_http1_with_https_forwarding_headers() {
+        let pair = test_tls::pair();
+        let ing = ingress_with(patient(), Front::default(), Some(pair.acceptor.clone())).await;
+        let r = replica(|req: Request<Incoming>| async move {
+            let h = req.headers();
+            let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+            text(
+                200,
+                format!(
+                    "{:?} {} host={} proto={} fhost={} for={}",
+                    req.version(),
+                    req.uri(),
+                    get("host"),
+                    get("x-forwarded-proto"),
+                    get("x-forwarded-host"),
+                    get("x-forwarded-for")
+                ),
+            )
+        })
+        .await;
+        ing.routes.set_service("svc_1", "prj_1", &["localhost".into()], vec![backend("r", r.addr)]);
+        let stream = pair.connect(ing.addr, &[b"h2"]).await;
+        let (mut h2, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..3 {
+            let request = Request::get("https://localhost/p?q=1").body(full("")).unwrap();
+            let resp = h2.send_request(request).await.unwrap();
+            assert_eq!(resp.version(), Version::HTTP_2);
+            assert!(resp.headers().contains_key("x-request-id"));
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                "HTTP/1.1 /p?q=1 host=localhost proto=https fhost=localhost for=127.0.0.1"
+            );
+        }
+        // Unknown hosts are 404 over HTTP/2 too.
+        let unknown = Request::get("https://nothing.test/").body(full("")).unwrap();
+        assert_eq!(h2.send_request(unknown).await.unwrap().status(), StatusCode::NOT_FOUND);
+        // And HTTP/1.1 over TLS.
+        let stream = pair.connect(ing.addr, &[b"http/1.1"]).await;
+        let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let resp = send(&mut h1, req("GET", "localhost", "/one", "")).await;
+        assert_eq!(body_text(&resp), "HTTP/1.1 /one host=localhost proto=https fhost=localhost for=127.0.0.1");
     }
 }

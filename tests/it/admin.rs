@@ -50,7 +50,7 @@ fn berth(args: &[String], stdin: &str) -> Out {
 /// A daemon object for `dir` that has not started yet (its state is put there first).
 fn unstarted(dir: TempDir) -> Berth {
     let nowhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    Berth { child: None, dir, addr: nowhere, ingress: nowhere, extra_config: String::new() }
+    Berth { child: None, dir, addr: nowhere, ingress: nowhere, https: nowhere, extra_config: String::new() }
 }
 
 fn sha(path: &Path) -> String {
@@ -334,7 +334,7 @@ fn a_second_daemon_on_one_state_dir_is_refused_and_gc_waits_for_the_api() {
         .arg(&cfg)
         .arg("--data-dir")
         .arg(b.data_dir())
-        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -394,7 +394,7 @@ fn a_database_from_a_newer_berth_is_refused_and_left_untouched() {
         .arg(&cfg)
         .arg("--data-dir")
         .arg(b.data_dir())
-        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -38,6 +38,8 @@ pub struct Berth {
     pub addr: SocketAddr,
     /// The ingress's HTTP listener.
     pub ingress: SocketAddr,
+    /// The ingress's HTTPS listener.
+    pub https: SocketAddr,
     pub extra_config: String,
 }
 
@@ -55,12 +57,23 @@ impl Berth {
     pub fn ingress_addr(&self) -> SocketAddr {
         self.ingress
     }
+    /// The ingress's HTTPS listener.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
+    }
 
     /// Starts a daemon with a fresh state dir; `extra_config` is appended to its TOML.
     pub fn start(extra_config: &str) -> Berth {
         let dir = TempDir::new("d");
         let nowhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let mut b = Berth { child: None, dir, addr: nowhere, ingress: nowhere, extra_config: extra_config.into() };
+        let mut b = Berth {
+            child: None,
+            dir,
+            addr: nowhere,
+            ingress: nowhere,
+            https: nowhere,
+            extra_config: extra_config.into(),
+        };
         b.spawn();
         b
     }
@@ -80,6 +93,8 @@ impl Berth {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            // A free port for HTTPS too, unless the test's config names one.
+            .args(if self.extra_config.contains("https_listen") { &[][..] } else { &["--https-listen", "127.0.0.1:0"] })
             .env("NOTIFY_SOCKET", &sock_path)
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
@@ -98,14 +113,16 @@ impl Berth {
             let Ok(n) = sock.recv(&mut buf) else { continue };
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
             if msg.lines().any(|l| l == "READY=1") {
-                // STATUS=api listening on <addr>; ingress on <addr>
+                // STATUS=api listening on <addr>; ingress on <addr>; https on <addr>
                 let status = msg
                     .lines()
                     .find_map(|l| l.strip_prefix("STATUS=api listening on "))
                     .expect("STATUS with the addresses");
                 let (api, ingress) = status.split_once("; ingress on ").expect("STATUS with the ingress address");
+                let (ingress, https) = ingress.split_once("; https on ").expect("STATUS with the https address");
                 self.addr = api.parse().unwrap();
                 self.ingress = ingress.parse().unwrap();
+                self.https = https.parse().unwrap();
                 break;
             }
         }

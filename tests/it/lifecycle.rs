@@ -78,7 +78,7 @@ fn a_state_dir_that_cannot_be_written_is_refused_with_its_name() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["serve", "--dev", "--data-dir"])
         .arg(&data)
-        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
         .env("RUST_BACKTRACE", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -35,4 +35,5 @@ mod replicas;
 mod runtime;
 mod secrets;
 mod services;
+mod tls;
 mod tools;
