@@ -67,10 +67,7 @@ fn ensure_writable(dir: &Path) -> Result<(), DaemonError> {
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     if !config.not_yet_used.is_empty() {
-        tracing::warn!(
-            keys = config.not_yet_used.join(", "),
-            "these settings are accepted but not used yet"
-        );
+        tracing::warn!(keys = config.not_yet_used.join(", "), "these settings are accepted but not used yet");
     }
     for dir in [&config.data_dir, &config.run_dir] {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| match e.kind() {

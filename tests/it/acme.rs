@@ -1,17 +1,21 @@
 //! ACME against Debian's `pebble` and `pebble-challtestsrv` on loopback: a deployed
-//! service's default hostname gets a certificate pebble issued, a forced renewal
-//! replaces it, a restart serves it again without asking, and a CA that refuses
-//! leaves its error in the host's state while the service keeps serving over HTTP.
+//! service's default hostname gets a certificate pebble issued and served over
+//! HTTPS, a forced renewal swaps it while HTTPS requests keep coming (none fails), a
+//! restart serves it again without asking the CA, and a CA that refuses leaves its
+//! error in the host's state while the service keeps serving over HTTP and over
+//! HTTPS with the fallback certificate.
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::deployments::{Node, node, project_id, push_web, service, settle, until, via_ingress};
-use crate::harness::{Client, TempDir, require, require_tool};
+use crate::harness::{Client, TempDir, get_as, require, require_tool};
 
 const HOST: &str = "web.alpha.apps.test";
 
@@ -205,6 +209,41 @@ fn verify_chain(dir: &Path, chain: &str, root: &Path) -> String {
     text.lines().find_map(|l| l.strip_prefix("serial=")).unwrap().to_ascii_lowercase()
 }
 
+/// `curl` of `https://HOST:port{path}` (resolved to loopback), trusting only `root`,
+/// or anything (`-k`) when `root` is `None`: (curl's exit code, body).
+fn curl_https(port: u16, root: Option<&Path>, path: &str) -> (i32, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--resolve", &format!("{HOST}:{port}:127.0.0.1")]);
+    match root {
+        Some(r) => cmd.arg("--cacert").arg(r),
+        None => cmd.arg("-k"),
+    };
+    let out = cmd.arg(format!("https://{HOST}:{port}{path}")).stdin(Stdio::null()).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The serial of the certificate berth's HTTPS listener serves for `HOST`, after
+/// checking the handshake against `root`.
+fn served_serial(node: &Node, root: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &node.b.https_addr().to_string(), "-servername", HOST])
+        .args(["-verify_return_error", "-CAfile"])
+        .arg(root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the handshake does not verify: {}", String::from_utf8_lossy(&out.stdout));
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    x509.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let text = String::from_utf8(x509.wait_with_output().unwrap().stdout).unwrap();
+    text.trim().strip_prefix("serial=").unwrap().to_ascii_lowercase()
+}
+
 /// Waits for the host's certificate to be issued with a serial other than `not`.
 fn issued(admin: &Client, pebble: &Pebble, not: Option<&str>) -> Value {
     until(120, "the certificate is issued", || {
@@ -243,19 +282,50 @@ fn pebble_issues_a_deployed_hosts_certificate_renews_it_on_demand_and_it_survive
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&account.stdout).starts_with("age:"), "the account is sealed");
-    // The challenge answer was taken away after use.
+    // The challenge answer was taken away after use (challenge paths are not redirected).
     let r = via_ingress(&node, HOST, "/.well-known/acme-challenge/anything").unwrap();
     assert_eq!(r.0, 404);
-    // The service still answers over HTTP.
-    assert_eq!(via_ingress(&node, HOST, "/"), Some((200, "hello over tls\n".to_string())));
+    // Served over HTTPS with a chain that verifies against pebble's root, and plain
+    // HTTP now goes there.
+    let port = node.b.https_addr().port();
+    assert_eq!(curl_https(port, Some(&root), "/"), (0, "hello over tls\n".to_string()));
+    assert_eq!(served_serial(&node, &root), serial);
+    let plain = get_as(node.b.ingress_addr(), HOST, "/").unwrap();
+    assert_eq!(plain.status, 308, "{}", plain.text());
+    assert_eq!(plain.header("location"), Some(format!("https://{HOST}:{port}/").as_str()));
 
-    // A forced renewal: 202, and a new certificate replaces the old one.
-    let r = admin.post(&format!("/v1/ingress/routes/{HOST}/renew"), &json!({}));
-    assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(r.json()["host"], HOST);
-    assert_eq!(r.json()["certificate"]["serial"], serial.as_str());
-    let second = issued(&admin, &pebble, Some(&serial));
-    let renewed = second["serial"].as_str().unwrap().to_string();
+    // A forced renewal while HTTPS requests keep coming: 202, a new certificate is
+    // served, and no request fails.
+    let stop = AtomicBool::new(false);
+    let (requests, failures, renewed) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let (mut n, mut failed) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && n < 5000 {
+                let got = curl_https(port, Some(&root), "/");
+                if got != (0, "hello over tls\n".to_string()) {
+                    failed.push(got);
+                }
+                n += 1;
+            }
+            (n, failed)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let r = admin.post(&format!("/v1/ingress/routes/{HOST}/renew"), &json!({}));
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert_eq!(r.json()["host"], HOST);
+        assert_eq!(r.json()["certificate"]["serial"], serial.as_str());
+        let second = issued(&admin, &pebble, Some(&serial));
+        let renewed = second["serial"].as_str().unwrap().to_string();
+        assert_eq!(served_serial(&node, &root), renewed, "the next handshake gets the new certificate");
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (n, failed) = load.join().unwrap();
+        (n, failed, renewed)
+    });
+    eprintln!("acme: {requests} HTTPS requests during the forced renewal, {} failed", failures.len());
+    assert!(failures.is_empty(), "requests failed during the renewal: {failures:?}");
+    assert!(requests > 0);
     assert_ne!(renewed, serial);
     assert_eq!(verify_chain(work.path(), &stored(&node, "chain_pem"), &root), renewed);
     // Hosts that are not routed, or not the caller's, are 404; localhost names 409.
@@ -283,6 +353,8 @@ fn pebble_issues_a_deployed_hosts_certificate_renews_it_on_demand_and_it_survive
         (r["certificate"].as_str(), r["certificate_detail"]["serial"].as_str()),
         (Some("issued"), Some(renewed.as_str()))
     );
+    assert_eq!(served_serial(&node, &root), renewed, "served from the store");
+    assert_eq!(curl_https(node.b.https_addr().port(), Some(&root), "/"), (0, "hello over tls\n".to_string()));
     let _ = svc;
 }
 
@@ -313,10 +385,15 @@ fn a_ca_that_refuses_leaves_its_error_in_the_state_backs_off_and_http_keeps_serv
         let r = route(&admin, HOST)?;
         (r["certificate_detail"]["failures"].as_u64() >= Some(2)).then_some(())
     });
-    // Meanwhile the service answers over HTTP as before.
+    // Meanwhile the service answers over HTTP as before (no certificate: no
+    // redirect), and over HTTPS with the self-signed fallback, which pebble's root
+    // does not vouch for.
     assert_eq!(via_ingress(&node, HOST, "/"), Some((200, "still here\n".to_string())));
+    let port = node.b.https_addr().port();
+    assert_eq!(curl_https(port, None, "/"), (0, "still here\n".to_string()));
+    let (code, _) = curl_https(port, Some(&pebble.root_pem()), "/");
+    assert_eq!(code, 60, "curl cannot verify the fallback against pebble's root");
     let log = node.b.log();
     assert!(log.contains("certificate issuance failed"), "the failure is logged");
     assert!(!log.contains("PRIVATE KEY"));
-    let _: SocketAddr = node.b.ingress_addr();
 }
