@@ -580,7 +580,7 @@ impl Config {
                 key: "acme.ca_bundle",
                 message: format!("{}: {e}", self.acme.ca_bundle),
             })?;
-            match crate::http::outbound::parse_roots(&pem) {
+            match crate::outbound::parse_roots(&pem) {
                 Ok(roots) if !roots.is_empty() => {}
                 Ok(_) => return invalid("acme.ca_bundle", "holds no PEM certificate"),
                 Err(e) => return invalid("acme.ca_bundle", &e),

@@ -115,7 +115,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         tracing::error!(error = %e, "recovering services and deployments failed");
     }
     // Certificates issued before are served from the first handshake.
-    match crate::ingress::acme::load_stored(&state.store, &state.sealer, &state.certs, &state.acme).await {
+    match crate::workers::acme::load_stored(&state.store, &state.sealer, &state.certs, &state.acme).await {
         Ok(n) => tracing::debug!(certificates = n, "stored certificates loaded"),
         Err(e) => tracing::error!(error = %e, "loading the stored certificates failed"),
     }

@@ -38,7 +38,7 @@ pub async fn renew(State(state): State<AppState>, Path(host): Path<String>) -> A
     if !state.config.acme.enabled {
         return Err(ApiError::conflict("acme is not enabled on this node ([acme] enabled)"));
     }
-    if !crate::ingress::acme::wanted(&state, &host) {
+    if !crate::workers::acme::wanted(&state, &host) {
         return Err(ApiError::conflict(format!(
             "{host} cannot get a certificate from a public CA (localhost names and IP addresses get none)"
         )));

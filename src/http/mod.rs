@@ -16,7 +16,6 @@
 pub mod body;
 pub mod context;
 pub mod login;
-pub mod outbound;
 pub mod ratelimit;
 pub mod serve;
 

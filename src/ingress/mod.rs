@@ -14,8 +14,9 @@
 //!   through.
 //! - [`access_log::AccessLog`] keeps each service's recent requests in memory.
 //! - [`tls::CertStore`] holds a certificate per host for SNI, with a self-signed
-//!   fallback; [`acme`] fills it from an ACME CA (HTTP-01 answered through
-//!   [`challenge::Challenges`]) and renews in the background (adr/028).
+//!   fallback; [`acme`] gets certificates from an ACME CA (HTTP-01 answered
+//!   through [`challenge::Challenges`]), which `crate::workers::acme` stores and
+//!   renews in the background (adr/028).
 //!
 //! Current limits: plain HTTP only (the TLS listener and custom domains come later,
 //! on `ingress.https_listen`); HTTP/1.1 to clients and replicas; no timeout on a

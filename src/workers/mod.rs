@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::state::AppState;
 
+pub mod acme;
+
 /// Runs `tick` every `every` until shutdown.
 pub fn spawn<F, Fut>(
     name: &'static str,
@@ -80,7 +82,7 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
     }
     all.push(auto_deploy(state.clone(), shutdown.clone()));
     if state.config.acme.enabled {
-        all.push(crate::ingress::acme::spawn(state.clone(), shutdown.clone()));
+        all.push(acme::spawn(state.clone(), shutdown.clone()));
     }
     let every = state.config.registry.gc_interval_seconds;
     if every > 0 {

@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::http::outbound::Resolver;
+use crate::outbound::Resolver;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 
@@ -54,8 +54,8 @@ impl Http {
     /// any root the client is still made (loopback registries need no TLS) and HTTPS
     /// pulls say why they cannot work.
     pub(super) fn new(overrides: Arc<BTreeMap<String, IpAddr>>, extra_roots: &[u8]) -> Result<Http, String> {
-        let tcp = crate::http::outbound::tcp(overrides, CONNECT_TIMEOUT);
-        let (config, tls_unavailable) = crate::http::outbound::tls_config(extra_roots)?;
+        let tcp = crate::outbound::tcp(overrides, CONNECT_TIMEOUT);
+        let (config, tls_unavailable) = crate::outbound::tls_config(extra_roots)?;
         if tls_unavailable.is_some() {
             tracing::warn!("no CA certificates: pulls over HTTPS will fail (install ca-certificates)");
         }

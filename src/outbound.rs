@@ -1,4 +1,5 @@
-//! Outbound HTTPS, shared by the image puller and the ACME client: names answered
+//! Outbound HTTPS, shared by the image puller (`images`) and the ACME client
+//! (`ingress::acme`), below both: names answered
 //! by `[dns] overrides` before the system resolver, and TLS by rustls with ring
 //! and the system's CA roots plus extra PEM roots (a private or test CA).
 
