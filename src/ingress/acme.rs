@@ -270,13 +270,15 @@ impl HttpClient for AcmeHttp {
         &self,
         req: hyper::Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        // ACME URLs carry no secrets: the error names the one that failed.
+        let uri = req.uri().clone();
         let fut = self.client.request(req);
         Box::pin(async move {
             match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
                 Err(_) => Err(instant_acme::Error::Other(
-                    format!("the acme server sent no answer within {} s", REQUEST_TIMEOUT.as_secs()).into(),
+                    format!("{uri}: no answer within {} s", REQUEST_TIMEOUT.as_secs()).into(),
                 )),
-                Ok(Err(e)) => Err(instant_acme::Error::Other(with_sources(&e).into())),
+                Ok(Err(e)) => Err(instant_acme::Error::Other(format!("{uri}: {}", with_sources(&e)).into())),
                 Ok(Ok(rsp)) => Ok(BytesResponse::from(rsp)),
             }
         })

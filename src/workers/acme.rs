@@ -202,7 +202,8 @@ impl Renewer {
                 self.state.acme.set(host, k);
             }
             Err(e) => {
-                // A refused account (deactivated, or from another CA) is made again next time.
+                // The CA said no, or could not be reached: the next attempt fetches its
+                // directory and the account again rather than trusting what is cached.
                 if matches!(e, RenewError::Acme(AcmeError::Acme(_))) {
                     self.account = None;
                 }

@@ -375,6 +375,7 @@ fn a_ca_that_refuses_leaves_its_error_in_the_state_backs_off_and_http_keeps_serv
     });
     let error = first["error"].as_str().unwrap();
     assert!(error.contains(HOST), "the error names the host: {first}");
+    eprintln!("acme: the error shown when the challenge cannot be fetched: {error}");
     assert!(first["failures"].as_u64() >= Some(1), "{first}");
     assert!(first["next_attempt_at"].is_string(), "a backoff is set: {first}");
     assert_eq!(first["serial"], Value::Null);
@@ -396,4 +397,37 @@ fn a_ca_that_refuses_leaves_its_error_in_the_state_backs_off_and_http_keeps_serv
     let log = node.b.log();
     assert!(log.contains("certificate issuance failed"), "the failure is logged");
     assert!(!log.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn a_directory_that_does_not_answer_is_an_error_in_the_state_not_an_outage() {
+    if !crate::runtime::can_run() || !tools() {
+        return;
+    }
+    // Nothing listens there; the prepared pebble only lends its certificate as the bundle.
+    let pebble = Pebble::prepare();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (node, admin) = node(&acme_config(&pebble, &format!("https://127.0.0.1:{closed}/dir")));
+    deploy_web(&admin, "no ca\n");
+    let detail = until(60, "the failure shows", || {
+        let r = route(&admin, HOST)?;
+        (r["certificate"] == "error").then(|| r["certificate_detail"].clone())
+    });
+    let error = detail["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("https://127.0.0.1:{closed}/dir")) && error.contains("onnect"),
+        "the error says the directory cannot be reached: {detail}"
+    );
+    assert!(detail["next_attempt_at"].is_string(), "{detail}");
+    // A forced renewal is accepted and fails the same way, counted.
+    let r = admin.post(&format!("/v1/ingress/routes/{HOST}/renew"), &json!({}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["certificate"]["state"], "error");
+    until(30, "the forced attempt is counted", || {
+        let r = route(&admin, HOST)?;
+        (r["certificate_detail"]["failures"].as_u64() > detail["failures"].as_u64()).then_some(())
+    });
+    assert_eq!(via_ingress(&node, HOST, "/"), Some((200, "no ca\n".to_string())));
+    assert_eq!(curl_https(node.b.https_addr().port(), None, "/"), (0, "no ca\n".to_string()));
+    eprintln!("acme: the error shown for a directory that does not answer: {error}");
 }
