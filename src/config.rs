@@ -52,15 +52,15 @@ pub struct Config {
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
-    /// Keys the operator set that no code reads yet (ACME is planned); the daemon
-    /// says so at start instead of ignoring them silently.
+    /// Keys the operator set that no code reads yet (none today; the list stays for
+    /// the next planned key); the daemon says so at start instead of ignoring them.
     #[serde(skip)]
     pub not_yet_used: Vec<String>,
 }
 
 /// Keys accepted (they are part of the documented contract) but not read by any
 /// code yet.
-const NOT_YET_USED: &[(&str, &str)] = &[("acme", "*")];
+const NOT_YET_USED: &[(&str, &str)] = &[];
 
 fn not_yet_used(table: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
@@ -165,8 +165,16 @@ pub struct AcmeConfig {
     pub contact: String,
     /// The ACME directory.
     pub directory_url: String,
-    /// Extra PEM roots trusted for the directory (private or test CAs).
+    /// Extra PEM roots trusted for the directory (private or test CAs): a file path.
     pub ca_bundle: String,
+    /// How often the renewal worker looks for hosts whose certificate is missing or
+    /// has less than a third of its lifetime left, in seconds.
+    pub renew_check_seconds: u64,
+    /// Wait after a host's first failed issuance, in seconds; it doubles with every
+    /// further failure, up to `backoff_max_seconds`.
+    pub backoff_min_seconds: u64,
+    /// Longest wait between two failed issuances for one host, in seconds.
+    pub backoff_max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -345,6 +353,9 @@ impl Default for AcmeConfig {
             contact: String::new(),
             directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
             ca_bundle: String::new(),
+            renew_check_seconds: 60,
+            backoff_min_seconds: 60,
+            backoff_max_seconds: 86_400,
         }
     }
 }
@@ -560,6 +571,29 @@ impl Config {
         if self.acme.enabled && !self.acme.directory_url.starts_with("https://") {
             return invalid("acme.directory_url", "must be an https:// url");
         }
+        if self.acme.enabled && self.acme.directory_url.parse::<hyper::Uri>().is_err() {
+            return invalid("acme.directory_url", "is not a url");
+        }
+        if self.acme.renew_check_seconds == 0 || self.acme.renew_check_seconds > 86_400 {
+            return invalid("acme.renew_check_seconds", "must be between 1 and 86400");
+        }
+        if self.acme.backoff_min_seconds == 0 || self.acme.backoff_min_seconds > self.acme.backoff_max_seconds {
+            return invalid("acme.backoff_min_seconds", "must be at least 1 and at most acme.backoff_max_seconds");
+        }
+        if self.acme.backoff_max_seconds > 30 * 86_400 {
+            return invalid("acme.backoff_max_seconds", "must be at most 2592000 (30 days)");
+        }
+        if !self.acme.ca_bundle.is_empty() {
+            let pem = std::fs::read(&self.acme.ca_bundle).map_err(|e| ConfigError::Invalid {
+                key: "acme.ca_bundle",
+                message: format!("{}: {e}", self.acme.ca_bundle),
+            })?;
+            match crate::outbound::parse_roots(&pem) {
+                Ok(roots) if !roots.is_empty() => {}
+                Ok(_) => return invalid("acme.ca_bundle", "holds no PEM certificate"),
+                Err(e) => return invalid("acme.ca_bundle", &e),
+            }
+        }
         Ok(())
     }
 }
@@ -679,10 +713,17 @@ mod tests {
     #[test]
     fn settings_nothing_reads_yet_are_named() {
         let d = tmp();
-        let p = write(&d, "[ingress]\ncontrol_domain = \"b.example.com\"\n[acme]\nenabled = false\n");
+        let p = write(
+            &d,
+            "[ingress]\ncontrol_domain = \"b.example.com\"\nhttps_listen = \"0.0.0.0:443\"\n[acme]\nenabled = false\n",
+        );
         let env = vec![("BERTH_DNS_OVERRIDES".to_string(), "{ \"a.test\" = \"127.0.0.1\" }".to_string())];
         let c = Config::load(Some(&p), env, &Overrides::default()).unwrap();
-        assert_eq!(c.not_yet_used, vec!["acme.enabled".to_string()], "dns.overrides is read by external pulls");
+        assert!(
+            c.not_yet_used.is_empty(),
+            "dns.overrides is read by external pulls, https_listen by the TLS listener, [acme] by the certificate worker: {:?}",
+            c.not_yet_used
+        );
         assert_eq!(c.dns.overrides.get("a.test"), Some(&"127.0.0.1".parse().unwrap()));
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -717,6 +758,36 @@ mod tests {
         let p = write(&d, "[dns]\noverrides = { \"not a name\" = \"127.0.0.1\" }\n");
         let e = Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("dns.overrides"), "{e}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn acme_settings_are_checked() {
+        let d = tmp();
+        let load = |text: &str| {
+            let p = write(&d, text);
+            Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() })
+        };
+        let pem = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap().cert.pem();
+        std::fs::write(d.join("ca.pem"), pem).unwrap();
+        std::fs::write(d.join("junk.pem"), "not a certificate").unwrap();
+        let ok = format!("[acme]\nenabled = true\nca_bundle = \"{}\"\n", d.join("ca.pem").display());
+        let c = load(&ok).unwrap();
+        assert!(c.acme.enabled, "explicit settings win over dev mode's acme off");
+        assert_eq!(
+            (c.acme.renew_check_seconds, c.acme.backoff_min_seconds, c.acme.backoff_max_seconds),
+            (60, 60, 86_400)
+        );
+        for (bad, key) in [
+            ("directory_url = \"http://ca.test/dir\"".to_string(), "acme.directory_url"),
+            (format!("ca_bundle = \"{}\"", d.join("missing.pem").display()), "acme.ca_bundle"),
+            (format!("ca_bundle = \"{}\"", d.join("junk.pem").display()), "acme.ca_bundle"),
+            ("renew_check_seconds = 0".to_string(), "acme.renew_check_seconds"),
+            ("backoff_min_seconds = 100\nbackoff_max_seconds = 10".to_string(), "acme.backoff_min_seconds"),
+        ] {
+            let e = load(&format!("[acme]\nenabled = true\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
         std::fs::remove_dir_all(d).unwrap();
     }
 

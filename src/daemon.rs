@@ -3,8 +3,9 @@
 //! Start: state dirs → the state dir's lock (`crate::lock`: one daemon per dir) → store (migrations) → bootstrap token if there are no users →
 //! host facts → engine (re-adopts replicas) → services and deployments recovered
 //! (routing table rebuilt, verified custom domains with it) → the custom domains'
-//! challenge answers → listeners (API, then the ingress's HTTP and HTTPS listeners) →
-//! `READY=1` → workers. Stop (SIGTERM/SIGINT): the listeners stop accepting and drain
+//! challenge answers → stored certificates loaded → listeners (API, then the
+//! ingress's HTTP and HTTPS listeners) → `READY=1` → workers (ACME renewal among
+//! them). Stop (SIGTERM/SIGINT): the listeners stop accepting and drain
 //! in-flight requests for at most `api.shutdown_grace_seconds`, stop workers, then
 //! close the store (the writer finishes queued commits, the WAL is checkpointed).
 //! Replicas keep running across a daemon stop, except when systemd says the host
@@ -67,10 +68,7 @@ fn ensure_writable(dir: &Path) -> Result<(), DaemonError> {
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     if !config.not_yet_used.is_empty() {
-        tracing::warn!(
-            keys = config.not_yet_used.join(", "),
-            "these settings are accepted but not used yet: ACME is planned"
-        );
+        tracing::warn!(keys = config.not_yet_used.join(", "), "these settings are accepted but not used yet");
     }
     for dir in [&config.data_dir, &config.run_dir] {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| match e.kind() {
@@ -120,6 +118,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // Custom domains' verification answers, before the ingress accepts.
     if let Err(e) = api::domains::restore(&state).await {
         tracing::error!(error = %e, "restoring the domains' challenge answers failed");
+    }
+    // Certificates issued before are served from the first handshake.
+    match crate::workers::acme::load_stored(&state.store, &state.sealer, &state.certs, &state.acme).await {
+        Ok(n) => tracing::debug!(certificates = n, "stored certificates loaded"),
+        Err(e) => tracing::error!(error = %e, "loading the stored certificates failed"),
     }
     let app = api::router::build(state.clone());
     // Every ingress connection may hold one to a replica as well.

@@ -18,6 +18,7 @@ pub mod ingress;
 pub mod lock;
 pub mod metrics;
 pub mod oci;
+pub mod outbound;
 pub mod pool;
 pub mod registry;
 pub mod runtime;
@@ -71,6 +72,7 @@ mod walls {
                 &["crate::api", "crate::http", "crate::registry", "crate::engine", "crate::store", "crate::state"],
             ),
             ("secrets/", &["crate::api", "crate::http", "crate::engine"]),
+            ("outbound.rs", &["crate::api", "crate::http", "crate::state", "crate::store", "crate::engine"]),
         ];
         let mut broken = Vec::new();
         for (path, text) in &files {

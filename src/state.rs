@@ -30,6 +30,8 @@ pub struct Shared {
     pub certs: Arc<crate::ingress::tls::CertStore>,
     /// Answers on the ingress's challenge paths (domain verification, ACME HTTP-01).
     pub challenges: Arc<crate::ingress::challenge::Challenges>,
+    /// Each host's ACME certificate status, and forced renewals for the worker.
+    pub acme: Arc<crate::ingress::acme::Acme>,
     /// Each service's recent ingress requests (`GET /v1/services/{id}/requests`).
     pub access_log: Arc<crate::ingress::access_log::AccessLog>,
     /// The client for external registries: one connection pool and token cache.
@@ -173,6 +175,7 @@ impl AppState {
             routes,
             certs,
             challenges: Arc::new(crate::ingress::challenge::Challenges::default()),
+            acme: Arc::new(crate::ingress::acme::Acme::default()),
             access_log: Arc::new(crate::ingress::access_log::AccessLog::default()),
             puller,
             deployer,

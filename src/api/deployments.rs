@@ -343,16 +343,6 @@ pub struct RouteReplica {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RouteCertificate {
-    /// `issued` when a certificate of its own (or a wildcard for its parent) is
-    /// installed for the host, else `none` (TLS handshakes get the self-signed fallback).
-    pub state: String,
-    /// RFC 3339.
-    pub not_after: Option<String>,
-    pub issuer: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct IngressRoute {
     pub host: String,
     pub service_id: String,
@@ -363,7 +353,39 @@ pub struct IngressRoute {
     pub kind: String,
     /// The healthy replicas requests go to; empty means 503.
     pub replicas: Vec<RouteReplica>,
-    pub certificate: RouteCertificate,
+    /// The host's certificate: `state` is `none` (ACME off or a name that gets none,
+    /// and nothing installed), `pending`, `issued` or `error`, with the serial,
+    /// validity and issuer of the one served and the last error with its backoff.
+    pub certificate: crate::ingress::acme::CertificateStatus,
+}
+
+/// A host's certificate as the routes listing shows it: the ACME worker's record when
+/// it has one, else what is installed (a certificate put in by other means), else
+/// `pending` (ACME will ask for one) or `none`.
+fn route_certificate(state: &AppState, host: &str) -> crate::ingress::acme::CertificateStatus {
+    use crate::ingress::acme::{CertificateStatus, eligible};
+    if let Some(s) = state.acme.status(host) {
+        return s;
+    }
+    let installed = state.certs.lookup(host);
+    let pending = state.config.acme.enabled && eligible(host);
+    CertificateStatus {
+        state: if installed.is_some() {
+            "issued"
+        } else if pending {
+            "pending"
+        } else {
+            "none"
+        }
+        .into(),
+        serial: None,
+        not_before: installed.as_ref().map(|c| crate::ids::format_time(c.info.not_before)),
+        not_after: installed.as_ref().map(|c| crate::ids::format_time(c.info.not_after)),
+        issuer: installed.map(|c| c.info.issuer.clone()),
+        error: None,
+        failures: 0,
+        next_attempt_at: None,
+    }
 }
 
 /// The live routing table (host → service → healthy replicas, certificate state),
@@ -405,7 +427,6 @@ pub async fn routes(
                 Some((s, p)) => (s.clone(), state.deployer.default_hostname(s, p)),
                 None => (String::new(), String::new()),
             };
-            let cert = state.certs.lookup(&r.host);
             IngressRoute {
                 host: r.host.clone(),
                 service_id: r.service_id.clone(),
@@ -417,11 +438,7 @@ pub async fn routes(
                     .iter()
                     .map(|b| RouteReplica { id: b.replica_id.clone(), address: b.addr.to_string() })
                     .collect(),
-                certificate: RouteCertificate {
-                    state: if cert.is_some() { "issued" } else { "none" }.into(),
-                    not_after: cert.as_ref().map(|c| crate::ids::format_time(c.info.not_after)),
-                    issuer: cert.map(|c| c.info.issuer.clone()),
-                },
+                certificate: route_certificate(&state, &r.host),
             }
         })
         .collect();

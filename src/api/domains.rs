@@ -208,7 +208,7 @@ pub async fn verify(
     Path((id, domain_id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let row = domain_row(&state, &id, &domain_id).await?;
-    let resolver = crate::images::remote::Resolver::new(std::sync::Arc::new(state.config.dns.overrides.clone()));
+    let resolver = crate::outbound::Resolver::new(std::sync::Arc::new(state.config.dns.overrides.clone()));
     let port = state.config.ingress.challenge_port;
     let outcome = check_ownership(&resolver, &row.hostname, port, &row.verification_token).await;
     if let Err(why) = &outcome {

@@ -122,7 +122,7 @@ where
     let Some(ctx) = req.extensions().get::<Ctx>() else {
         return ApiError::internal("request context missing").into_response();
     };
-    let path_id = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_string());
+    let path_id = params.iter().find(|(k, _)| *k == "id" || *k == "host").map(|(_, v)| v.to_string());
     let project_id = match check(&state, route, &ctx.auth, path_id.as_deref()).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -196,7 +196,8 @@ fn decide_now(route: &Route, auth: &Auth) -> Option<Result<(), ApiError>> {
         | Access::Project(_)
         | Access::InBody(_)
         | Access::Service(_)
-        | Access::Deployment(_) => match principal_of(auth) {
+        | Access::Deployment(_)
+        | Access::Host(_) => match principal_of(auth) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         },
@@ -215,7 +216,8 @@ fn decide_now(route: &Route, auth: &Auth) -> Option<Result<(), ApiError>> {
         | Access::AnyAdmin
         | Access::Project(_)
         | Access::Service(_)
-        | Access::Deployment(_) => return None,
+        | Access::Deployment(_)
+        | Access::Host(_) => return None,
         Access::Public | Access::Registry | Access::Bootstrap => {}
     }
     Some(check_scope(route, principal))
@@ -289,6 +291,20 @@ async fn check(
                 .ok_or_else(hidden)?;
             require_role(state, principal, &owner, min, hidden()).await?;
             project = Some(owner);
+        }
+        Access::Host(min) => {
+            let host = crate::ingress::routes::normalize_host(path_id.unwrap_or_default());
+            let hidden = || ApiError::not_found(format!("route {host} not found"));
+            let control = state.config.ingress.control_domain.as_deref().map(crate::ingress::routes::normalize_host);
+            if control.as_deref() == Some(host.as_str()) {
+                if !principal.user.super_admin {
+                    return Err(ApiError::forbidden("the control domain is for super-admins"));
+                }
+            } else {
+                let owner = state.routes.lookup(&host).ok_or_else(hidden)?.project_id.clone();
+                require_role(state, principal, &owner, min, hidden()).await?;
+                project = Some(owner);
+            }
         }
         // Decided by `decide_now` above.
         Access::Public

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod certificates;
 pub mod credentials;
 pub mod deployments;
 pub mod domains;

@@ -12,8 +12,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, cache, credentials, deployments, domains, health, metrics, middleware, node, openapi, projects,
-    registry, services, session, tokens, users,
+    AppState, audit, cache, certificates, credentials, deployments, domains, health, metrics, middleware, node,
+    openapi, projects, registry, services, session, tokens, users,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -44,6 +44,11 @@ pub enum Access {
     Service(Role),
     /// At least this role in the project of the deployment named by `{id}`.
     Deployment(Role),
+    /// At least this role in the project of the service the `{host}` path parameter
+    /// routes to (the live routing table decides); a host that is not routed, or
+    /// whose project the caller cannot see, is 404. The control domain is for
+    /// super-admins.
+    Host(Role),
     /// At least this role in the project the request body names (directly, or
     /// through the service it names): the handler checks it with
     /// [`super::middleware::require_role`], with the same 404/403 answers.
@@ -141,6 +146,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/deployments/{id}/rollback", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::rollback),
     route!(GET "/v1/deployments/{id}/logs/stream", Deployment(Viewer), Some(Scope::LogsRead), deployments::logs_stream),
     route!(GET "/v1/ingress/routes", AnyMember, Some(Scope::ServicesRead), deployments::routes),
+    route!(POST "/v1/ingress/routes/{host}/renew", Host(Operator), Some(Scope::ServicesWrite), certificates::renew),
     route!(GET "/v1/projects/{id}/registries", Project(Viewer), Some(Scope::ProjectsRead), credentials::list_registries),
     route!(POST "/v1/projects/{id}/registries", Project(Admin), Some(Scope::ProjectsWrite), credentials::create_registry),
     route!(GET "/v1/projects/{id}/registries/{registry_id}", Project(Viewer), Some(Scope::ProjectsRead), credentials::get_registry),
@@ -253,6 +259,9 @@ mod tests {
             assert_eq!(r.access == Access::Registry, r.path.starts_with("/v2/"), "{}", r.path);
             if matches!(r.access, Access::Project(_) | Access::Service(_) | Access::Deployment(_)) {
                 assert!(r.path.contains("{id}"), "{} is project-scoped but has no {{id}}", r.path);
+            }
+            if matches!(r.access, Access::Host(_)) {
+                assert!(r.path.contains("{host}"), "{} is host-scoped but has no {{host}}", r.path);
             }
             if matches!(r.access, Access::Public | Access::Bootstrap | Access::Registry) {
                 assert!(r.scope.is_none(), "{} is public but declares a scope", r.path);

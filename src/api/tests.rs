@@ -260,9 +260,11 @@ async fn a_domain_reads_issued_with_its_certificate_and_takes_it_when_deleted() 
         json!({"host": host, "service_id": svc, "service": "web", "project_id": w.project, "kind": kind,
             "replicas": [{"id": "rep_1", "address": "10.0.0.2:8080"}], "certificate": cert})
     };
-    let issued =
-        json!({"state": "issued", "not_after": crate::ids::format_time(info.not_after), "issuer": info.issuer});
-    let none = json!({"state": "none", "not_after": null, "issuer": null});
+    let issued = json!({"state": "issued", "serial": null, "not_before": crate::ids::format_time(info.not_before),
+        "not_after": crate::ids::format_time(info.not_after), "issuer": info.issuer, "error": null, "failures": 0,
+        "next_attempt_at": null});
+    let none = json!({"state": "none", "serial": null, "not_before": null, "not_after": null, "issuer": null,
+        "error": null, "failures": 0, "next_attempt_at": null});
     assert_eq!(v["data"], json!([want("app.test", "domain", issued), want("web.alpha.localhost", "default", none)]));
     let viewer = user(&w, "vera", false, Some(Role::Viewer), None).await;
     let alpha_only = user(&w, "otto", false, Some(Role::Operator), None).await;

@@ -26,8 +26,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, header};
 use rand::RngCore;
 
-use crate::images::remote::Resolver;
 use crate::ingress::challenge::BERTH_PREFIX;
+use crate::outbound::Resolver;
 
 /// The whole check: resolve, connect, ask, read.
 pub const TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,9 +2,10 @@
 //!
 //! - [`routes::RoutingTable`] is the live table: a host name (a service's default
 //!   hostname `<service>.<project>.<apps_domain>` and its verified custom domains,
-//!   adr/027) → the addresses of its healthy replicas. Deployments switch a service's entry in one
-//!   step when a rollout's new replicas are healthy; the proxy reads a snapshot per
-//!   request, so a request sees either the old set or the new one, never a mix.
+//!   adr/027) → the addresses of its healthy replicas. Deployments switch a
+//!   service's entry in one step when a rollout's new replicas are healthy; the proxy
+//!   reads a snapshot per request, so a request sees either the old set or the new
+//!   one, never a mix.
 //! - [`proxy::Proxy`] is the reverse proxy on both listeners, served by the same
 //!   accept loop as the API (`crate::http::serve`, with the `[ingress]` caps and
 //!   deadlines): plain HTTP/1.1 on `ingress.http_listen`, and TLS on
@@ -18,20 +19,20 @@
 //!   its own ([`error`]) and passes WebSocket upgrades through (HTTP/1.1, over TLS
 //!   too).
 //! - [`access_log::AccessLog`] keeps each service's recent requests in memory.
+//! - [`tls::CertStore`] holds a certificate per host for SNI, with a self-signed
+//!   fallback; [`acme`] gets certificates from an ACME CA (HTTP-01 answered
+//!   through [`challenge::Challenges`]), which `crate::workers::acme` stores and
+//!   renews in the background (adr/028).
 //!
-//! Current limits: plain HTTP only (TLS and ACME come later, on
-//! `ingress.https_listen`); HTTP/1.1 to clients and replicas; no timeout on a
-//! replica's answer (long polls and event streams must work), so a hung replica
-//! holds its clients' connections until they give up.
-//! Current limits: certificates come only from what is installed in the store (ACME
-//! is separate work); replicas are spoken to over HTTP/1.1 only;
-//! a replica must answer a request's head within `ingress.upstream_timeout_seconds`
-//! (504 otherwise), but a body streaming after the head is never cut; WebSockets over
-//! HTTP/2 (extended CONNECT) are not offered; forwarding headers a client sends are
-//! replaced, so a trusted proxy in front of berth cannot pass its chain through
-//! (adr/029).
+//! Current limits: HTTP-01 only (no TLS-ALPN-01, no wildcard certificates);
+//! replicas are spoken to over HTTP/1.1 only; a replica must answer a request's head
+//! within `ingress.upstream_timeout_seconds` (504 otherwise), but a body streaming
+//! after the head is never cut; WebSockets over HTTP/2 (extended CONNECT) are not
+//! offered; forwarding headers a client sends are replaced, so a trusted proxy in
+//! front of berth cannot pass its chain through (adr/029).
 
 pub mod access_log;
+pub mod acme;
 pub mod challenge;
 pub mod error;
 pub mod headers;

@@ -102,6 +102,13 @@ impl RoutingTable {
         self.routes.store(Arc::new(next));
     }
 
+    /// Every routed host name, sorted (the certificate worker's list).
+    pub fn hosts(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.routes.load().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Every route, sorted by host (for `GET /v1/ingress/routes`).
     pub fn snapshot(&self) -> Vec<Arc<Route>> {
         let mut v: Vec<Arc<Route>> = self.routes.load().values().cloned().collect();
@@ -136,8 +143,12 @@ mod tests {
         t.set_service("svc_1", "prj_1", &["web.alpha.localhost".into()], vec![]);
         assert!(t.lookup("web.alpha.localhost").unwrap().pick().is_none());
         assert!(t.lookup("www.example.com").is_none(), "hosts the service no longer has are gone");
+        t.set_service("svc_2", "prj_1", &["b.example.com".into(), "a.example.com".into()], vec![]);
+        assert_eq!(t.hosts(), vec!["a.example.com", "b.example.com", "web.alpha.localhost"]);
         t.remove_service("svc_1");
+        t.remove_service("svc_2");
         assert!(t.snapshot().is_empty());
+        assert!(t.hosts().is_empty());
     }
 
     #[test]

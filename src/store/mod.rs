@@ -28,6 +28,7 @@
     reason = "src/store is the one module that reaches SQLite"
 )]
 
+pub mod acme;
 pub mod audit;
 pub mod auth;
 pub mod backup;
@@ -99,6 +100,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/008_oci_cache.sql")),
     (9, include_str!("migrations/009_services.sql")),
     (10, include_str!("migrations/010_domains.sql")),
+    (11, include_str!("migrations/011_acme.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::state::AppState;
 
+pub mod acme;
+
 /// Runs `tick` every `every` until shutdown.
 pub fn spawn<F, Fut>(
     name: &'static str,
@@ -79,6 +81,9 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
         }));
     }
     all.push(auto_deploy(state.clone(), shutdown.clone()));
+    if state.config.acme.enabled {
+        all.push(acme::spawn(state.clone(), shutdown.clone()));
+    }
     let every = state.config.registry.gc_interval_seconds;
     if every > 0 {
         let s = state.clone();

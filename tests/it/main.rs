@@ -8,6 +8,7 @@
     reason = "test helpers fail the test by panicking; the daemon's own code may not"
 )]
 
+mod acme;
 mod admin;
 mod bad_input;
 mod bench_start;

@@ -89,7 +89,10 @@ fn expected(route: &Route, caller: Caller) -> Expect {
     let access = match route.access {
         Access::Registry if route.path.contains('{') => Access::Project(registry_role(route)),
         // A service, a deployment or a body's project: the project's role decides.
-        Access::Service(min) | Access::Deployment(min) | Access::InBody(min) => Access::Project(min),
+        // A routed host: its service's project decides.
+        Access::Service(min) | Access::Deployment(min) | Access::InBody(min) | Access::Host(min) => {
+            Access::Project(min)
+        }
         a => a,
     };
     match (access, caller) {
@@ -107,7 +110,9 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         (Access::AnyAdmin, Admin | OtherAdmin) => Allowed,
         (Access::AnyAdmin, _) => Forbidden,
         (Access::Project(_), Outsider | OtherAdmin) => Hidden,
-        (Access::Service(_) | Access::Deployment(_) | Access::InBody(_), _) => unreachable!("mapped above"),
+        (Access::Service(_) | Access::Deployment(_) | Access::InBody(_) | Access::Host(_), _) => {
+            unreachable!("mapped above")
+        }
         (Access::Project(min), _) => {
             if role.is_some_and(|r| r >= min) {
                 Allowed
@@ -143,11 +148,15 @@ impl Fixture {
         // Containers run (cancel needs a rollout in progress), under names of the
         // fixture's own; a rollout waits as long as the test may take.
         // Domain verification resolves its names here and finds nothing listening
-        // on loopback's port 1: no lookup leaves the machine.
+        // on loopback's port 1: no lookup leaves the machine. Routed hosts get
+        // certificates (so a forced renewal is accepted), from a CA that is not
+        // there: the worker fails once per host and backs off.
         let names: Vec<String> =
             CALLERS.iter().map(|c| format!("\"{}\" = \"127.0.0.1\"", verify_hostname(*c))).collect();
         let node = Node::start(&format!(
-            "[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n[ingress]\nchallenge_port = 1\n\
+            "[deploy]\nhealth_deadline_seconds = 3600\ndrain_seconds = 0\n\
+             [ingress]\nchallenge_port = 1\napps_domain = \"matrix.test\"\n\
+             [acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:9/directory\"\nbackoff_min_seconds = 3600\n\
              [dns]\noverrides = {{ {} }}\n",
             names.join(", ")
         ));
@@ -268,7 +277,7 @@ impl Fixture {
 
 /// The domain a verify cell checks: one per caller, in `[dns] overrides`.
 fn verify_hostname(caller: Caller) -> String {
-    format!("verify-{}.matrix.test", format!("{caller:?}").to_lowercase())
+    format!("verify-{}.domains.test", format!("{caller:?}").to_lowercase())
 }
 
 /// One request: method, path, body, headers, and the client to send it with.
@@ -445,14 +454,14 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
         }
         ("POST", "/v1/services/{id}/domains") => {
             let svc = f.service(project, n, json!({}));
-            let body = json!({"hostname": format!("d{n}.matrix.test")});
+            let body = json!({"hostname": format!("d{n}.domains.test")});
             Request::json(client, format!("/v1/services/{svc}/domains"), body).hidden("service", &svc)
         }
         (method, path) if path.starts_with("/v1/services/{id}/domains/{domain_id}") => {
             // A domain of a fresh service; the one a verify checks resolves to loopback.
             let svc = f.service(project, n, json!({}));
             let hostname =
-                if path.ends_with("/verify") { verify_hostname(caller) } else { format!("d{n}.matrix.test") };
+                if path.ends_with("/verify") { verify_hostname(caller) } else { format!("d{n}.domains.test") };
             let r = f.root.post(&format!("/v1/services/{svc}/domains"), &json!({ "hostname": hostname }));
             assert_eq!(r.status, 201, "{}", r.text());
             let dom = r.json()["id"].as_str().unwrap().to_string();
@@ -462,6 +471,12 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
                 _ => Request::empty(client, path),
             }
             .hidden("service", &svc)
+        }
+        ("POST", "/v1/ingress/routes/{host}/renew") => {
+            // The default hostname of a live service of this cell's project.
+            f.live_deployment(project, n);
+            let host = format!("s{n}.m{n}.matrix.test");
+            Request::json(client, format!("/v1/ingress/routes/{host}/renew"), json!({})).hidden("route", &host)
         }
         (method, path) if path.starts_with("/v1/services/{id}") => {
             let svc = f.service(project, n, json!({}));
@@ -563,7 +578,8 @@ fn every_route_by_every_caller() {
                 (_, Some(c)) => c.clone(),
                 (_, None) => anon.clone(),
             };
-            let needs_project = route.path.contains("{id}") || matches!(route.access, Access::InBody(_));
+            let needs_project =
+                route.path.contains("{id}") || matches!(route.access, Access::InBody(_) | Access::Host(_));
             let project = needs_project.then(|| f.project(n));
             let req = request(&f, route, caller, &client, project.as_deref(), n);
             let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();

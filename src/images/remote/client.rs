@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +19,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+
+use crate::outbound::Resolver;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 
@@ -38,51 +39,6 @@ const MIN_RATE: u64 = 32 * 1024;
 /// Longest pause between two pieces of a response body.
 const BODY_IDLE: Duration = Duration::from_secs(60);
 
-/// `[dns] overrides` first, then the system resolver.
-#[derive(Clone)]
-pub(crate) struct Resolver {
-    overrides: Arc<BTreeMap<String, IpAddr>>,
-    system: GaiResolver,
-}
-
-impl Resolver {
-    pub(crate) fn new(overrides: Arc<BTreeMap<String, IpAddr>>) -> Resolver {
-        Resolver { overrides, system: GaiResolver::new() }
-    }
-
-    /// The addresses `host` resolves to, as a pull would connect to them (domain
-    /// verification resolves the same way).
-    pub(crate) async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, std::io::Error> {
-        use std::str::FromStr;
-        let name = Name::from_str(host).map_err(std::io::Error::other)?;
-        let mut me = self.clone();
-        std::future::poll_fn(|cx| tower::Service::poll_ready(&mut me, cx)).await?;
-        Ok(tower::Service::call(&mut me, name).await?.map(|a| a.ip()).collect())
-    }
-}
-
-type Resolving = Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
-
-impl tower::Service<Name> for Resolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Resolving;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.system.poll_ready(cx)
-    }
-
-    fn call(&mut self, name: Name) -> Resolving {
-        if let Some(ip) = self.overrides.get(&name.as_str().to_ascii_lowercase()) {
-            // The connector puts the port in.
-            let addr = SocketAddr::new(*ip, 0);
-            return Box::pin(std::future::ready(Ok(vec![addr].into_iter())));
-        }
-        let lookup = self.system.call(name);
-        Box::pin(async move { Ok(lookup.await?.collect::<Vec<_>>().into_iter()) })
-    }
-}
-
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
 
 /// The shared client. Built once (loading the CA roots reads the system's store).
@@ -98,36 +54,11 @@ impl Http {
     /// any root the client is still made (loopback registries need no TLS) and HTTPS
     /// pulls say why they cannot work.
     pub(super) fn new(overrides: Arc<BTreeMap<String, IpAddr>>, extra_roots: &[u8]) -> Result<Http, String> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut tcp = HttpConnector::new_with_resolver(Resolver::new(overrides));
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        tcp.set_nodelay(true);
-        tcp.set_keepalive(Some(Duration::from_secs(60)));
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        if !native.errors.is_empty() {
-            tracing::warn!(errors = ?native.errors, "some system CA certificates could not be read");
-        }
-        roots.add_parsable_certificates(native.certs);
-        for cert in CertificateDer::pem_slice_iter(extra_roots) {
-            let cert = cert.map_err(|e| format!("extra CA certificates: {e}"))?;
-            roots.add(cert).map_err(|e| format!("extra CA certificate: {e}"))?;
-        }
-        let tls_unavailable = roots.is_empty().then(|| {
+        let tcp = crate::outbound::tcp(overrides, CONNECT_TIMEOUT);
+        let (config, tls_unavailable) = crate::outbound::tls_config(extra_roots)?;
+        if tls_unavailable.is_some() {
             tracing::warn!("no CA certificates: pulls over HTTPS will fail (install ca-certificates)");
-            "no CA certificates in the system store (install ca-certificates)".to_string()
-        });
-        // ring, not aws-lc-rs: no cmake and minutes less to build (adr/019); ring has
-        // no post-quantum key exchange yet, which rustls now flags.
-        #[expect(deprecated, reason = "ring is chosen over aws-lc-rs on purpose (adr/019)")]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("tls setup: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
             .https_or_http()

@@ -44,7 +44,6 @@ mod tests;
 use zeroize::Zeroizing;
 
 pub use cache::{CacheError, CacheGcReport, CacheStatus};
-pub(crate) use client::Resolver;
 pub use pull::{MAX_BLOB_BYTES, Pulled, Puller};
 pub use reference::{ImageRef, ReferenceError, is_external};
 
