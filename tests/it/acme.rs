@@ -212,13 +212,18 @@ fn verify_chain(dir: &Path, chain: &str, root: &Path) -> String {
 /// `curl` of `https://HOST:port{path}` (resolved to loopback), trusting only `root`,
 /// or anything (`-k`) when `root` is `None`: (curl's exit code, body).
 fn curl_https(port: u16, root: Option<&Path>, path: &str) -> (i32, String) {
+    curl_https_to(HOST, port, root, path)
+}
+
+/// `curl https://<host>:<port><path>` with the name resolved to loopback.
+fn curl_https_to(host: &str, port: u16, root: Option<&Path>, path: &str) -> (i32, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "10", "--resolve", &format!("{HOST}:{port}:127.0.0.1")]);
+    cmd.args(["-sS", "--max-time", "10", "--resolve", &format!("{host}:{port}:127.0.0.1")]);
     match root {
         Some(r) => cmd.arg("--cacert").arg(r),
         None => cmd.arg("-k"),
     };
-    let out = cmd.arg(format!("https://{HOST}:{port}{path}")).stdin(Stdio::null()).output().unwrap();
+    let out = cmd.arg(format!("https://{host}:{port}{path}")).stdin(Stdio::null()).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
 }
 
@@ -430,4 +435,59 @@ fn a_directory_that_does_not_answer_is_an_error_in_the_state_not_an_outage() {
     assert_eq!(via_ingress(&node, HOST, "/"), Some((200, "no ca\n".to_string())));
     assert_eq!(curl_https(node.b.https_addr().port(), None, "/"), (0, "no ca\n".to_string()));
     eprintln!("acme: the error shown for a directory that does not answer: {error}");
+}
+
+/// The whole path of a custom domain: attached to a live service, verified through
+/// the challenge the ingress answers, a certificate issued by pebble for it, and
+/// `curl --cacert <pebble root> --resolve app.test:PORT:127.0.0.1 https://app.test/`
+/// gets the container's page over a chain that verifies.
+#[test]
+fn a_verified_custom_domain_gets_a_certificate_and_answers_over_https() {
+    if !crate::runtime::can_run() || !tools() {
+        return;
+    }
+    let relay = crate::domains::Relay::start();
+    let mut pebble = Pebble::prepare();
+    let config = acme_config(&pebble, &pebble.directory_url())
+        .replace("[ingress]\n", &format!("[ingress]\nchallenge_port = {}\n", relay.port))
+        + "[dns]\noverrides = { \"app.test\" = \"127.0.0.1\" }\n";
+    let (node, admin) = node(&config);
+    relay.point_at(node.b.ingress_addr());
+    pebble.start(node.b.ingress_addr().port());
+    let svc = deploy_web(&admin, "hello from app.test\n");
+
+    let r = admin.post(&format!("/v1/services/{svc}/domains"), &json!({"hostname": "app.test"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dom = r.json()["id"].as_str().unwrap().to_string();
+    let r = admin.post(&format!("/v1/services/{svc}/domains/{dom}/verify"), &json!({}));
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("verified")), "{}", r.text());
+    let cert = until(120, "app.test's certificate is issued", || {
+        let r = route(&admin, "app.test")?;
+        (r["certificate"]["state"] == "issued").then(|| r["certificate"].clone())
+    });
+    assert!(cert["issuer"].as_str().unwrap().contains("Pebble"), "{cert}");
+    let d = admin.get(&format!("/v1/services/{svc}/domains/{dom}")).json();
+    assert_eq!(d["status"], "issued", "{d}");
+    assert_eq!(d["certificate"]["not_after"], cert["not_after"], "{d}");
+
+    let root = pebble.root_pem();
+    let port = node.b.https_addr().port();
+    assert_eq!(
+        curl_https_to("app.test", port, Some(&root), "/"),
+        (0, "hello from app.test\n".to_string()),
+        "the page over a chain that verifies against pebble's root"
+    );
+    // Plain HTTP for the domain goes to HTTPS now; the default hostname got its own.
+    let plain = get_as(node.b.ingress_addr(), "app.test", "/").unwrap();
+    assert_eq!(plain.status, 308, "{}", plain.text());
+    assert_eq!(plain.header("location"), Some(format!("https://app.test:{port}/").as_str()));
+    until(120, "the default hostname's certificate too", || {
+        (route(&admin, HOST)?["certificate"]["state"] == "issued").then_some(())
+    });
+    assert_eq!(curl_https(port, Some(&root), "/"), (0, "hello from app.test\n".to_string()));
+    // Detached: no route, and its certificate is no longer served.
+    assert_eq!(admin.delete(&format!("/v1/services/{svc}/domains/{dom}")).status, 204);
+    assert_eq!(via_ingress(&node, "app.test", "/").map(|r| r.0), Some(404));
+    let (code, _) = curl_https_to("app.test", port, Some(&root), "/");
+    assert_ne!(code, 0, "the fallback certificate does not verify for app.test");
 }

@@ -19,14 +19,14 @@ use crate::harness::{Berth, Client, get_as};
 /// ingress), as a host's port 80 forwards to it: the harness gives the ingress a
 /// port of the kernel's choosing, and verification needs a port known before the
 /// daemon starts (`ingress.challenge_port`). Stops when dropped.
-struct Relay {
-    port: u16,
+pub struct Relay {
+    pub port: u16,
     target: Arc<Mutex<SocketAddr>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Relay {
-    fn start() -> Relay {
+    pub fn start() -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -58,7 +58,7 @@ impl Relay {
         Relay { port, target, stop }
     }
 
-    fn point_at(&self, to: SocketAddr) {
+    pub fn point_at(&self, to: SocketAddr) {
         *self.target.lock().unwrap() = to;
     }
 }
