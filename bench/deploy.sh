@@ -374,7 +374,7 @@ cool_down() {
 # load NAME URL [HOST]: one wrk run; sets RPS and P99_MS. Any non-2xx answer or
 # socket error fails the run.
 load() {
-    local name=$1 url=$2 host=${3:-} out="$T/wrk-$1-$w.txt" p99 errs before
+    local name=$1 url=$2 host=${3:-} out="$T/wrk-$1-$w.txt" before
     local args=(-t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency)
     [ -z "$host" ] || args+=(-H "Host: $host")
     cool_down
@@ -382,20 +382,7 @@ load() {
     wrk "${args[@]}" "$url" >"$out" || { cat "$out" >&2; alive; die "wrk against $name failed"; }
     alive
     OVERFLOWS=$(($(overflows) - before))
-    if grep -q 'Non-2xx or 3xx responses' "$out"; then
-        cat "$out" >&2
-        die "some answers from $name under load were not 2xx: $(grep 'Non-2xx or 3xx responses' "$out")"
-    fi
-    errs=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
-    if [ "${errs:-0}" != 0 ]; then
-        cat "$out" >&2
-        die "wrk against $name had socket errors: $(grep 'Socket errors:' "$out")"
-    fi
-    RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    p99=$(awk '$1 == "99%" { print $2 }' "$out")
-    [ -n "$RPS" ] && [ -n "$p99" ] || { cat "$out" >&2; die "could not read req/s and p99 from wrk's output"; }
-    P99_MS=$(ms "$p99")
-    [ "$P99_MS" != "-1.00" ] || die "unknown latency unit in $p99"
+    read_wrk "$out" "$name"
     printf '  round %s  %-8s %8.0f req/s   p99 %7s ms   %s requests; before: %s TIME_WAIT to the replica; %s SYN(s) dropped at its accept queue\n' \
         "$w" "$name" "$RPS" "$P99_MS" "$(awk '/requests in/ { print $1 }' "$out")" "$TW" "$OVERFLOWS"
 }

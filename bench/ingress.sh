@@ -229,7 +229,7 @@ sample_rss() {
 # load WHO PROTO PAGE: one wrk run; sets RPS and P99_MS. A non-2xx answer or a socket
 # error fails the run.
 load() {
-    local who=$1 proto=$2 page=$3 out="$T/wrk-$1-$2-$3-$r.txt" p99 errs path sampler=""
+    local who=$1 proto=$2 page=$3 out="$T/wrk-$1-$2-$3-$r.txt" path sampler=""
     path=/
     [ "$page" = small ] || path=/big
     if [ "$who" = berth ]; then
@@ -245,20 +245,7 @@ load() {
         PEAK_RSS_KB=$(awk -v a="$PEAK_RSS_KB" -v b="$(cat "$T/rss-peak" 2>/dev/null || echo 0)" 'BEGIN { print (b > a) ? b : a }')
     fi
     alive
-    if grep -q 'Non-2xx or 3xx responses' "$out"; then
-        cat "$out" >&2
-        die "some answers from $who $proto $page were not 2xx: $(grep 'Non-2xx or 3xx responses' "$out")"
-    fi
-    errs=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
-    if [ "${errs:-0}" != 0 ]; then
-        cat "$out" >&2
-        die "wrk against $who $proto $page had socket errors: $(grep 'Socket errors:' "$out")"
-    fi
-    RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    p99=$(awk '$1 == "99%" { print $2 }' "$out")
-    [ -n "$RPS" ] && [ -n "$p99" ] || { cat "$out" >&2; die "could not read req/s and p99 from wrk's output"; }
-    P99_MS=$(ms "$p99")
-    [ "$P99_MS" != "-1.00" ] || die "unknown latency unit in $p99"
+    read_wrk "$out" "$who $proto $page"
     printf '  round %s  %-6s %-5s %-5s %9.0f req/s   p99 %8s ms\n' "$r" "$who" "$proto" "$page" "$RPS" "$P99_MS"
 }
 

@@ -230,5 +230,24 @@ ms() {
         if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000; else if (u != "ms") n = -1
         printf "%.2f", n }'
 }
+# read_wrk OUT WHAT: checks one wrk run's output file (any non-2xx answer or socket
+# error fails the benchmark, naming WHAT) and sets RPS and P99_MS from it.
+read_wrk() {
+    local out=$1 what=$2 errs p99
+    if grep -q 'Non-2xx or 3xx responses' "$out"; then
+        cat "$out" >&2
+        die "some answers from $what under load were not 2xx: $(grep 'Non-2xx or 3xx responses' "$out")"
+    fi
+    errs=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
+    if [ "${errs:-0}" != 0 ]; then
+        cat "$out" >&2
+        die "wrk against $what had socket errors: $(grep 'Socket errors:' "$out")"
+    fi
+    RPS=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p99=$(awk '$1 == "99%" { print $2 }' "$out")
+    [ -n "$RPS" ] && [ -n "$p99" ] || { cat "$out" >&2; die "could not read req/s and p99 from wrk's output"; }
+    P99_MS=$(ms "$p99")
+    [ "$P99_MS" != "-1.00" ] || die "unknown latency unit in $p99"
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
