@@ -26,8 +26,17 @@ install_packages() {
     [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]}; run this as root (bash $0 in a root shell, or sudo bash $0)"
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
+    # Packages such as nginx and docker.io start their service when installed; the
+    # tests start their own on free ports, so no daemon is started here (and a busy
+    # port 80 cannot fail the install). A policy the machine already has is kept.
+    local policy=/usr/sbin/policy-rc.d added=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
+    fi
+    local rc=0
+    { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; } || rc=$?
+    [ -z "$added" ] || rm -f "$policy"
+    [ "$rc" -eq 0 ] || die "apt-get install failed (exit $rc)"
 }
 
 # A need of a script that is not met (a tool, root, a kernel), named by the
