@@ -38,6 +38,11 @@ impl Got {
 
 /// curl with `args`, trusting any certificate (-k): the listener's own is the
 /// self-signed fallback.
+/// [`curl`] over HTTP/2, with the `--resolve` entry `resolve` (`host:port:127.0.0.1`).
+fn h2(resolve: &str, args: &[&str]) -> Got {
+    curl(&[&["--http2", "--resolve", resolve], args].concat())
+}
+
 pub fn curl(args: &[&str]) -> Got {
     let dir = TempDir::new("curl");
     let (head, body) = (dir.path().join("head"), dir.path().join("body"));
@@ -108,18 +113,18 @@ fn the_control_domain_serves_the_api_and_the_registry_over_tls() {
     ]);
     assert_eq!(r.status, 201, "bootstrap over TLS: {}", r.text());
     // Login over HTTP/2.
-    let r = curl(&[
-        "--http2",
-        "--resolve",
+    let r = h2(
         &res,
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &json_body(json!({"username": "admin", "password": ADMIN_PASSWORD})),
-        &format!("{base}/v1/auth/login"),
-    ]);
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &json_body(json!({"username": "admin", "password": ADMIN_PASSWORD})),
+            &format!("{base}/v1/auth/login"),
+        ],
+    );
     assert_eq!((r.status, r.version.as_str()), (200, "2"), "{}", r.text());
     let token: Value = serde_json::from_slice(&r.body).unwrap();
     let auth = format!("Authorization: Bearer {}", token["token"].as_str().unwrap());
@@ -149,20 +154,20 @@ fn the_control_domain_serves_the_api_and_the_registry_over_tls() {
     for bytes in [&blob, &config] {
         let file = write(dir.path(), "blob", bytes);
         let digest = crate::registry::digest(bytes);
-        let r = curl(&[
-            "--http2",
-            "--resolve",
+        let r = h2(
             &res,
-            "-X",
-            "POST",
-            "-H",
-            &auth,
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{file}"),
-            &format!("{base}/v2/alpha/app/blobs/uploads/?digest={digest}"),
-        ]);
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{file}"),
+                &format!("{base}/v2/alpha/app/blobs/uploads/?digest={digest}"),
+            ],
+        );
         assert_eq!(r.status, 201, "blob push over TLS: {}", r.text());
     }
     let manifest = crate::registry::image_manifest(&config, &[&blob]);
@@ -181,25 +186,18 @@ fn the_control_domain_serves_the_api_and_the_registry_over_tls() {
         &format!("{base}/v2/alpha/app/manifests/v1"),
     ]);
     assert_eq!(r.status, 201, "manifest push over TLS: {}", r.text());
-    let r = curl(&[
-        "--http2",
-        "--resolve",
+    let r = h2(
         &res,
-        "-H",
-        &auth,
-        "-H",
-        "Accept: application/vnd.oci.image.manifest.v1+json",
-        &format!("{base}/v2/alpha/app/manifests/v1"),
-    ]);
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!("{base}/v2/alpha/app/manifests/v1"),
+        ],
+    );
     assert_eq!((r.status, r.body == manifest), (200, true), "manifest pull: {}", r.text());
-    let r = curl(&[
-        "--http2",
-        "--resolve",
-        &res,
-        "-H",
-        &auth,
-        &format!("{base}/v2/alpha/app/blobs/{}", crate::registry::digest(&blob)),
-    ]);
+    let r = h2(&res, &["-H", &auth, &format!("{base}/v2/alpha/app/blobs/{}", crate::registry::digest(&blob))]);
     assert_eq!(r.status, 200);
     assert!(r.body == blob, "the blob pulled over HTTP/2 differs ({} bytes)", r.body.len());
     // The registry's token realm points at the control domain on the HTTPS port.
@@ -260,25 +258,25 @@ fn services_answer_over_https_and_http2_with_the_ingress_statuses() {
     let url = |path: &str| format!("https://{host}:{port}{path}");
 
     // HTTP/2 by ALPN, and HTTP/1.1 when the client asks for it.
-    let r = curl(&["--http2", "--resolve", &res, &url("/")]);
+    let r = h2(&res, &[&url("/")]);
     assert_eq!((r.status, r.version.as_str(), r.text().as_str()), (200, "2", "over tls\n"), "{}", r.head);
     assert!(r.head.starts_with("HTTP/2 200"), "{}", r.head);
     let r = curl(&["--http1.1", "--resolve", &res, &url("/")]);
     assert_eq!((r.status, r.version.as_str()), (200, "1.1"));
 
     // The replica sees who asked, how, and the request's id, whatever the client claimed.
-    let r = curl(&[
-        "--http2",
-        "--resolve",
+    let r = h2(
         &res,
-        "-H",
-        "X-Forwarded-For: 203.0.113.7",
-        "-H",
-        "X-Forwarded-Proto: http",
-        "-H",
-        "X-Request-Id: mine",
-        &url("/cgi-bin/env"),
-    ]);
+        &[
+            "-H",
+            "X-Forwarded-For: 203.0.113.7",
+            "-H",
+            "X-Forwarded-Proto: http",
+            "-H",
+            "X-Request-Id: mine",
+            &url("/cgi-bin/env"),
+        ],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let env = r.text();
     let id = r.header("x-request-id").expect("the response carries the request id");
@@ -298,7 +296,7 @@ fn services_answer_over_https_and_http2_with_the_ingress_statuses() {
 
     // The ingress's own statuses hold over TLS.
     let other = resolve("nothing.alpha.localhost", port);
-    let r = curl(&["--http2", "--resolve", &other, &format!("https://nothing.alpha.localhost:{port}/")]);
+    let r = h2(&other, &[&format!("https://nothing.alpha.localhost:{port}/")]);
     assert_eq!((r.status, r.version.as_str()), (404, "2"));
     let big = format!("X-Big: {}", "a".repeat(70 * 1024));
     let r = curl(&["--http1.1", "--resolve", &res, "-H", &big, &url("/")]);
@@ -307,18 +305,16 @@ fn services_answer_over_https_and_http2_with_the_ingress_statuses() {
     // curl then refuses to send such a head at all; a client that sends it anyway gets
     // 431: `http::serve::tests::an_http2_head_over_the_cap_gets_431_and_the_connection_goes_on`.)
     // A replica that accepts and never answers: 504 once the timeout has passed.
-    let r = curl(&["--http2", "--resolve", &res, &url("/cgi-bin/hang")]);
+    let r = h2(&res, &[&url("/cgi-bin/hang")]);
     assert_eq!(r.status, 504, "{}", r.text());
     assert!(r.took >= Duration::from_secs(3) && r.took < Duration::from_secs(15), "504 after {:?}", r.took);
     eprintln!("hanging upstream: 504 after {:?} (upstream_timeout_seconds = 3)", r.took);
     // Meanwhile and after, the service answers.
-    assert_eq!(curl(&["--http2", "--resolve", &res, &url("/")]).status, 200);
+    assert_eq!(h2(&res, &[&url("/")]).status, 200);
     // No replica: 503.
     let r = admin.put(&format!("/v1/services/{svc}"), &json!({"replicas": 0}));
     assert_eq!(r.status, 200, "{}", r.text());
-    crate::deployments::until(60, "the replica is gone", || {
-        (curl(&["--http2", "--resolve", &res, &url("/")]).status == 503).then_some(())
-    });
+    crate::deployments::until(60, "the replica is gone", || (h2(&res, &[&url("/")]).status == 503).then_some(()));
     let r = curl(&["--http1.1", "--resolve", &res, &url("/")]);
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some(), "{}", r.head);
