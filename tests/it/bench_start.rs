@@ -29,7 +29,7 @@
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ use berth::images::unpack::{Limits as UnpackLimits, unpack_layer};
 use berth::registry::blobs::BlobStore;
 use berth::runtime::cgroups::Limits;
 use berth::runtime::network::ipam::MemIpam;
-use berth::runtime::network::{Ipv4Net, NetOptions, Networks};
+use berth::runtime::network::{NetOptions, Networks};
 use berth::runtime::spec::{self, ContainerSpec};
 use rand::{Rng, SeedableRng};
 
@@ -121,35 +121,10 @@ impl Drop for Nets {
     }
 }
 
-/// A `/24` in 10.200.0.0–10.254.255.0 (not berth's default 10.213) that no route on
-/// the host overlaps.
-fn free_pool() -> Ipv4Net {
-    let routes: Vec<Ipv4Net> = std::fs::read_to_string("/proc/net/route")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_le_bytes()));
-            let (dest, mask) = (hex(f.get(1)?)?, hex(f.get(7)?)?);
-            let len = u32::from(mask).count_ones() as u8;
-            if len == 0 { None } else { Ipv4Net::new(dest, len).ok() }
-        })
-        .collect();
-    let mut rng = rand::thread_rng();
-    loop {
-        let second = rng.gen_range(200u8..=254);
-        let pool = Ipv4Net::new(Ipv4Addr::new(10, second, rng.r#gen(), 0), 24).unwrap();
-        if second != 213 && !routes.iter().any(|r| r.overlaps(&pool)) {
-            return pool;
-        }
-    }
-}
-
 fn nets() -> Nets {
     let tag = berth::ids::new_id("t").to_lowercase();
     let tag = &tag[tag.len() - 6..];
-    let mut opts = NetOptions::new(free_pool());
+    let mut opts = NetOptions::new(crate::harness::test_pool(24));
     opts.link_prefix = format!("bs{}", &tag[..4]);
     opts.netns_prefix = format!("berth-it-{tag}-");
     opts.nft_table = format!("berth_it_{tag}");

@@ -25,18 +25,12 @@ pub struct Node {
 fn net_options() -> berth::runtime::network::NetOptions {
     let tag = berth::ids::new_id("t").to_lowercase();
     let tag = tag[tag.len() - 4..].to_string();
-    let pool = format!("10.{}.0.0/16", 100 + rand_byte() % 100);
     berth::runtime::network::NetOptions {
         link_prefix: format!("d{tag}"),
         netns_prefix: format!("berth-it-{tag}-"),
         nft_table: format!("berth_it_{tag}"),
-        ..berth::runtime::network::NetOptions::new(pool.parse().unwrap())
+        ..berth::runtime::network::NetOptions::new(crate::harness::test_pool(16))
     }
-}
-
-fn rand_byte() -> u32 {
-    let id = berth::ids::new_id("r");
-    id.bytes().rev().take(6).map(u32::from).fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b))
 }
 
 impl Node {

@@ -51,13 +51,11 @@ fn rt() -> tokio::runtime::Runtime {
 fn test_net_options(link: char) -> berth::runtime::network::NetOptions {
     let tag = berth::ids::new_id("t").to_lowercase();
     let tag = tag[tag.len() - 4..].to_string();
-    let salt = u32::from(link);
-    let pool = format!("10.{}.0.0/16", 200 + (tag.bytes().map(u32::from).sum::<u32>() + salt) % 50);
     berth::runtime::network::NetOptions {
         link_prefix: format!("{link}{tag}"),
         netns_prefix: format!("berth-it-{tag}-"),
         nft_table: format!("berth_it_{tag}"),
-        ..berth::runtime::network::NetOptions::new(pool.parse().unwrap())
+        ..berth::runtime::network::NetOptions::new(crate::harness::test_pool(16))
     }
 }
 

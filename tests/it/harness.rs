@@ -387,3 +387,38 @@ pub fn require_root() -> bool {
 pub fn require_busybox() -> bool {
     require("no /bin/busybox (apt-get install busybox-static)", runs("/bin/busybox", &["true"]))
 }
+
+/// An address pool of `prefix_len` (16 or 24) under 10.100.0.0–10.254.255.255 that no
+/// other test in this process was given and no route on the host overlaps; never
+/// berth's default 10.213. Tests run side by side: two pools that overlap would let
+/// one test's replica answer at another's address.
+pub fn test_pool(prefix_len: u8) -> berth::runtime::network::Ipv4Net {
+    use berth::runtime::network::Ipv4Net;
+    use rand::Rng;
+    use std::net::Ipv4Addr;
+    static GIVEN: std::sync::Mutex<Vec<Ipv4Net>> = std::sync::Mutex::new(Vec::new());
+    let routes: Vec<Ipv4Net> = std::fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_le_bytes()));
+            let (dest, mask) = (hex(f.get(1)?)?, hex(f.get(7)?)?);
+            let len = u32::from(mask).count_ones() as u8;
+            if len == 0 { None } else { Ipv4Net::new(dest, len).ok() }
+        })
+        .collect();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = rand::thread_rng();
+    for _ in 0..10_000 {
+        let second = rng.gen_range(100u8..=254);
+        let third = if prefix_len >= 24 { rng.r#gen() } else { 0 };
+        let pool = Ipv4Net::new(Ipv4Addr::new(10, second, third, 0), prefix_len).unwrap();
+        if second != 213 && !routes.iter().chain(given.iter()).any(|r| r.overlaps(&pool)) {
+            given.push(pool);
+            return pool;
+        }
+    }
+    panic!("no free /{prefix_len} left in 10.100.0.0-10.254.255.255 for a test network");
+}

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth::runtime::cgroups::Limits;
-use berth::runtime::network::{Attachment, Ipv4Net, NETNS_DIR, NetOptions, Networks};
-use rand::Rng;
+use berth::runtime::network::{Attachment, NETNS_DIR, NetOptions, Networks};
 
 use crate::harness::{TempDir, require_tool};
 use crate::runtime::{Fixture, can_run};
@@ -24,31 +23,6 @@ const PORT: u16 = 8080;
 /// Whether containers can run and be networked here, through [`crate::harness::require`].
 fn can_network() -> bool {
     can_run() && require_tool("ip", &["-V"]) && require_tool("nft", &["--version"])
-}
-
-/// A `/24` in 10.200.0.0–10.254.255.0 (not berth's default 10.213) that no route on
-/// the host overlaps.
-fn free_pool() -> Ipv4Net {
-    let routes: Vec<Ipv4Net> = std::fs::read_to_string("/proc/net/route")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| std::net::Ipv4Addr::from(v.to_le_bytes()));
-            let (dest, mask) = (hex(f.get(1)?)?, hex(f.get(7)?)?);
-            let len = u32::from(mask).count_ones() as u8;
-            if len == 0 { None } else { Ipv4Net::new(dest, len).ok() }
-        })
-        .collect();
-    let mut rng = rand::thread_rng();
-    loop {
-        let second = rng.gen_range(200u8..=254);
-        let pool = Ipv4Net::new(std::net::Ipv4Addr::new(10, second, rng.r#gen(), 0), 24).unwrap();
-        if second != 213 && !routes.iter().any(|r| r.overlaps(&pool)) {
-            return pool;
-        }
-    }
 }
 
 /// Networks with names and a pool of their own, state in a SQLite file. Each
@@ -68,7 +42,7 @@ impl Net {
             link_prefix: format!("i{tag}-"),
             netns_prefix: format!("berth-it-{tag}-"),
             nft_table: format!("berth_it_{tag}"),
-            ..NetOptions::new(free_pool())
+            ..NetOptions::new(crate::harness::test_pool(24))
         };
         Net { opts, db: dir.join("state.db") }
     }

@@ -30,8 +30,7 @@ impl Drop for Nets {
 }
 
 fn nets(tag: &str) -> Nets {
-    let octet = 200 + (tag.bytes().map(u32::from).sum::<u32>() % 50);
-    let mut opts = NetOptions::new(format!("10.{octet}.0.0/16").parse().unwrap());
+    let mut opts = NetOptions::new(crate::harness::test_pool(16));
     opts.link_prefix = format!("b{}", &tag[..4]);
     opts.netns_prefix = format!("berth-it-{tag}-");
     opts.nft_table = format!("berth_it_{tag}");
