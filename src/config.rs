@@ -49,6 +49,8 @@ pub struct Config {
     pub deploy: DeployConfig,
     /// The layer cache of images pulled from external registries.
     pub cache: CacheConfig,
+    /// Builds of `Upload` and `Git` deployments, and their uploads.
+    pub build: BuildConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
@@ -259,6 +261,47 @@ pub struct DeployConfig {
     pub health_deadline_seconds: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The builder: `buildah`, looked up on `PATH`, or an absolute path.
+    pub buildah: String,
+    /// Largest build context accepted, compressed as uploaded and unpacked alike, in bytes.
+    pub max_upload_bytes: u64,
+    /// How long an upload no deployment has used is kept, in seconds.
+    pub upload_ttl_seconds: u64,
+    /// Builds that run at once; the rest wait in line.
+    pub concurrency: u32,
+    /// Longest a build may run before it is stopped and its deployment fails, in seconds.
+    pub timeout_seconds: u64,
+    /// Memory limit of a build's process tree, in MiB.
+    pub memory_mb: u64,
+    /// CPU limit of a build, in cores.
+    pub cpus: f64,
+    /// Process limit of a build.
+    pub pids: u64,
+    /// Build storage (base images and layers buildah keeps) past this size is
+    /// collected after a build, in bytes.
+    pub storage_max_bytes: u64,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        Self {
+            buildah: "buildah".into(),
+            max_upload_bytes: 1 << 30,
+            upload_ttl_seconds: 86_400,
+            concurrency: 1,
+            timeout_seconds: 1800,
+            memory_mb: 2048,
+            cpus: 2.0,
+            pids: 4096,
+            storage_max_bytes: 10 << 30,
+        }
+    }
+}
+
 impl Default for DeployConfig {
     fn default() -> Self {
         Self { drain_seconds: 10, stop_grace_seconds: 10, health_deadline_seconds: 120 }
@@ -296,6 +339,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             deploy: DeployConfig::default(),
             cache: CacheConfig::default(),
+            build: BuildConfig::default(),
             dev: false,
             not_yet_used: Vec::new(),
         }
@@ -564,6 +608,28 @@ impl Config {
         }
         if self.deploy.drain_seconds > 3600 || self.deploy.stop_grace_seconds > 3600 {
             return invalid("deploy.drain_seconds", "must be at most 3600, and so must stop_grace_seconds");
+        }
+        let b = &self.build;
+        if b.buildah.trim().is_empty() {
+            return invalid("build.buildah", "must name the buildah binary");
+        }
+        if b.max_upload_bytes < 1024 {
+            return invalid("build.max_upload_bytes", "must be at least 1024");
+        }
+        if b.concurrency == 0 || b.concurrency > 64 {
+            return invalid("build.concurrency", "must be between 1 and 64");
+        }
+        if b.timeout_seconds == 0 || b.timeout_seconds > 86_400 {
+            return invalid("build.timeout_seconds", "must be between 1 and 86400");
+        }
+        if b.memory_mb < 64 {
+            return invalid("build.memory_mb", "must be at least 64");
+        }
+        if !(b.cpus.is_finite() && b.cpus >= 0.01) {
+            return invalid("build.cpus", "must be at least 0.01");
+        }
+        if b.pids < 16 {
+            return invalid("build.pids", "must be at least 16");
         }
         if self.deploy.health_deadline_seconds == 0 || self.deploy.health_deadline_seconds > 3600 {
             return invalid("deploy.health_deadline_seconds", "must be between 1 and 3600");

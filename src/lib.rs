@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod build;
 pub mod config;
 pub mod daemon;
 pub mod engine;

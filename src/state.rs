@@ -43,6 +43,8 @@ pub struct Shared {
     pub pushes: tokio::sync::broadcast::Sender<Pushed>,
     /// The state dir's size for `GET /metrics`, walked at most once a minute.
     pub state_dir_usage: Arc<crate::metrics::CachedDiskUsage>,
+    /// Build contexts uploaded for `Upload` deployments.
+    pub uploads: Arc<crate::build::uploads::Uploads>,
 }
 
 /// A manifest stored under a tag in the hosted registry.
@@ -160,6 +162,11 @@ impl AppState {
             Some(external),
             gate.metrics.clone(),
         ));
+        let uploads = Arc::new(crate::build::uploads::Uploads::new(
+            store.clone(),
+            config.data_dir.join("uploads"),
+            &config.build,
+        ));
         let (pushes, _) = tokio::sync::broadcast::channel(256);
         let state_dir_usage =
             Arc::new(crate::metrics::CachedDiskUsage::new(config.data_dir.clone(), std::time::Duration::from_secs(60)));
@@ -181,6 +188,7 @@ impl AppState {
             deployer,
             pushes,
             state_dir_usage,
+            uploads,
         }))
     }
 }

@@ -1,0 +1,34 @@
+//! Builds: `Upload` and `Git` deployments become images in the hosted registry.
+//!
+//! - [`uploads`]: build contexts streamed to disk by `POST /v1/services/{id}/uploads`,
+//!   checked to be safe archives, unpacked for a build, expired when unused.
+//! - [`git`]: shallow clones of a branch, tag or commit over https or ssh (with the
+//!   project's deploy key), and the checks on repository URLs and refs.
+//!
+//! Every part that produces a build's context writes only under the directory it
+//! is given, reports its progress as lines on a [`LogTx`], and stops when the
+//! deployment is cancelled.
+
+pub mod git;
+pub mod uploads;
+
+/// Lines of a build's output, on their way into the deployment's log.
+pub type LogTx = tokio::sync::mpsc::Sender<String>;
+
+/// Why a step of a build stopped short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The deployment was cancelled; whatever the step started is stopped.
+    Cancelled,
+    /// The step failed; the message says why, for the deployment's `error`.
+    Failed(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Cancelled => f.write_str("cancelled"),
+            Stop::Failed(m) => f.write_str(m),
+        }
+    }
+}
