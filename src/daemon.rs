@@ -90,7 +90,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let engine = start_engine(&config, &store, &host).await;
-    let surfaces = Arc::new(api::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
+    let surfaces = Arc::new(api::router::Surfaces {
+        body_limit: config.api.body_limit_bytes as u64,
+        upload_limit: config.build.max_upload_bytes,
+    });
     let gate = Arc::new(crate::http::Gate::new(config.clone(), store.clone(), surfaces));
     let secrets_dir = config.data_dir.join("secrets");
     let sealer = tokio::task::spawn_blocking(move || crate::secrets::Sealer::load_or_create(&secrets_dir))

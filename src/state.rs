@@ -200,7 +200,10 @@ impl AppState {
     pub fn for_tests(store: Store, dir: &std::path::Path) -> AppState {
         let config = crate::config::Config { data_dir: dir.into(), run_dir: dir.join("run"), ..Default::default() };
         let config = Arc::new(config);
-        let surfaces = Arc::new(crate::api::router::Surfaces { body_limit: config.api.body_limit_bytes as u64 });
+        let surfaces = Arc::new(crate::api::router::Surfaces {
+            body_limit: config.api.body_limit_bytes as u64,
+            upload_limit: config.build.max_upload_bytes,
+        });
         let gate = Arc::new(Gate::new(config.clone(), store.clone(), surfaces));
         let host =
             crate::runtime::host::StaticFacts { cgroup: crate::runtime::host::CgroupVersion::V2, runc_version: None };

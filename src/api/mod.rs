@@ -24,6 +24,7 @@ pub mod router;
 pub mod services;
 pub mod session;
 pub mod tokens;
+pub mod uploads;
 pub mod users;
 
 #[cfg(test)]

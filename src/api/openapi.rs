@@ -49,6 +49,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::services::metrics,
         super::services::requests,
         super::domains::list,
+        super::uploads::create,
         super::domains::create,
         super::domains::get,
         super::domains::delete,

@@ -13,7 +13,7 @@ use tower::Layer;
 
 use super::{
     AppState, audit, cache, certificates, credentials, deployments, domains, health, metrics, middleware, node,
-    openapi, projects, registry, services, session, tokens, users,
+    openapi, projects, registry, services, session, tokens, uploads, users,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -135,6 +135,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/services/{id}/logs/stream", Service(Operator), Some(Scope::LogsRead), services::logs_stream),
     route!(GET "/v1/services/{id}/metrics", Service(Viewer), Some(Scope::ServicesRead), services::metrics),
     route!(GET "/v1/services/{id}/requests", Service(Viewer), Some(Scope::ServicesRead), services::requests),
+    route!(POST "/v1/services/{id}/uploads", Service(Operator), Some(Scope::ServicesWrite), uploads::create),
     route!(GET "/v1/services/{id}/domains", Service(Viewer), Some(Scope::ServicesRead), domains::list),
     route!(POST "/v1/services/{id}/domains", Service(Operator), Some(Scope::ServicesWrite), domains::create),
     route!(GET "/v1/services/{id}/domains/{domain_id}", Service(Viewer), Some(Scope::ServicesRead), domains::get),
@@ -171,10 +172,19 @@ pub static ROUTES: &[Route] = &[
     route!(DELETE "/v2/{*path}", Registry, None, v2::v2_delete),
 ];
 
+/// `/v1/services/{id}/uploads`.
+fn is_upload_path(path: &str) -> bool {
+    path.strip_prefix("/v1/services/")
+        .and_then(|rest| rest.strip_suffix("/uploads"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// The two protocols of the API listener, as the outer layer needs to know them.
 pub struct Surfaces {
     /// Largest `/v1` JSON body (and any `/v2` body that is not an upload or manifest).
     pub body_limit: u64,
+    /// Largest build context (`POST /v1/services/{id}/uploads`).
+    pub upload_limit: u64,
 }
 
 impl crate::http::Surface for Surfaces {
@@ -186,6 +196,9 @@ impl crate::http::Surface for Surfaces {
             if *method == Method::PUT && rest.contains("/manifests/") {
                 return Some(crate::registry::manifests::MAX_MANIFEST_BYTES as u64);
             }
+        }
+        if *method == Method::POST && is_upload_path(path) {
+            return Some(self.upload_limit);
         }
         Some(self.body_limit)
     }

@@ -191,7 +191,7 @@ fn zstd(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn small_limits() -> Limits {
-    Limits { max_entries: 10_000, max_total_bytes: 1 << 20, max_entry_bytes: 1 << 20 }
+    Limits { max_entries: 10_000, max_total_bytes: 1 << 20, max_entry_bytes: 1 << 20, build_context: false }
 }
 
 fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
@@ -410,7 +410,7 @@ fn huge_size_claims_are_refused_before_writing() {
     assert!(matches!(s.unpack_checked(&tar, &Limits::default()), Err(ImageError::Unsupported { .. })));
 
     // The layer total is capped as well as each entry.
-    let limits = Limits { max_entries: 100, max_total_bytes: 1000, max_entry_bytes: 600 };
+    let limits = Limits { max_entries: 100, max_total_bytes: 1000, max_entry_bytes: 600, build_context: false };
     let tar = Tar::default().file("a", &[1u8; 600]).file("b", &[2u8; 600]).finish();
     let e = s.unpack_checked(&tar, &limits).unwrap_err();
     assert!(matches!(e, ImageError::LayerTooLarge { ref entry, total: 1200, limit: 1000 } if entry == "b"), "{e}");

@@ -101,6 +101,9 @@ pub struct Limits {
     pub max_total_bytes: u64,
     /// Size one member may declare.
     pub max_entry_bytes: u64,
+    /// The archive is a build context, not a layer: absolute names, whiteouts and
+    /// links whose target leaves the archive's root are refused too.
+    pub build_context: bool,
 }
 
 impl Limits {
@@ -115,6 +118,7 @@ impl Default for Limits {
             max_entries: Self::DEFAULT_MAX_ENTRIES,
             max_total_bytes: Self::DEFAULT_MAX_TOTAL_BYTES,
             max_entry_bytes: Self::DEFAULT_MAX_ENTRY_BYTES,
+            build_context: false,
         }
     }
 }
@@ -482,6 +486,28 @@ fn components<'a>(name: &'a [u8], entry: &str) -> Result<Vec<&'a [u8]>, ImageErr
     Ok(out)
 }
 
+/// Whether a symlink in `parents` pointing at `target` resolves, by its text alone,
+/// to somewhere under the archive's root: relative, and never climbing above it.
+/// (Nothing is ever written through a symlink while unpacking; this keeps a build
+/// context from carrying links that point out of it at all.)
+fn stays_inside(parents: &[&[u8]], target: &[u8]) -> bool {
+    if target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = parents.len();
+    for c in target.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
 /// A numeric header field; one left blank (all NULs or spaces) reads as 0, as Go's
 /// `archive/tar` (which Docker and containerd use) reads it.
 fn numeric(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
@@ -676,6 +702,9 @@ impl<'l> Extractor<'l> {
             (None, None) => header.link_name_bytes().map(|l| l.into_owned()),
         };
 
+        if self.limits.build_context && raw_name.starts_with(b"/") {
+            return Err(ImageError::unsafe_path(&name, "it is an absolute path"));
+        }
         let parts = components(&raw_name, &name)?;
         // Old archives mark directories with a trailing slash on a regular entry.
         let is_dir = kind == EntryType::Directory || (kind == EntryType::Regular && raw_name.ends_with(b"/"));
@@ -691,6 +720,9 @@ impl<'l> Extractor<'l> {
         };
 
         if let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) {
+            if self.limits.build_context {
+                return Err(ImageError::unsafe_path(&name, "whiteout names (.wh.*) have no place in a build context"));
+            }
             return self.whiteout(&name, parents, last, hidden);
         }
         if is_dir {
@@ -701,6 +733,12 @@ impl<'l> Extractor<'l> {
                 let target = link
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| malformed(format!("symlink {name:?} has no target")))?;
+                if self.limits.build_context && !stays_inside(parents, &target) {
+                    return Err(ImageError::unsafe_path(
+                        &name,
+                        format!("its symlink target {:?} leaves the archive", String::from_utf8_lossy(&target)),
+                    ));
+                }
                 self.symlink(&name, parents, last, &target, &meta)
             }
             EntryType::Link => {
@@ -709,6 +747,13 @@ impl<'l> Extractor<'l> {
                     target: String::new(),
                     reason: "is empty",
                 })?;
+                if self.limits.build_context && target.starts_with(b"/") {
+                    return Err(ImageError::BadHardlink {
+                        entry: name.clone(),
+                        target: String::from_utf8_lossy(&target).into_owned(),
+                        reason: "is an absolute path",
+                    });
+                }
                 self.hardlink(&name, &parts, &target)
             }
             _ => self.file(entry, &name, parents, last, size, &meta, &pax.xattrs),
@@ -979,5 +1024,25 @@ fn check_trailer(reader: &mut ChunkReader) -> Result<(), ImageError> {
         if seen > MAX_TRAILER {
             return Err(malformed(format!("more than {MAX_TRAILER} bytes of padding follow the end of the archive")));
         }
+    }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::stays_inside;
+
+    #[test]
+    fn symlink_targets_of_a_build_context_stay_under_its_root() {
+        let at = |p: &[&'static str], t: &str| {
+            stays_inside(&p.iter().map(|s| s.as_bytes()).collect::<Vec<_>>(), t.as_bytes())
+        };
+        assert!(at(&[], "Dockerfile"));
+        assert!(at(&["a", "b"], "../../c"));
+        assert!(at(&["a"], "./b/../c"));
+        assert!(!at(&[], "../x"));
+        assert!(!at(&["a"], "../../x"));
+        assert!(at(&["a", "b"], "c/../../../x"));
+        assert!(!at(&["a", "b"], "c/../../../../x"));
+        assert!(!at(&[], "/etc/passwd"));
     }
 }

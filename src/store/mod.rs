@@ -41,6 +41,7 @@ pub mod projects;
 pub mod registry;
 pub mod replicas;
 pub mod services;
+pub mod uploads;
 pub mod users;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/009_services.sql")),
     (10, include_str!("migrations/010_domains.sql")),
     (11, include_str!("migrations/011_acme.sql")),
+    (12, include_str!("migrations/012_uploads.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -80,6 +80,18 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
             async move { deployer.probe_due().await }
         }));
     }
+    let s = state.clone();
+    let every = (state.config.build.upload_ttl_seconds / 2).clamp(1, 600);
+    all.push(spawn("upload-expiry", Duration::from_secs(every), shutdown.clone(), move || {
+        let s = s.clone();
+        async move {
+            match s.uploads.expire().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired build context uploads removed"),
+                Err(e) => tracing::warn!(error = %e, "upload expiry failed"),
+            }
+        }
+    }));
     all.push(auto_deploy(state.clone(), shutdown.clone()));
     if state.config.acme.enabled {
         all.push(acme::spawn(state.clone(), shutdown.clone()));

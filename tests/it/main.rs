@@ -38,3 +38,4 @@ mod secrets;
 mod services;
 mod tls;
 mod tools;
+mod uploads;

@@ -452,6 +452,17 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
             let dep = f.deployment_in_progress(project, n);
             Request::json(client, format!("/v1/deployments/{dep}/cancel"), json!({})).hidden("deployment", &dep)
         }
+        ("POST", "/v1/services/{id}/uploads") => {
+            let svc = f.service(project, n, json!({}));
+            Request {
+                path: format!("/v1/services/{svc}/uploads"),
+                body: Some(crate::uploads::small_context()),
+                headers: vec![("Content-Type", "application/gzip".to_string())],
+                client: client.clone(),
+                hidden: None,
+            }
+            .hidden("service", &svc)
+        }
         ("POST", "/v1/services/{id}/domains") => {
             let svc = f.service(project, n, json!({}));
             let body = json!({"hostname": format!("d{n}.domains.test")});
