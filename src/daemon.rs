@@ -137,6 +137,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tracing::info!(addr = %http_addr, "ingress listening (http)");
     let (https_listener, https_addr) = bind(config.ingress.https_listen).await?;
     tracing::info!(addr = %https_addr, "ingress listening (https)");
+    state.https_port.store(https_addr.port(), std::sync::atomic::Ordering::Relaxed);
     let tls = tokio_rustls::TlsAcceptor::from(state.certs.server_config().map_err(DaemonError::TlsConfig)?);
 
     let mut sigterm =

@@ -45,6 +45,9 @@ pub struct Shared {
     pub state_dir_usage: Arc<crate::metrics::CachedDiskUsage>,
     /// Build contexts uploaded for `Upload` deployments.
     pub uploads: Arc<crate::build::uploads::Uploads>,
+    /// The port the HTTPS ingress is bound to (0 until it is): what clients of the
+    /// control domain are told to come back to when the config asks for any port.
+    pub https_port: std::sync::atomic::AtomicU16,
 }
 
 /// A manifest stored under a tag in the hosted registry.
@@ -189,6 +192,7 @@ impl AppState {
             pushes,
             state_dir_usage,
             uploads,
+            https_port: std::sync::atomic::AtomicU16::new(0),
         }))
     }
 }

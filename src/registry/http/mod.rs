@@ -185,7 +185,7 @@ fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// request's own `Host` header is never echoed.
 fn challenge(state: &AppState, ctx: &Ctx, scope: Option<(&str, Need)>) -> String {
     let realm = match &state.config.ingress.control_domain {
-        Some(domain) => match state.config.ingress.https_listen.port() {
+        Some(domain) => match state.https_port.load(std::sync::atomic::Ordering::Relaxed) {
             // The HTTPS listener's port when it is not the default (dev mode: 8443).
             0 | 443 => format!("https://{domain}/v2/token"),
             port => format!("https://{domain}:{port}/v2/token"),
