@@ -22,7 +22,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(build-essential pkg-config curl jq runc iproute2 nftables ca-certificates)
+PACKAGES=(build-essential pkg-config curl jq runc iproute2 nftables ca-certificates buildah git)
 if [ "${BERTH_DEV_CLIENTS:-1}" != 0 ]; then
     PACKAGES+=(docker.io skopeo busybox-static)
 fi

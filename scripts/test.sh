@@ -45,6 +45,9 @@ PACKAGES=(
     # ACME against a real CA on loopback (tests/it/acme.rs), and the reverse proxy the
     # ingress benchmark compares against (bench/ingress.sh)
     pebble nginx
+    # builds of Upload and Git deployments, Git over https (git http-backend) and ssh
+    # (sshd on a loopback port) in tests/it/builds.rs and tests/it/git.rs
+    buildah git openssh-server
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS
