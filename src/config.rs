@@ -284,6 +284,11 @@ pub struct BuildConfig {
     /// Build storage (base images and layers buildah keeps) past this size is
     /// collected after a build, in bytes.
     pub storage_max_bytes: u64,
+    /// Extra PEM roots trusted, besides the system's, for `https://` clones of Git
+    /// sources (a private Git server's CA); empty for the system's roots only.
+    pub git_ca_bundle: String,
+    /// Longest a clone of a Git source may take, in seconds.
+    pub git_timeout_seconds: u64,
 }
 
 impl Default for BuildConfig {
@@ -298,6 +303,8 @@ impl Default for BuildConfig {
             cpus: 2.0,
             pids: 4096,
             storage_max_bytes: 10 << 30,
+            git_ca_bundle: String::new(),
+            git_timeout_seconds: 600,
         }
     }
 }
@@ -630,6 +637,18 @@ impl Config {
         }
         if b.pids < 16 {
             return invalid("build.pids", "must be at least 16");
+        }
+        if b.git_timeout_seconds == 0 || b.git_timeout_seconds > 86_400 {
+            return invalid("build.git_timeout_seconds", "must be between 1 and 86400");
+        }
+        if !b.git_ca_bundle.is_empty() {
+            let pem = std::fs::read_to_string(&b.git_ca_bundle).map_err(|e| ConfigError::Invalid {
+                key: "build.git_ca_bundle",
+                message: format!("{}: {e}", b.git_ca_bundle),
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return invalid("build.git_ca_bundle", "holds no PEM certificate");
+            }
         }
         if self.deploy.health_deadline_seconds == 0 || self.deploy.health_deadline_seconds > 3600 {
             return invalid("deploy.health_deadline_seconds", "must be between 1 and 3600");
