@@ -25,6 +25,7 @@ pub mod services;
 pub mod session;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;

@@ -42,6 +42,7 @@ pub mod registry;
 pub mod replicas;
 pub mod services;
 pub mod users;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -101,6 +102,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/009_services.sql")),
     (10, include_str!("migrations/010_domains.sql")),
     (11, include_str!("migrations/011_acme.sql")),
+    (13, include_str!("migrations/013_webhooks.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

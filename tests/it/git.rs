@@ -10,7 +10,9 @@ use berth::build::Stop;
 use berth::build::git::{Fetch, fetch};
 use berth::secrets::credentials::GitKey;
 
-use super::harness::{TempDir, require, require_tool};
+use serde_json::{Value, json};
+
+use super::harness::{Berth, Client, Resp, TempDir, require, require_busybox, require_root, require_tool};
 
 /// Runs `program ARGS` in `dir`, asserting success; its standard output.
 fn run(dir: &Path, program: &str, args: &[&str]) -> String {
@@ -73,6 +75,16 @@ impl Repo {
         let other = commit("other");
         run(&work, "git", &["push", "-q", bare.to_str().unwrap(), "main", "other", "v1"]);
         Repo { root, bare, v1, v2, other }
+    }
+
+    /// Adds a commit on `main` (the page says `page`); its id.
+    pub fn push_main(&self, dir: &Path, page: &str) -> String {
+        let work = dir.join("work");
+        run(&work, "git", &["checkout", "-q", "main"]);
+        std::fs::write(work.join("index.html"), page).unwrap();
+        run(&work, "git", &["commit", "-q", "-am", page]);
+        run(&work, "git", &["push", "-q", self.bare.to_str().unwrap(), "main"]);
+        run(&work, "git", &["rev-parse", "HEAD"])
     }
 }
 
@@ -442,4 +454,295 @@ fn fetch_over_ssh_with_the_deploy_key_and_strict_host_keys() {
     // A wrong ref over ssh.
     let m = failed(over_ssh(&url, "nope", Some(&key)).0);
     assert!(m.contains("no such ref"), "{m}");
+}
+
+// ---------------------------------------------------------------------------------
+// Push webhooks
+
+/// A push event as GitHub and GitLab both shape it (the fields berth reads).
+fn push_body(git_ref: &str, after: &str) -> Vec<u8> {
+    json!({
+        "ref": git_ref,
+        "before": "0000000000000000000000000000000000000000",
+        "after": after,
+        "repository": {"name": "app", "clone_url": "https://evil.example/other.git"},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn github(anon: &Client, svc: &str, secret: &str, event: &str, delivery: &str, body: &[u8]) -> Resp {
+    let signature = berth::build::webhook::github_signature(secret.as_bytes(), body);
+    anon.send(
+        "POST",
+        &format!("/v1/webhooks/git/{svc}"),
+        Some(body),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signature),
+        ],
+    )
+}
+
+fn gitlab(anon: &Client, svc: &str, token: &str, delivery: &str, body: &[u8]) -> Resp {
+    anon.send(
+        "POST",
+        &format!("/v1/webhooks/git/{svc}"),
+        Some(body),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Event-UUID", delivery),
+            ("X-Gitlab-Token", token),
+        ],
+    )
+}
+
+fn deployments_of(c: &Client, svc: &str) -> Vec<Value> {
+    c.get(&format!("/v1/services/{svc}/deployments?limit=100")).json()["data"].as_array().unwrap().clone()
+}
+
+/// Waits for a deployment to end (cancelling it if it is still going, so the next
+/// push is not refused as a second deployment in flight).
+fn wind_down(c: &Client, dep: &str) -> Value {
+    let r = c.post(&format!("/v1/deployments/{dep}/cancel"), &json!({}));
+    assert!(r.status == 200 || r.status == 409, "{}", r.text());
+    crate::deployments::until(120, &format!("deployment {dep} ends"), || {
+        let d = c.get(&format!("/v1/deployments/{dep}")).json();
+        matches!(d["status"].as_str(), Some("live" | "failed" | "cancelled" | "superseded")).then_some(d)
+    })
+}
+
+#[test]
+fn webhook_pushes_to_the_branch_deploy_and_nothing_else_does() {
+    let b = Berth::start("");
+    let admin = b.admin();
+    let anon = b.client();
+    let project = admin.post("/v1/projects", &json!({"name": "hooks"})).json()["id"].as_str().unwrap().to_string();
+    let svc =
+        crate::deployments::service(&admin, json!({"project_id": project, "name": "web", "port": 8080, "replicas": 0}));
+    let repo_url = "https://git.example.com/org/app.git";
+    let hook_path = format!("/v1/services/{svc}/webhook");
+
+    // Settings: checked like a deployment's source; the secret is shown once.
+    for (body, code) in [
+        (json!({"repo_url": "file:///srv/app.git", "branch": "main"}), 422),
+        (json!({"repo_url": "ext::sh -c id", "branch": "main"}), 422),
+        (json!({"repo_url": repo_url, "branch": "-uhack"}), 422),
+        (json!({"repo_url": repo_url, "branch": "main", "dockerfile": "../Dockerfile"}), 400),
+        (json!({"repo_url": repo_url}), 400),
+    ] {
+        let r = admin.post(&hook_path, &body);
+        assert_eq!(r.status, code, "{body}: {}", r.text());
+    }
+    assert_eq!(admin.get(&hook_path).status, 404);
+    let r = admin.post(&hook_path, &json!({"repo_url": repo_url, "branch": "main"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let secret = r.json()["secret"].as_str().unwrap().to_string();
+    assert_eq!(secret.len(), 64);
+    assert_eq!(r.json()["webhook"]["url"], format!("/v1/webhooks/git/{svc}"));
+    let shown = admin.get(&hook_path);
+    assert_eq!(shown.status, 200);
+    assert_eq!((shown.json()["repo_url"].as_str(), shown.json()["branch"].as_str()), (Some(repo_url), Some("main")));
+    assert!(!shown.text().contains(&secret) && shown.json().get("secret").is_none(), "{}", shown.text());
+    // Sealed at rest: the secret is nowhere in the database in the clear.
+    let db = std::fs::read(b.data_dir().join("state.db")).unwrap();
+    let wal = std::fs::read(b.data_dir().join("state.db-wal")).unwrap_or_default();
+    let needle = secret.as_bytes();
+    assert!(!db.windows(needle.len()).chain(wal.windows(needle.len())).any(|w| w == needle), "secret in clear");
+
+    // A GitHub ping is answered; nothing deploys.
+    let r = github(&anon, &svc, &secret, "ping", "p1", b"{\"zen\":\"hi\"}");
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("pong")), "{}", r.text());
+
+    // A signed push to main deploys the pushed commit, from the configured repository.
+    let c1 = "1111111111111111111111111111111111111111";
+    let body = push_body("refs/heads/main", c1);
+    let r = github(&anon, &svc, &secret, "push", "d-1", &body);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!((r.json()["status"].as_str(), r.json()["commit"].as_str()), (Some("deploying"), Some(c1)));
+    let dep = r.json()["deployment_id"].as_str().unwrap().to_string();
+    let d = admin.get(&format!("/v1/deployments/{dep}")).json();
+    assert_eq!(d["service_id"], svc.as_str());
+    assert_eq!(d["source"], json!({"kind": "Git", "repo_url": repo_url, "ref": c1, "dockerfile": null}), "{d}");
+    let audit = admin.get("/v1/audit?limit=100").json();
+    let entry = audit["data"].as_array().unwrap().iter().find(|e| e["target"] == dep.as_str()).cloned();
+    let entry = entry.unwrap_or_else(|| panic!("no audit entry for {dep}: {audit}"));
+    assert_eq!(entry["action"], "POST /v1/webhooks/git/{service_id}", "{entry}");
+    assert!(entry["actor_name"].as_str().unwrap().contains("git push to main"), "{entry}");
+
+    // Replays start nothing: the same delivery, and the same body under a new id.
+    let r = github(&anon, &svc, &secret, "push", "d-1", &body);
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = github(&anon, &svc, &secret, "push", "d-2", &body);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(deployments_of(&admin, &svc).len(), 1);
+
+    // A bad or missing signature: 401, nothing started. An unknown service and a
+    // malformed id get the very same answer.
+    let c2 = "2222222222222222222222222222222222222222";
+    let body2 = push_body("refs/heads/main", c2);
+    let forged = github(&anon, &svc, "not-the-secret", "push", "d-3", &body2);
+    assert_eq!(forged.status, 401, "{}", forged.text());
+    let unsigned = anon.send(
+        "POST",
+        &format!("/v1/webhooks/git/{svc}"),
+        Some(&body2),
+        &[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "d-4")],
+    );
+    assert_eq!(unsigned.status, 401);
+    let tampered = {
+        let signature = berth::build::webhook::github_signature(secret.as_bytes(), &body2);
+        let other = push_body("refs/heads/main", "3333333333333333333333333333333333333333");
+        anon.send(
+            "POST",
+            &format!("/v1/webhooks/git/{svc}"),
+            Some(&other),
+            &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &signature)],
+        )
+    };
+    assert_eq!(tampered.status, 401);
+    let unknown = github(&anon, "svc_00000000000000000000000000", &secret, "push", "d-5", &body2);
+    let malformed = github(&anon, "nope", &secret, "push", "d-6", &body2);
+    for r in [&unsigned, &tampered, &unknown, &malformed] {
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["error"]["message"], forged.json()["error"]["message"]);
+    }
+    let wrong_token = gitlab(&anon, &svc, "not-the-secret", "g-0", &body2);
+    assert_eq!(wrong_token.status, 401);
+    assert_eq!(deployments_of(&admin, &svc).len(), 1);
+
+    // Other branches, tags and events: answered, nothing started.
+    for (event, body) in [
+        ("push", push_body("refs/heads/feature", c2)),
+        ("push", push_body("refs/tags/v2", c2)),
+        ("push", push_body("refs/heads/main", "0000000000000000000000000000000000000000")),
+        ("issues", b"{}".to_vec()),
+    ] {
+        let r = github(&anon, &svc, &secret, event, &berth::ids::new_id("d"), &body);
+        assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ignored")), "{}", r.text());
+    }
+    // Signed, but not JSON: 400.
+    let r = github(&anon, &svc, &secret, "push", "d-7", b"not json");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(deployments_of(&admin, &svc).len(), 1);
+
+    // GitLab style: the token is the secret.
+    wind_down(&admin, &dep);
+    let r = gitlab(&anon, &svc, &secret, "g-1", &body2);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let dep2 = r.json()["deployment_id"].as_str().unwrap().to_string();
+    assert_eq!(admin.get(&format!("/v1/deployments/{dep2}")).json()["source"]["ref"], c2);
+    let r = gitlab(&anon, &svc, &secret, "g-1", &body2);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(deployments_of(&admin, &svc).len(), 2);
+    wind_down(&admin, &dep2);
+
+    // A new secret replaces the old one; off, every delivery is refused.
+    let r = admin.post(&hook_path, &json!({"repo_url": repo_url, "branch": "main"}));
+    let secret2 = r.json()["secret"].as_str().unwrap().to_string();
+    assert_ne!(secret2, secret);
+    let c4 = "4444444444444444444444444444444444444444";
+    let r = github(&anon, &svc, &secret, "push", "d-8", &push_body("refs/heads/main", c4));
+    assert_eq!(r.status, 401);
+    assert_eq!(admin.delete(&hook_path).status, 204);
+    assert_eq!(admin.delete(&hook_path).status, 404);
+    let r = github(&anon, &svc, &secret2, "push", "d-9", &push_body("refs/heads/main", c4));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(deployments_of(&admin, &svc).len(), 2);
+}
+
+// ---------------------------------------------------------------------------------
+// End to end (needs the build pipeline: buildah, the `building` state)
+
+/// Waits for a deployment to end, whatever state it passes through.
+fn finish(c: &Client, dep: &str, secs: u64) -> Value {
+    crate::deployments::until(secs, &format!("deployment {dep} ends"), || {
+        let d = c.get(&format!("/v1/deployments/{dep}")).json();
+        matches!(d["status"].as_str(), Some("live" | "failed" | "cancelled" | "superseded")).then_some(d)
+    })
+}
+
+/// `Git` deployments over https and over ssh (with the project's deploy key) build
+/// and go live; a webhook push then deploys the pushed commit; hostile sources are
+/// refused at create.
+#[test]
+fn git_deployments_go_live_over_https_and_ssh_and_on_a_push() {
+    if !(require_root() && require_busybox() && require_git_tools(true) && require_tool("buildah", &["--version"])) {
+        return;
+    }
+    let tmp = TempDir::new("git-e2e");
+    let d = tmp.path();
+    let repo = Repo::make(d);
+    let https = HttpsGit::start(d, &repo);
+    let ssh = SshGit::start(d);
+    let (node, admin) = crate::deployments::node(&format!(
+        "[build]\ngit_ca_bundle = \"{}\"\ntimeout_seconds = 600\n",
+        https.ca.display()
+    ));
+    let project = crate::deployments::project_id(&admin, "alpha");
+    let svc = crate::deployments::service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "health_check": {"path": "/", "interval_s": 1}}),
+    );
+    let deploy = |url: &str, r: &str| {
+        let source = json!({"kind": "Git", "repo_url": url, "ref": r});
+        admin.post("/v1/deployments", &json!({"service_id": svc, "source": source}))
+    };
+
+    // Hostile sources: a clear 4xx, nothing started.
+    for (url, r) in [
+        ("file:///etc", "main"),
+        ("ext::sh -c touch% /tmp/pwned", "main"),
+        ("-uhack", "main"),
+        ("http://127.0.0.1:1/app.git", "main"),
+        ("https://user:token@127.0.0.1/app.git", "main"),
+        (https.url().as_str(), "-uhack"),
+        (https.url().as_str(), "main..x"),
+    ] {
+        let resp = deploy(url, r);
+        assert!(resp.status == 422 || resp.status == 400, "{url} {r}: {} {}", resp.status, resp.text());
+    }
+    assert!(deployments_of(&admin, &svc).is_empty());
+
+    // https, a branch.
+    let r = deploy(&https.url(), "main");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dep = r.json()["id"].as_str().unwrap().to_string();
+    let out = finish(&admin, &dep, 600);
+    assert_eq!(out["status"], "live", "{out}");
+    let page = crate::deployments::via_ingress(&node, "web.alpha.localhost", "/");
+    assert_eq!(page, Some((200, "v2".to_string())));
+
+    // ssh with the deploy key, a tag.
+    let creds = json!({"private_key": ssh.client_key, "known_hosts": ssh.known_hosts});
+    let r = admin.post(&format!("/v1/projects/{project}/credentials/git"), &creds);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = deploy(&ssh.url(&repo), "v1");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let dep = r.json()["id"].as_str().unwrap().to_string();
+    let out = finish(&admin, &dep, 600);
+    assert_eq!(out["status"], "live", "{out}");
+    assert_eq!(crate::deployments::via_ingress(&node, "web.alpha.localhost", "/"), Some((200, "v1".to_string())));
+
+    // A wrong ref fails the deployment with a message that says so; v1 keeps serving.
+    let r = deploy(&https.url(), "nope");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let out = finish(&admin, r.json()["id"].as_str().unwrap(), 600);
+    assert_eq!(out["status"], "failed", "{out}");
+    assert!(out["error"].as_str().unwrap().contains("no such ref"), "{out}");
+    assert_eq!(crate::deployments::via_ingress(&node, "web.alpha.localhost", "/"), Some((200, "v1".to_string())));
+
+    // A webhook push of a new commit on main deploys it.
+    let hook = admin.post(&format!("/v1/services/{svc}/webhook"), &json!({"repo_url": https.url(), "branch": "main"}));
+    assert_eq!(hook.status, 201, "{}", hook.text());
+    let secret = hook.json()["secret"].as_str().unwrap().to_string();
+    let c3 = repo.push_main(d, "v3");
+    let r = github(&node.b.client(), &svc, &secret, "push", "e2e-1", &push_body("refs/heads/main", &c3));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let out = finish(&admin, r.json()["deployment_id"].as_str().unwrap(), 600);
+    assert_eq!(out["status"], "live", "{out}");
+    assert_eq!(crate::deployments::via_ingress(&node, "web.alpha.localhost", "/"), Some((200, "v3".to_string())));
 }
