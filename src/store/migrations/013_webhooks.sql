@@ -6,7 +6,7 @@ CREATE TABLE webhooks (
     repo_url      TEXT NOT NULL,
     branch        TEXT NOT NULL,
     dockerfile    TEXT,
-    secret_sealed TEXT NOT NULL,
+    secret_sealed TEXT NOT NULL CHECK (secret_sealed LIKE 'age:%'),
     sealed_by     TEXT NOT NULL,
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL
