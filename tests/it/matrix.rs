@@ -466,7 +466,8 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
         }
         ("POST", "/v1/webhooks/git/{service_id}") => {
             // A signed ping: served (200) whoever sends it; the signature is the credential.
-            let svc = f.service(project, n, json!({}));
+            let project = f.project(n);
+            let svc = f.service(&project, n, json!({}));
             let r = f.root.post(
                 &format!("/v1/services/{svc}/webhook"),
                 &json!({"repo_url": "https://git.example.com/app.git", "branch": "main"}),
