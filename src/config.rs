@@ -876,6 +876,29 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 
+    #[test]
+    fn git_settings_are_checked() {
+        let d = tmp();
+        let load = |text: &str| {
+            let p = write(&d, text);
+            Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() })
+        };
+        let pem = rcgen::generate_simple_self_signed(vec!["git.test".to_string()]).unwrap().cert.pem();
+        std::fs::write(d.join("ca.pem"), pem).unwrap();
+        std::fs::write(d.join("junk.pem"), "not a certificate").unwrap();
+        let c = load(&format!("[build]\ngit_ca_bundle = \"{}\"\n", d.join("ca.pem").display())).unwrap();
+        assert_eq!(c.build.git_timeout_seconds, 600);
+        for bad in [
+            format!("git_ca_bundle = \"{}\"", d.join("missing.pem").display()),
+            format!("git_ca_bundle = \"{}\"", d.join("junk.pem").display()),
+            "git_timeout_seconds = 0".to_string(),
+        ] {
+            let e = load(&format!("[build]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("build.git_"), "{bad}: {e}");
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
     /// The conffile the .deb installs as /etc/berth/berth.toml (packaging/berth.toml).
     const PACKAGED: &str = include_str!("../packaging/berth.toml");
 
