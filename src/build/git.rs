@@ -42,6 +42,25 @@ pub struct Fetch<'a> {
     pub timeout: Duration,
 }
 
+impl<'a> Fetch<'a> {
+    /// A fetch of `repo_url` at `git_ref` with the `[build]` settings (extra CA
+    /// roots, the clone's deadline).
+    pub fn new(
+        repo_url: &'a str,
+        git_ref: &'a str,
+        key: Option<&'a GitKey>,
+        build: &'a crate::config::BuildConfig,
+    ) -> Fetch<'a> {
+        Fetch {
+            repo_url,
+            git_ref,
+            key,
+            ca_bundle: (!build.git_ca_bundle.is_empty()).then(|| Path::new(build.git_ca_bundle.as_str())),
+            timeout: Duration::from_secs(build.git_timeout_seconds),
+        }
+    }
+}
+
 /// Longest repository URL accepted.
 const MAX_URL: usize = 2048;
 /// Longest ref accepted.

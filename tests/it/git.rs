@@ -329,7 +329,12 @@ fn fetch_over_https_a_branch_a_tag_and_a_commit() {
     let url = srv.url();
     let ca = Some(srv.ca.as_path());
 
-    let (r, lines, dest) = clone(d, &https_fetch(&url, "main", ca), None);
+    // With the [build] settings as the daemon has them.
+    let build = berth::config::BuildConfig {
+        git_ca_bundle: srv.ca.display().to_string(),
+        ..berth::config::BuildConfig::default()
+    };
+    let (r, lines, dest) = clone(d, &Fetch::new(&url, "main", None, &build), None);
     assert_eq!(r, Ok(repo.v2.clone()), "{lines:?}");
     assert_eq!(std::fs::read_to_string(dest.join("index.html")).unwrap(), "v2");
     assert!(dest.join("Dockerfile").is_file());
