@@ -101,6 +101,10 @@ pub async fn run(
         .spawn()
         .map_err(|e| RuntimeError::Command { command: what.clone(), message: format!("cannot start: {e}") })?;
     let group = child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
+    // Declared after `child`, so dropped first: if this future is dropped midway
+    // (its task aborted), the group dies while its leader is not yet reaped, so the
+    // group id cannot have been reused.
+    let guard = GroupGuard(group);
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(RuntimeError::Command { command: what, message: "no pipes".into() });
     };
@@ -121,21 +125,51 @@ pub async fn run(
     };
     let ended = tokio::select! {
         status = child.wait() => {
+            // Whatever the tool left running in its group goes too. The leader is
+            // reaped by now, but a group id is not handed out again while the group
+            // has members, and an empty group just makes the kill fail.
+            drop(guard);
             let status = status.map_err(|e| RuntimeError::Command { command: what.clone(), message: e.to_string() })?;
-            let (out, _) = stdout.await.unwrap_or_default();
-            let (_, tail) = stderr.await.unwrap_or_default();
+            // Something the tool left behind may still hold the pipes open: its
+            // output is not waited for past a grace period.
+            let (out, _) = drain(stdout).await;
+            let (_, tail) = drain(stderr).await;
             return Ok(Ended::Exited { code: status.code(), stdout: out, stderr: tail });
         }
         e = stop => e,
         () = tokio::time::sleep(deadline) => Ended::TimedOut,
     };
-    if let Some(pid) = group {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
+    drop(guard);
     let _ = child.kill().await;
     stdout.abort();
     stderr.abort();
     Ok(ended)
+}
+
+/// Most a finished tool's output is waited for.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The result of a pump, or what it has not got when the grace period is over.
+async fn drain(pump: tokio::task::JoinHandle<(String, Vec<String>)>) -> (String, Vec<String>) {
+    let abort = pump.abort_handle();
+    match tokio::time::timeout(DRAIN_GRACE, pump).await {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            abort.abort();
+            Default::default()
+        }
+    }
+}
+
+/// Kills a process group when dropped.
+struct GroupGuard(Option<rustix::process::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// Reads `from` to its end, splitting lines at `\n` and `\r` (progress output),
@@ -253,6 +287,61 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the grandchild was killed");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("berth-group-drop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("child.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let tool = Tool::new("sh").arg("-c").arg(script);
+        let (_keep, mut cancel) = never();
+        let task = tokio::spawn(async move { run(&tool, None, false, Duration::from_secs(60), &mut cancel).await });
+        let mut grandchild = None;
+        for _ in 0..100 {
+            if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+                grandchild = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let grandchild = grandchild.expect("grandchild started");
+        task.abort();
+        let _ = task.await;
+        let gone = async {
+            loop {
+                let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+                if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the grandchild was killed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn what_a_finished_tool_left_running_is_stopped() {
+        let (_keep, mut cancel) = never();
+        // The background sleep holds standard error open after sh exits.
+        let tool = Tool::new("sh").arg("-c").arg("sleep 300 >&2 & echo $!");
+        let t = std::time::Instant::now();
+        let ended = run(&tool, None, false, Duration::from_secs(60), &mut cancel).await.unwrap();
+        let Ended::Exited { code: Some(0), stdout, .. } = ended else { panic!("{ended:?}") };
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        let pid: i32 = stdout.trim().parse().unwrap();
+        let gone = async {
+            loop {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the leftover sleep was killed");
     }
 
     #[tokio::test]
