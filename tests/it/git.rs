@@ -657,6 +657,19 @@ fn webhook_pushes_to_the_branch_deploy_and_nothing_else_does() {
     let r = github(&anon, &svc, &secret2, "push", "d-9", &push_body("refs/heads/main", c4));
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(deployments_of(&admin, &svc).len(), 2);
+
+    // The webhook goes with its service.
+    let r = admin.post(&hook_path, &json!({"repo_url": repo_url, "branch": "main"}));
+    let secret3 = r.json()["secret"].as_str().unwrap().to_string();
+    let r = admin.delete(&format!("/v1/services/{svc}"));
+    assert!((200..300).contains(&r.status), "{}", r.text());
+    let r = github(&anon, &svc, &secret3, "push", "d-10", &push_body("refs/heads/main", c4));
+    assert_eq!(r.status, 401, "{}", r.text());
+    if require_tool("sqlite3", &["-version"]) {
+        let db = b.data_dir().join("state.db");
+        let left = run(b.dir.path(), "sqlite3", &["-readonly", db.to_str().unwrap(), "SELECT count(*) FROM webhooks"]);
+        assert_eq!(left, "0");
+    }
 }
 
 // ---------------------------------------------------------------------------------
