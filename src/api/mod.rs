@@ -26,6 +26,7 @@ pub mod session;
 pub mod tokens;
 pub mod uploads;
 pub mod users;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;

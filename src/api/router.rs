@@ -13,7 +13,7 @@ use tower::Layer;
 
 use super::{
     AppState, audit, cache, certificates, credentials, deployments, domains, health, metrics, middleware, node,
-    openapi, projects, registry, services, session, tokens, uploads, users,
+    openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -141,6 +141,10 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/services/{id}/domains/{domain_id}", Service(Viewer), Some(Scope::ServicesRead), domains::get),
     route!(DELETE "/v1/services/{id}/domains/{domain_id}", Service(Operator), Some(Scope::ServicesWrite), domains::delete),
     route!(POST "/v1/services/{id}/domains/{domain_id}/verify", Service(Operator), Some(Scope::ServicesWrite), domains::verify),
+    route!(GET "/v1/services/{id}/webhook", Service(Viewer), Some(Scope::ServicesRead), webhooks::get),
+    route!(POST "/v1/services/{id}/webhook", Service(Operator), Some(Scope::ServicesWrite), webhooks::enable),
+    route!(DELETE "/v1/services/{id}/webhook", Service(Operator), Some(Scope::ServicesWrite), webhooks::disable),
+    route!(POST "/v1/webhooks/git/{service_id}", Public, None, webhooks::receive),
     route!(POST "/v1/deployments", InBody(Operator), Some(Scope::DeploymentsWrite), deployments::create),
     route!(GET "/v1/deployments/{id}", Deployment(Viewer), Some(Scope::ServicesRead), deployments::get),
     route!(POST "/v1/deployments/{id}/cancel", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::cancel),

@@ -4,6 +4,8 @@
 //!   checked to be safe archives, unpacked for a build, expired when unused.
 //! - [`git`]: shallow clones of a branch, tag or commit over https or ssh (with the
 //!   project's deploy key), and the checks on repository URLs and refs.
+//! - [`webhook`]: push webhooks' signatures (GitHub HMAC, GitLab token), events and
+//!   replay keys; `api::webhooks` receives them and deploys.
 //!
 //! Every part that produces a build's context writes only under the directory it
 //! is given, reports its progress as lines on a [`LogTx`], and stops when the
@@ -11,6 +13,7 @@
 
 pub mod git;
 pub mod uploads;
+pub mod webhook;
 
 /// Lines of a build's output, on their way into the deployment's log.
 pub type LogTx = tokio::sync::mpsc::Sender<String>;

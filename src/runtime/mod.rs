@@ -10,10 +10,13 @@
 //! - `pidfd`: signalling a process by a pidfd, never by a pid that may be reused.
 //! - `network`: bridges, veth pairs, IPAM, NAT and isolation.
 //! - `host`: facts about the machine.
+//! - `group`: a host tool (the system `git`) run in a process group of its own,
+//!   with a clean environment, a deadline and a cancel that stops all it started.
 
 pub mod cgroups;
 pub mod container;
 pub mod exec;
+pub mod group;
 pub mod host;
 pub mod network;
 mod pidfd;

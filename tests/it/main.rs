@@ -20,6 +20,7 @@ mod domains;
 mod durability;
 mod engine;
 mod flow;
+mod git;
 mod harness;
 mod hold;
 mod images;
