@@ -287,6 +287,52 @@ impl Layout {
         }
     }
 
+    /// Creates `<base>/<group>/<name>`, a cgroup for a process tree berth runs itself
+    /// (a build), writes its limits with no swap beyond them, and returns its
+    /// relative path. The `group` level hands the controllers on (v2).
+    pub fn ensure_job(&self, group: &str, name: &str, limits: &Limits) -> Result<String, RuntimeError> {
+        limits.validate()?;
+        let parent = format!("{}/{group}", self.base);
+        for (_, d) in self.dirs(&parent) {
+            mkdir(&d)?;
+        }
+        if self.version == CgroupVersion::V2 {
+            enable_controllers(&self.dir("", &parent))?;
+        }
+        let rel = format!("{parent}/{name}");
+        for (_, d) in self.dirs(&rel) {
+            mkdir(&d)?;
+        }
+        self.write_limits(&rel, limits)?;
+        // Past its memory limit a job is to be stopped, not swapped out; hosts
+        // without swap accounting have no such file, which is fine.
+        match (self.version, limits.memory_bytes) {
+            (CgroupVersion::V2, Some(_)) => {
+                let _ = std::fs::write(self.dir("", &rel).join("memory.swap.max"), "0");
+            }
+            (CgroupVersion::V1, Some(m)) => {
+                let _ = std::fs::write(self.dir("memory", &rel).join("memory.memsw.limit_in_bytes"), m.to_string());
+            }
+            (_, None) => {}
+        }
+        Ok(rel)
+    }
+
+    /// The `cgroup.procs` file of each hierarchy of a cgroup: writing a pid (or `0`,
+    /// the writer itself) there moves a process in.
+    pub fn procs_files(&self, rel: &str) -> Vec<PathBuf> {
+        self.dirs(rel).into_iter().map(|(_, d)| d.join("cgroup.procs")).collect()
+    }
+
+    /// The processes in a cgroup (read from the hierarchy that tracks pids).
+    pub fn procs(&self, rel: &str) -> Vec<i32> {
+        let file = match self.version {
+            CgroupVersion::V2 => self.dir("", rel).join("cgroup.procs"),
+            CgroupVersion::V1 => self.dir("pids", rel).join("cgroup.procs"),
+        };
+        std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
     /// Removes a cgroup (it must be empty); missing is fine.
     pub fn remove(&self, rel: &str) -> Result<(), RuntimeError> {
         for (_, d) in self.dirs(rel) {

@@ -101,6 +101,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("migrations/009_services.sql")),
     (10, include_str!("migrations/010_domains.sql")),
     (11, include_str!("migrations/011_acme.sql")),
+    (14, include_str!("migrations/014_building.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -195,7 +195,7 @@ pub fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 pub fn settle(c: &Client, dep: &str, secs: u64) -> Value {
     until(secs, &format!("deployment {dep} ends"), || {
         let d = c.get(&format!("/v1/deployments/{dep}")).json();
-        (!matches!(d["status"].as_str(), Some("queued" | "pulling" | "starting"))).then_some(d)
+        (!matches!(d["status"].as_str(), Some("queued" | "building" | "pulling" | "starting"))).then_some(d)
     })
 }
 
