@@ -33,6 +33,8 @@ PACKAGES=(
     mount tar gzip python3 python3-pip python3-venv
     # real registry clients and the reference registry the benchmark compares against
     docker.io skopeo docker-registry busybox-static openssl
+    # the builder of Upload and Git deployments (tests/it/builds.rs, bench/build.sh)
+    buildah
     # htpasswd (bcrypt) for the registry with Basic auth that external pulls are tested against
     apache2-utils
     # the pure cgroup v2 VM the runtime tests also run in (scripts/cgroup-v2-vm.sh)

@@ -222,7 +222,8 @@ fn a_build_over_its_memory_limit_fails_cleanly() {
     let project = project_id(&admin, "alpha");
     push(&admin, "alpha/base", "v1", &[busybox_layer()], &["/bin/sh"]);
     let svc = web_service(&admin, &project, "web");
-    let config = berth::config::BuildConfig { memory_mb: 96, ..Default::default() };
+    // Any storage is over this limit: every build is followed by a collection.
+    let config = berth::config::BuildConfig { memory_mb: 96, storage_max_bytes: 1, ..Default::default() };
     let local = Local::new(&node, config);
     let ctx = context(&[(
         "Dockerfile",
@@ -245,6 +246,21 @@ fn a_build_over_its_memory_limit_fails_cleanly() {
     let (_keep, cancel) = tokio::sync::watch::channel(false);
     let (r, lines) = local.build(&job(&project, &svc, &[]), ctx.path(), cancel);
     assert!(r.is_ok(), "{r:?}\n{}", lines.join("\n"));
+    // Build storage went over its limit after each build and was emptied.
+    let status = local.builder.status();
+    assert_eq!(status.storage_collections, 2, "{status:?}");
+    assert_eq!(buildah_images(&local, &node), "", "{status:?}");
+}
+
+/// The images in the builder's storage, one name (or id) a line.
+fn buildah_images(local: &Local, node: &Node) -> String {
+    let out = std::process::Command::new("buildah")
+        .args(["--root", &local.data_dir.join("builds/storage").to_string_lossy(), "--storage-driver", "vfs"])
+        .args(["--runroot", &node.run_dir().join("builds").to_string_lossy(), "images", "-a", "-q"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
