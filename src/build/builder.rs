@@ -94,9 +94,16 @@ pub struct Builder {
     slots: Arc<Semaphore>,
     running: AtomicUsize,
     waiting: AtomicUsize,
-    storage_bytes: AtomicU64,
-    collections: AtomicU64,
+    storage: Arc<Storage>,
     stopping: watch::Sender<bool>,
+}
+
+/// Build storage's size and collections, shared with the collection that runs in
+/// the background after a build.
+#[derive(Default)]
+struct Storage {
+    bytes: AtomicU64,
+    collections: AtomicU64,
 }
 
 /// Why a build's processes were stopped from outside.
@@ -214,8 +221,7 @@ impl Builder {
             slots: Arc::new(Semaphore::new(concurrency)),
             running: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
-            storage_bytes: AtomicU64::new(0),
-            collections: AtomicU64::new(0),
+            storage: Arc::default(),
             stopping: watch::channel(false).0,
             config,
         }
@@ -240,7 +246,7 @@ impl Builder {
         })
         .await
         .unwrap_or(0);
-        self.storage_bytes.store(measured, Ordering::Relaxed);
+        self.storage.bytes.store(measured, Ordering::Relaxed);
     }
 
     /// Whether builds can run here, and buildah's version.
@@ -254,9 +260,9 @@ impl Builder {
             running: self.running.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             concurrency: self.config.concurrency.max(1),
-            storage_bytes: self.storage_bytes.load(Ordering::Relaxed),
+            storage_bytes: self.storage.bytes.load(Ordering::Relaxed),
             storage_max_bytes: self.config.storage_max_bytes,
-            storage_collections: self.collections.load(Ordering::Relaxed),
+            storage_collections: self.storage.collections.load(Ordering::Relaxed),
         }
     }
 
@@ -340,7 +346,11 @@ impl Builder {
         if result.is_ok() {
             let _ = log.send(format!("build done in {:.1} s", started.elapsed().as_secs_f64())).await;
         }
-        self.collect_if_over(&buildah, &layout).await;
+        // Measured and collected in the background: the deployment does not wait.
+        let (slots, storage) = (self.slots.clone(), self.storage.clone());
+        let (max, all, memory_mb) =
+            (self.config.storage_max_bytes, self.config.concurrency.max(1), self.config.memory_mb);
+        tokio::spawn(async move { collect_if_over(&buildah, &layout, slots, storage, max, all, memory_mb).await });
         result
     }
 
@@ -596,41 +606,43 @@ impl Builder {
             .map_err(|e| failed(e.to_string()))?;
         Ok(digest.to_string())
     }
+}
 
-    /// Empties build storage when it has grown past `[build] storage_max_bytes`,
-    /// with every build slot held, so no build runs meanwhile.
-    async fn collect_if_over(&self, buildah: &Buildah, layout: &Layout) {
-        let root = buildah.root.clone();
-        let size = tokio::task::spawn_blocking(move || crate::metrics::disk_usage(&root)).await.unwrap_or(0);
-        self.storage_bytes.store(size, Ordering::Relaxed);
-        if size <= self.config.storage_max_bytes {
-            return;
-        }
-        let all = self.config.concurrency.max(1);
-        let Ok(_all) = self.slots.clone().acquire_many_owned(all).await else { return };
-        tracing::info!(
-            bytes = size,
-            max = self.config.storage_max_bytes,
-            "build storage is over its limit; emptying it"
-        );
-        let (l, name) = (layout.clone(), "gc".to_string());
-        let limits = Limits { memory_bytes: Some((self.config.memory_mb as i64) << 20), cpus: None, pids: None };
-        if let Ok(Ok(job)) = tokio::task::spawn_blocking(move || Job::create(&l, CGROUP_GROUP, &name, &limits)).await {
-            let job = JobGuard(job);
-            let quiet = tokio::sync::mpsc::channel(16).0;
-            let run =
-                |a| Run { program: buildah.program.clone(), args: a, cwd: PathBuf::from("/"), env: buildah::env() };
-            for args in [buildah.rm_all(), buildah.rmi_all()] {
-                let _ = job.0.run(&run(args), &quiet, tokio::time::sleep(Duration::from_secs(300))).await;
-            }
-            let _ = tokio::task::spawn_blocking(move || drop(job)).await;
-        }
-        let root = buildah.root.clone();
-        let size = tokio::task::spawn_blocking(move || crate::metrics::disk_usage(&root)).await.unwrap_or(0);
-        self.storage_bytes.store(size, Ordering::Relaxed);
-        self.collections.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(bytes = size, "build storage collected");
+/// Empties build storage when it has grown past `max` bytes, with every build slot
+/// (`all` of them) held, so no build runs meanwhile.
+async fn collect_if_over(
+    buildah: &Buildah,
+    layout: &Layout,
+    slots: Arc<Semaphore>,
+    storage: Arc<Storage>,
+    max: u64,
+    all: u32,
+    memory_mb: u64,
+) {
+    let root = buildah.root.clone();
+    let size = tokio::task::spawn_blocking(move || crate::metrics::disk_usage(&root)).await.unwrap_or(0);
+    storage.bytes.store(size, Ordering::Relaxed);
+    if size <= max {
+        return;
     }
+    let Ok(_all) = slots.acquire_many_owned(all).await else { return };
+    tracing::info!(bytes = size, max, "build storage is over its limit; emptying it");
+    let (l, name) = (layout.clone(), "gc".to_string());
+    let limits = Limits { memory_bytes: Some((memory_mb as i64) << 20), cpus: None, pids: None };
+    if let Ok(Ok(job)) = tokio::task::spawn_blocking(move || Job::create(&l, CGROUP_GROUP, &name, &limits)).await {
+        let job = JobGuard(job);
+        let quiet = tokio::sync::mpsc::channel(16).0;
+        let run = |a| Run { program: buildah.program.clone(), args: a, cwd: PathBuf::from("/"), env: buildah::env() };
+        for args in [buildah.rm_all(), buildah.rmi_all()] {
+            let _ = job.0.run(&run(args), &quiet, tokio::time::sleep(Duration::from_secs(300))).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(job)).await;
+    }
+    let root = buildah.root.clone();
+    let size = tokio::task::spawn_blocking(move || crate::metrics::disk_usage(&root)).await.unwrap_or(0);
+    storage.bytes.store(size, Ordering::Relaxed);
+    storage.collections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(bytes = size, "build storage collected");
 }
 
 /// Why the processes were stopped, read right after they were.

@@ -247,8 +247,9 @@ impl Registry {
     }
 
     /// Stores the file at `path` as blob `digest` of the repository (an image built
-    /// on this node), through an upload session like any push: the copy is hashed
-    /// and committed only when it has the digest it claims. A blob the repository
+    /// on this node), through an upload session like any push: the file (linked or
+    /// copied; the caller does not write it again) is hashed and committed only when
+    /// it has the digest it claims. A blob the repository
     /// already holds is not copied again. Returns its size.
     pub async fn import_blob(&self, repo: &Repo, digest: &Digest, path: &std::path::Path) -> RegistryResult<u64> {
         if let Some(size) = self.blob_size(repo, digest).await? {
@@ -258,7 +259,12 @@ impl Registry {
         let (blobs, upload, from) = (self.blobs.clone(), id.clone(), path.to_path_buf());
         let copied = blocking(move || -> Result<(sha2::Sha256, u64), crate::error::PathError> {
             let data = blobs.upload_data(&upload);
-            std::fs::copy(&from, &data).map_err(|e| crate::error::PathError::new("copy", &from, e))?;
+            // A link when the file is on the same filesystem (the state dir): the
+            // bytes are then only read, to be hashed.
+            let _ = std::fs::remove_file(&data);
+            if std::fs::hard_link(&from, &data).is_err() {
+                std::fs::copy(&from, &data).map_err(|e| crate::error::PathError::new("copy", &from, e))?;
+            }
             blobs.rehash_upload(&upload)
         })
         .await?;

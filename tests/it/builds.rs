@@ -246,10 +246,10 @@ fn a_build_over_its_memory_limit_fails_cleanly() {
     let (_keep, cancel) = tokio::sync::watch::channel(false);
     let (r, lines) = local.build(&job(&project, &svc, &[]), ctx.path(), cancel);
     assert!(r.is_ok(), "{r:?}\n{}", lines.join("\n"));
-    // Build storage went over its limit after each build and was emptied.
-    let status = local.builder.status();
-    assert_eq!(status.storage_collections, 2, "{status:?}");
-    assert_eq!(buildah_images(&local, &node), "", "{status:?}");
+    // Build storage went over its limit after each build and was emptied (in the
+    // background, once the build had answered).
+    until(60, "two collections", || (local.builder.status().storage_collections == 2).then_some(()));
+    assert_eq!(buildah_images(&local, &node), "", "{:?}", local.builder.status());
 }
 
 /// The images in the builder's storage, one name (or id) a line.
@@ -294,6 +294,44 @@ fn a_cancelled_build_leaves_no_process_cgroup_or_temp_dir() {
     assert!(processes_with(&j.deployment_id).is_empty(), "{:?}", processes_with(&j.deployment_id));
     assert!(!local.tmp_dir(&j).exists());
     assert!(local.cgroup_dirs(&j).iter().all(|d| !d.exists()), "{:?}", local.cgroup_dirs(&j));
+}
+
+#[test]
+fn builds_wait_in_line_and_one_past_its_timeout_is_stopped() {
+    if !can_build() {
+        return;
+    }
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push(&admin, "alpha/base", "v1", &[busybox_layer()], &["/bin/sh"]);
+    let svc = web_service(&admin, &project, "web");
+    let config = berth::config::BuildConfig { concurrency: 1, timeout_seconds: 4, ..Default::default() };
+    let local = Arc::new(Local::new(&node, config));
+    let secs = 800_000 + (std::process::id() % 100_000);
+    let needle = format!("sleep {secs}");
+    let slow = context(&[("Dockerfile", &format!("FROM alpha/base:v1\nRUN /bin/busybox {needle}\n"))]);
+    let quick = context(&[("Dockerfile", "FROM alpha/base:v1\nRUN echo quick > /quick\n")]);
+    let (slow_job, quick_job) = (job(&project, &svc, &[]), job(&project, &svc, &[]));
+    let (l, p, j) = (local.clone(), slow.path().to_path_buf(), slow_job.clone());
+    let first = std::thread::spawn(move || {
+        let (_keep, cancel) = tokio::sync::watch::channel(false);
+        l.build(&j, &p, cancel)
+    });
+    until(60, "the slow build runs", || (!processes_with(&needle).is_empty()).then_some(()));
+    let (_keep, cancel) = tokio::sync::watch::channel(false);
+    let (quick_result, quick_lines) = local.build(&quick_job, quick.path(), cancel);
+    let (slow_result, slow_lines) = first.join().unwrap();
+    match slow_result {
+        Err(Stop::Failed(m)) => assert!(m.contains("longer than 4 s"), "{m}"),
+        other => panic!("{other:?}\n{}", slow_lines.join("\n")),
+    }
+    assert!(quick_result.is_ok(), "{quick_result:?}\n{}", quick_lines.join("\n"));
+    assert!(quick_lines[0].starts_with("waiting for a build slot: 1 build(s) running"), "{}", quick_lines.join("\n"));
+    assert!(processes_with(&needle).is_empty(), "{:?}", processes_with(&needle));
+    assert!(!local.tmp_dir(&slow_job).exists());
+    assert!(local.cgroup_dirs(&slow_job).iter().all(|d| !d.exists()));
+    let status = local.builder.status();
+    assert_eq!((status.running, status.waiting), (0, 0), "{status:?}");
 }
 
 #[test]
@@ -404,6 +442,21 @@ fn an_uploaded_context_builds_and_goes_live_with_its_steps_in_the_log() {
     let again: Value = again.json();
     let a = settle(&admin, again["id"].as_str().unwrap(), 90);
     assert_eq!(a["image_digest"], d["image_digest"]);
+}
+
+/// Without buildah an Upload deployment fails at once, saying to install it.
+#[test]
+fn without_buildah_an_upload_deployment_fails_at_once() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (_node, admin) = node("[build]\nbuildah = \"/nonexistent\"\n");
+    let project = project_id(&admin, "alpha");
+    let svc = web_service(&admin, &project, "web");
+    let up = upload(&admin, &svc, &[("Dockerfile", "FROM alpha/base:v1\n")]);
+    let d = settle(&admin, &deploy_upload(&admin, &svc, &up), 30);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["error"].as_str().unwrap().contains("install it"), "{d}");
 }
 
 /// Done when 5 through the API: the memory limit and cancel during `building`.
