@@ -187,8 +187,9 @@ settled() {
 
 BERTH_MS=() DIRECT_MS=()
 berth_round() {
-    local out ms dep
-    out=$(python3 "$T/timed.py" berth "$API_PORT" "$AUTH" "$SVC" "$(upload)") || { alive; die "berth's build failed (see above)"; }
+    local out ms dep up
+    up=$(upload) || exit 1
+    out=$(python3 "$T/timed.py" berth "$API_PORT" "$AUTH" "$SVC" "$up") || { alive; die "berth's build failed (see above)"; }
     read -r ms dep <<<"$out"
     settled "$dep"
     [ "$(curl -sS --max-time 5 -H "Host: web.bench.localhost" "http://127.0.0.1:$HTTP_PORT/")" = built ] \

@@ -425,7 +425,10 @@ impl Builder {
                     .map_err(|e| Stop::Failed(format!("the project's deploy key: {e}")))?;
                 let _ = log.send(format!("cloning {repo_url} at {git_ref}")).await;
                 let fetch = git::Fetch { repo_url, git_ref, key: key.as_ref() };
-                let commit = git::fetch(&fetch, &context, &scratch, log, cancel).await?;
+                // The timeout and the daemon's shutdown stop a clone too (the clone
+                // itself stops on a cancel).
+                let mut for_git = cancel.clone();
+                let commit = guarded!(git::fetch(&fetch, &context, &scratch, log, &mut for_git))?;
                 let _ = log.send(format!("at commit {commit}")).await;
                 (dockerfile.clone(), build_args.clone().unwrap_or_default())
             }

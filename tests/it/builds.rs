@@ -335,6 +335,37 @@ fn builds_wait_in_line_and_one_past_its_timeout_is_stopped() {
 }
 
 #[test]
+fn shutting_the_builder_down_stops_its_builds() {
+    if !can_build() {
+        return;
+    }
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push(&admin, "alpha/base", "v1", &[busybox_layer()], &["/bin/sh"]);
+    let svc = web_service(&admin, &project, "web");
+    let local = Arc::new(Local::new(&node, berth::config::BuildConfig::default()));
+    let secs = 850_000 + (std::process::id() % 50_000);
+    let needle = format!("sleep {secs}");
+    let ctx = context(&[("Dockerfile", &format!("FROM alpha/base:v1\nRUN /bin/busybox {needle}\n"))]);
+    let j = job(&project, &svc, &[]);
+    let (l, p, jj) = (local.clone(), ctx.path().to_path_buf(), j.clone());
+    let build = std::thread::spawn(move || {
+        let (_keep, cancel) = tokio::sync::watch::channel(false);
+        l.build(&jj, &p, cancel)
+    });
+    until(60, "the build runs", || (!processes_with(&needle).is_empty()).then_some(()));
+    local.rt.block_on(local.builder.shut_down());
+    let (r, lines) = build.join().unwrap();
+    match r {
+        Err(Stop::Failed(m)) => assert!(m.contains("daemon stopped"), "{m}"),
+        other => panic!("{other:?}\n{}", lines.join("\n")),
+    }
+    assert!(processes_with(&needle).is_empty(), "{:?}", processes_with(&needle));
+    assert!(!local.tmp_dir(&j).exists());
+    assert!(local.cgroup_dirs(&j).iter().all(|d| !d.exists()));
+}
+
+#[test]
 fn a_node_without_buildah_says_so_and_fails_builds_at_once() {
     if !can_build() {
         return;
@@ -487,4 +518,41 @@ fn uploaded_builds_fail_on_memory_and_cancel_while_building() {
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("cancelled")), "{}", r.text());
     until(20, "no process of the build", || processes_with(&needle).is_empty().then_some(()));
     assert!(!_node.b.data_dir().join("builds/tmp").join(&dep).exists());
+}
+
+/// A daemon stopped mid-build (SIGTERM) kills the build; one killed outright
+/// (SIGKILL) leaves it running, and the next start kills it and removes its
+/// cgroup and temp dir. Either way the deployment ends failed.
+#[test]
+fn builds_do_not_outlive_the_daemon() {
+    if !can_build() {
+        return;
+    }
+    let (mut node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push(&admin, "alpha/base", "v1", &[busybox_layer()], &["/bin/sh"]);
+    let svc = web_service(&admin, &project, "web");
+    for (round, how) in ["SIGTERM", "SIGKILL"].iter().enumerate() {
+        let admin = node.b.admin();
+        let secs = 900_000 + (std::process::id() % 50_000) * 2 + round as u32;
+        let needle = format!("sleep {secs}");
+        let up = upload(&admin, &svc, &[("Dockerfile", &format!("FROM alpha/base:v1\nRUN /bin/busybox {needle}\n"))]);
+        let dep = deploy_upload(&admin, &svc, &up);
+        until(120, "the build's RUN is running", || (!processes_with(&needle).is_empty()).then_some(()));
+        let tmp = node.b.data_dir().join("builds/tmp").join(&dep);
+        assert!(tmp.exists());
+        if *how == "SIGTERM" {
+            node.b.stop();
+            assert!(processes_with(&needle).is_empty(), "{how}: {:?}", processes_with(&needle));
+            assert!(!tmp.exists(), "{how}");
+        } else {
+            node.b.kill9();
+            assert!(!processes_with(&needle).is_empty(), "a SIGKILL leaves the build to the next start");
+        }
+        node.b.spawn();
+        until(20, "no process of the build", || processes_with(&needle).is_empty().then_some(()));
+        assert!(!tmp.exists(), "{how}");
+        let d = node.b.admin().get(&format!("/v1/deployments/{dep}")).json();
+        assert_eq!(d["status"], "failed", "{how}: {d}");
+    }
 }
