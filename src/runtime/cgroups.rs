@@ -534,6 +534,31 @@ mod tests {
     }
 
     #[test]
+    fn a_v2_job_cgroup_gets_limits_no_swap_and_lists_its_processes() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("cgjob"));
+        std::fs::create_dir_all(dir.join("berth/builds")).unwrap();
+        std::fs::write(dir.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        std::fs::write(dir.join("berth/builds/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let l = Layout::under(&dir, "/", "berth");
+        let limits = Limits { memory_bytes: Some(96 << 20), cpus: Some(2.0), pids: Some(4096) };
+        let rel = l.ensure_job("builds", "dep_1", &limits).unwrap();
+        assert_eq!(rel, "/berth/builds/dep_1");
+        let d = dir.join("berth/builds/dep_1");
+        assert_eq!(std::fs::read_to_string(d.join("memory.max")).unwrap(), (96u64 << 20).to_string());
+        assert_eq!(std::fs::read_to_string(d.join("memory.swap.max")).unwrap(), "0");
+        assert_eq!(std::fs::read_to_string(d.join("cpu.max")).unwrap(), "200000 100000");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("berth/builds/cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(l.procs_files(&rel), vec![d.join("cgroup.procs")]);
+        std::fs::write(d.join("cgroup.procs"), "12\n34\n").unwrap();
+        assert_eq!(l.procs(&rel), vec![12, 34]);
+        assert!(l.ensure_job("builds", "x", &Limits { memory_bytes: Some(1), ..Default::default() }).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn impossible_limits_are_refused() {
         assert!(Limits { memory_bytes: Some(1 << 20), ..Default::default() }.validate().is_err());
         assert!(Limits { pids: Some(0), ..Default::default() }.validate().is_err());
