@@ -457,9 +457,18 @@ impl Builder {
                         .clone()
                         .ok_or_else(|| Stop::Failed(format!("FROM {image}: this node cannot pull images")))?;
                     let _ = log.send(format!("fetching {image} through the layer cache")).await;
-                    let fetched = guarded!(external.fetch(&job.project_id, image, None))
-                        .map_err(|e| Stop::Failed(format!("FROM {image}: {e}")))?;
-                    fetched.digest
+                    match guarded!(external.fetch(&job.project_id, image, None)) {
+                        Ok(fetched) => fetched.digest,
+                        Err(e) => match self.cached_image(image).await {
+                            // A registry out of reach does not stop a build whose base
+                            // is in the cache (the tag as last pulled).
+                            Some(digest) => {
+                                let _ = log.send(format!("{e}; building on the cached {digest} of {image}")).await;
+                                digest
+                            }
+                            None => return Err(Stop::Failed(format!("FROM {image}: {e}"))),
+                        },
+                    }
                 }
             };
             let (blobs, out_root) = (self.registry.blobs.clone(), dir.join("bases"));
@@ -575,6 +584,21 @@ impl Builder {
         let repo = repo.filter(|r| r.project_id == project_id).ok_or_else(unknown)?;
         let row = self.registry.manifest_row(&repo, &reference).await.map_err(|_| unknown())?;
         Ok(row.digest)
+    }
+
+    /// The image the layer cache holds for the external reference `image`: the
+    /// digest it names, or the one last pulled for its tag.
+    async fn cached_image(&self, image: &str) -> Option<String> {
+        let parsed = crate::images::remote::ImageRef::parse(image).ok()?;
+        let found = match &parsed.digest {
+            Some(d) => Some(d.to_string()),
+            None => {
+                let source = parsed.to_string();
+                self.store.read(move |c| crate::store::cache::image_for_source(c, &source)).await.ok()?
+            }
+        }?;
+        let d = Digest::parse(&found).ok()?;
+        self.registry.blobs.exists(&d).then_some(found)
     }
 
     /// Stores the layout buildah pushed as `<project>/<service>:<deployment>`.

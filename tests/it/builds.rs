@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use berth::build::Stop;
 use berth::build::builder::{Builder, Parts};
-use berth::engine::deploy::BuildJob;
+use berth::engine::deploy::{BuildJob, ExternalImages, Fetched};
 use berth::engine::service::Source;
 use serde_json::{Value, json};
 
@@ -41,6 +41,16 @@ struct Local {
 
 impl Local {
     fn new(node: &Node, build: berth::config::BuildConfig) -> Local {
+        Local::with(node, build, |_| None)
+    }
+
+    /// [`Local::new`] with external images fetched by what `external` makes of the
+    /// registry.
+    fn with(
+        node: &Node,
+        build: berth::config::BuildConfig,
+        external: impl FnOnce(Arc<berth::registry::Registry>) -> Option<Arc<dyn ExternalImages>>,
+    ) -> Local {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let data_dir = node.b.data_dir();
         let tag = berth::ids::new_id("b").to_lowercase();
@@ -61,10 +71,10 @@ impl Local {
                 run_dir: node.run_dir(),
                 layout: Some(layout.clone()),
                 store,
-                registry,
                 sealer: Arc::new(berth::secrets::Sealer::ephemeral()),
                 uploads,
-                external: None,
+                external: external(registry.clone()),
+                registry,
             }))
         });
         Local { builder, rt, layout, data_dir }
@@ -211,6 +221,74 @@ fn a_context_built_from_a_hosted_base_goes_live_through_the_ingress() {
         let got = until(30, &format!("{path} through the ingress"), || via_ingress(&node, host, path));
         assert_eq!(got, (200, want.to_string()), "{path}");
     }
+}
+
+/// External images for the in-process builder: the registry client with one login.
+struct Pulls {
+    puller: berth::images::remote::Puller,
+    registry: Arc<berth::registry::Registry>,
+    login: (String, String),
+}
+
+impl ExternalImages for Pulls {
+    fn fetch<'a>(
+        &'a self,
+        _project_id: &'a str,
+        image: &'a str,
+        _registry_id: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let image = berth::images::remote::ImageRef::parse(image).map_err(|e| e.to_string())?;
+            let login = berth::images::remote::RegistryLogin {
+                username: self.login.0.clone(),
+                password: self.login.1.clone().into(),
+            };
+            let p = self.puller.pull(&self.registry, &image, Some(&login)).await.map_err(|e| e.to_string())?;
+            Ok(Fetched {
+                digest: p.manifest.to_string(),
+                blobs_fetched: p.blobs_fetched,
+                bytes_fetched: p.bytes_fetched,
+            })
+        })
+    }
+}
+
+#[test]
+fn an_external_base_comes_through_the_layer_cache_and_builds_offline_once_cached() {
+    if !can_build() {
+        return;
+    }
+    // The base lives on a second berth, reached as an external registry.
+    let mut remote = crate::harness::Berth::start("");
+    let ra = remote.admin();
+    assert_eq!(ra.post("/v1/projects", &json!({"name": "lib"})).status, 201);
+    push(&ra, "lib/base", "v1", &[busybox_layer()], &["/bin/sh"]);
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    let svc = web_service(&admin, &project, "web");
+    let local = Local::with(&node, berth::config::BuildConfig::default(), |registry| {
+        let pulls = Pulls {
+            puller: berth::images::remote::Puller::new(Default::default()),
+            registry,
+            login: ("admin".into(), crate::harness::ADMIN_PASSWORD.into()),
+        };
+        Some(Arc::new(pulls) as Arc<dyn ExternalImages>)
+    });
+    let base = format!("{}/lib/base:v1", remote.addr);
+    let ctx = context(&[
+        ("Dockerfile", &format!("FROM {base}\nCOPY index.html /www/index.html\n{HTTPD}\n")),
+        ("index.html", "from an external base\n"),
+    ]);
+    let (_keep, cancel) = tokio::sync::watch::channel(false);
+    let (r, lines) = local.build(&job(&project, &svc, &[]), ctx.path(), cancel.clone());
+    assert!(r.is_ok(), "{r:?}\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l == &format!("fetching {base} through the layer cache")), "{}", lines.join("\n"));
+    // The remote goes away: the next build uses the cached base.
+    remote.stop();
+    let (r, lines) = local.build(&job(&project, &svc, &[]), ctx.path(), cancel);
+    let digest = r.unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n")));
+    assert!(lines.iter().any(|l| l.contains("building on the cached sha256:")), "{}", lines.join("\n"));
+    assert!(digest.starts_with("sha256:"));
 }
 
 #[test]
