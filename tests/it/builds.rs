@@ -292,6 +292,45 @@ fn an_external_base_comes_through_the_layer_cache_and_builds_offline_once_cached
 }
 
 #[test]
+fn bad_contexts_fail_with_a_reason_and_other_projects_images_are_not_found() {
+    if !can_build() {
+        return;
+    }
+    let (node, admin) = node("");
+    assert_eq!(admin.post("/v1/projects", &json!({"name": "beta"})).status, 201);
+    let project = project_id(&admin, "alpha");
+    push(&admin, "alpha/base", "v1", &[busybox_layer()], &["/bin/sh"]);
+    push(&admin, "beta/base", "v1", &[busybox_layer()], &["/bin/sh"]);
+    let svc = web_service(&admin, &project, "web");
+    let local = Local::new(&node, berth::config::BuildConfig::default());
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        // Another project's image reads exactly like one that does not exist.
+        (&[("Dockerfile", "FROM beta/base:v1\n")], "FROM beta/base:v1: no such image in this project's registry"),
+        (&[("Dockerfile", "FROM alpha/nope:v1\n")], "FROM alpha/nope:v1: no such image in this project's registry"),
+        (&[("Dockerfile", "FROM busybox\n")], "fully qualified"),
+        (&[("Dockerfile", "ARG BASE\nFROM $BASE\n")], "neither a build arg nor its ARG default"),
+        (&[("index.html", "no Dockerfile\n")], "the context has no Dockerfile"),
+        (
+            &[("Dockerfile", "FROM alpha/base:v1\nRUN /bin/busybox false\n")],
+            "the build failed (buildah exited with code",
+        ),
+        (&[("Dockerfile", "FROM alpha/base:v1\nCOPY missing.txt /x\n")], "the build failed"),
+    ];
+    for (files, says) in cases {
+        let ctx = context(files);
+        let j = job(&project, &svc, &[]);
+        let (_keep, cancel) = tokio::sync::watch::channel(false);
+        let (r, lines) = local.build(&j, ctx.path(), cancel);
+        match r {
+            Err(Stop::Failed(m)) => assert!(m.contains(says), "{files:?}: {m}\n{}", lines.join("\n")),
+            other => panic!("{files:?}: {other:?}"),
+        }
+        assert!(!local.tmp_dir(&j).exists(), "{files:?}");
+        assert!(local.cgroup_dirs(&j).iter().all(|d| !d.exists()), "{files:?}");
+    }
+}
+
+#[test]
 fn a_build_over_its_memory_limit_fails_cleanly() {
     if !can_build() {
         return;
