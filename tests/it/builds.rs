@@ -650,7 +650,7 @@ fn builds_do_not_outlive_the_daemon() {
     push(&admin, "alpha/base", "v1", &[busybox_layer()], &["/bin/sh"]);
     let svc = web_service(&admin, &project, "web");
     for (round, how) in ["SIGTERM", "SIGKILL"].iter().enumerate() {
-        let admin = node.b.admin();
+        let admin = node.b.admin_session();
         let secs = 900_000 + (std::process::id() % 50_000) * 2 + round as u32;
         let needle = format!("sleep {secs}");
         let up = upload(&admin, &svc, &[("Dockerfile", &format!("FROM alpha/base:v1\nRUN /bin/busybox {needle}\n"))]);
@@ -669,7 +669,7 @@ fn builds_do_not_outlive_the_daemon() {
         node.b.spawn();
         until(20, "no process of the build", || processes_with(&needle).is_empty().then_some(()));
         assert!(!tmp.exists(), "{how}");
-        let d = node.b.admin().get(&format!("/v1/deployments/{dep}")).json();
+        let d = node.b.admin_session().get(&format!("/v1/deployments/{dep}")).json();
         assert_eq!(d["status"], "failed", "{how}: {d}");
     }
 }
