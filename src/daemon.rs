@@ -118,6 +118,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = state.deployer.recover().await {
         tracing::error!(error = %e, "recovering services and deployments failed");
     }
+    // Builds a previous run left (their deployments just ended as failed) leave
+    // no process, cgroup or temp dir behind.
+    state.builder.recover().await;
     // Custom domains' verification answers, before the ingress accepts.
     if let Err(e) = api::domains::restore(&state).await {
         tracing::error!(error = %e, "restoring the domains' challenge answers failed");
@@ -204,6 +207,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     // Log streams would otherwise hold the drain for its whole grace period.
     state.deployer.shut_down();
+    // Builds in progress stop: their processes are killed, their temp dirs removed.
+    state.builder.shut_down().await;
     let engine = state.engine.clone().filter(|_| host_down);
     let stop_grace = state.deployer.settings().stop_grace;
     // The replicas stop while the listeners drain, once the workers (the ticker that

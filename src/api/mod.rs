@@ -6,6 +6,7 @@
 //! or `engine` (services, deployments) to act. Handlers never hold SQL themselves.
 
 pub mod audit;
+pub mod builds;
 pub mod cache;
 pub mod certificates;
 pub mod credentials;

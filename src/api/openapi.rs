@@ -64,6 +64,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::deployments::rollback,
         super::deployments::logs_stream,
         super::deployments::routes,
+        super::builds::status,
         super::certificates::renew,
         super::credentials::list_registries,
         super::credentials::create_registry,

@@ -12,7 +12,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, cache, certificates, credentials, deployments, domains, health, metrics, middleware, node,
+    AppState, audit, builds, cache, certificates, credentials, deployments, domains, health, metrics, middleware, node,
     openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
 };
 use crate::auth::{Role, Scope};
@@ -150,6 +150,7 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/deployments/{id}/cancel", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::cancel),
     route!(POST "/v1/deployments/{id}/rollback", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::rollback),
     route!(GET "/v1/deployments/{id}/logs/stream", Deployment(Viewer), Some(Scope::LogsRead), deployments::logs_stream),
+    route!(GET "/v1/builds/status", AnyMember, Some(Scope::NodeRead), builds::status),
     route!(GET "/v1/ingress/routes", AnyMember, Some(Scope::ServicesRead), deployments::routes),
     route!(POST "/v1/ingress/routes/{host}/renew", Host(Operator), Some(Scope::ServicesWrite), certificates::renew),
     route!(GET "/v1/projects/{id}/registries", Project(Viewer), Some(Scope::ProjectsRead), credentials::list_registries),

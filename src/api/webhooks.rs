@@ -253,7 +253,12 @@ pub async fn receive(
     if !state.store.write(move |c| sql::claim(c, &sid, &k, &at, &forget)).await? {
         return Err(ApiError::conflict("this delivery was received before; nothing was started"));
     }
-    let source = Source::Git { repo_url: hook.repo_url.clone(), git_ref: after.clone(), dockerfile: hook.dockerfile };
+    let source = Source::Git {
+        repo_url: hook.repo_url.clone(),
+        git_ref: after.clone(),
+        dockerfile: hook.dockerfile,
+        build_args: None,
+    };
     let dep = match state.deployer.deploy(&svc, source, None, None).await {
         Ok(d) => d,
         Err(e) => {

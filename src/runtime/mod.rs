@@ -4,6 +4,7 @@
 //! - `spec`: the OCI runtime config for a container.
 //! - `cgroups`: where berth's cgroups live (v2, or v1 on hybrid hosts), project
 //!   limits, metrics.
+//! - `confined`: process trees berth runs itself (builds) in a cgroup of their own.
 //! - `runc`: the `runc` command line.
 //! - `shim`: `berth shim`, the per-container supervisor that owns the container's
 //!   stdio, logs and exit status, so containers outlive the daemon.
@@ -14,6 +15,7 @@
 //!   with a clean environment, a deadline and a cancel that stops all it started.
 
 pub mod cgroups;
+pub mod confined;
 pub mod container;
 pub mod exec;
 pub mod group;

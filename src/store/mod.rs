@@ -105,6 +105,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("migrations/011_acme.sql")),
     (12, include_str!("migrations/012_uploads.sql")),
     (13, include_str!("migrations/013_webhooks.sql")),
+    (14, include_str!("migrations/014_building.sql")),
 ];
 
 /// Handle to the database; cheap to clone.
