@@ -736,11 +736,8 @@ fn clear_cgroups(layout: &Layout) {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.path().is_dir() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let l = layout.clone();
-                if let Ok(job) = Job::create(&l, CGROUP_GROUP, &name, &Limits::default()) {
-                    if let Err(e) = job.remove() {
-                        tracing::warn!(cgroup = name, error = %e, "could not remove a build's cgroup");
-                    }
+                if let Err(e) = Job::existing(layout, CGROUP_GROUP, &name).remove() {
+                    tracing::warn!(cgroup = name, error = %e, "could not remove a build's cgroup");
                 }
             }
         }

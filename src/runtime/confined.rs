@@ -59,6 +59,13 @@ impl Job {
         Ok(Job { layout: layout.clone(), rel })
     }
 
+    /// The job cgroup `<berth's subtree>/<group>/<name>` a previous daemon made, as
+    /// it is: its limits are not touched (on v1, lifting a memory limit below the
+    /// memory+swap one is refused, so re-creating it with other limits can fail).
+    pub fn existing(layout: &Layout, group: &str, name: &str) -> Job {
+        Job { layout: layout.clone(), rel: format!("{}/{group}/{name}", layout.base) }
+    }
+
     /// The processes in the job now.
     pub fn pids(&self) -> Vec<i32> {
         self.layout.procs(&self.rel)
