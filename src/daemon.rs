@@ -118,6 +118,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = state.deployer.recover().await {
         tracing::error!(error = %e, "recovering services and deployments failed");
     }
+    // Job runs that outlived the previous daemon are watched again, and the fire
+    // times it was down for follow each job's missed-run policy.
+    if let Err(e) = state.jobs.recover().await {
+        tracing::error!(error = %e, "recovering the jobs failed");
+    }
     // Custom domains' verification answers, before the ingress accepts.
     if let Err(e) = api::domains::restore(&state).await {
         tracing::error!(error = %e, "restoring the domains' challenge answers failed");
@@ -204,6 +209,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     // Log streams would otherwise hold the drain for its whole grace period.
     state.deployer.shut_down();
+    state.jobs.shut_down();
     let engine = state.engine.clone().filter(|_| host_down);
     let stop_grace = state.deployer.settings().stop_grace;
     // The replicas stop while the listeners drain, once the workers (the ticker that

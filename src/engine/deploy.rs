@@ -736,6 +736,7 @@ impl Deployer {
             cmd,
             service_id: Some(svc.id.clone()),
             deployment_id: Some(deployment.to_string()),
+            job_run: None,
         })
     }
 

@@ -37,6 +37,7 @@ pub mod credentials;
 pub mod deployments;
 pub mod domains;
 pub mod ipam;
+pub mod jobs;
 pub mod projects;
 pub mod registry;
 pub mod replicas;
@@ -103,6 +104,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/010_domains.sql")),
     (11, include_str!("migrations/011_acme.sql")),
     (12, include_str!("migrations/012_uploads.sql")),
+    (14, include_str!("migrations/014_jobs.sql")),
 ];
 
 /// Handle to the database; cheap to clone.
