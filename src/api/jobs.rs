@@ -377,7 +377,7 @@ pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<JobChanges>,
-) -> ApiResult<Json<Job>> {
+) -> ApiResult<impl IntoResponse> {
     let mut row = job_row(&state, &id).await?;
     let before = JobSpec::from_json(&row.spec).map_err(ApiError::internal)?;
     let project = project(&state, &row.project_id).await?;
@@ -431,7 +431,9 @@ pub async fn update(
     row.updated_at = crate::ids::now_rfc3339();
     let r = row.clone();
     state.store.write(move |c| crate::store::jobs::update(c, &r)).await?;
-    Ok(Json(view(&state, row).await?))
+    let note =
+        AuditNote { target: Some(row.id.clone()), project_id: Some(row.project_id.clone()), ..Default::default() };
+    Ok((Extension(note), Json(view(&state, row).await?)))
 }
 
 /// Deletes a job: its runs going on are stopped (their containers removed), then
@@ -440,11 +442,12 @@ pub async fn update(
     params(("id" = String, Path, description = "job id")),
     responses((status = 204), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    job_row(&state, &id).await?;
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+    let job = job_row(&state, &id).await?;
     state.jobs.stop_runs(&id).await;
     state.store.write(move |c| crate::store::jobs::delete(c, &id)).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let note = AuditNote { target: Some(job.id), project_id: Some(job.project_id), ..Default::default() };
+    Ok((StatusCode::NO_CONTENT, Extension(note)))
 }
 
 /// Starts a run now, under the job's concurrency policy: 201 with the run,

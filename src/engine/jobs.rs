@@ -733,7 +733,7 @@ impl Jobs {
                         }
                     });
                 }
-                (job, _, _) => {
+                _ => {
                     if let (Some(engine), Some(replica)) = (&self.engine, &run.replica_id) {
                         let _ = engine.delete(replica).await;
                     }
@@ -741,9 +741,6 @@ impl Jobs {
                     run.error = Some(WHY.into());
                     run.finished_at = Some(now());
                     self.save(&run).await;
-                    if job.is_none() {
-                        continue;
-                    }
                 }
             }
         }

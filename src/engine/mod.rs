@@ -1,6 +1,7 @@
 //! The engine: decides and records what runs. It is the only caller of `runtime`
 //! and `store` together. [`deploy`] turns services and deployments into replicas
-//! and routes (rollouts, scaling, health, recovery; adr/021); the API asks it, and
+//! and routes (rollouts, scaling, health, recovery; adr/021); [`jobs`] runs commands
+//! to completion in replicas of their own, on schedules (adr/033); the API asks it, and
 //! this module's [`Engine`], to create, stop, delete and inspect replicas.
 //!
 //! - Every replica is a row in SQLite (`store::replicas`) plus a container in the
