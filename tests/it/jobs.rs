@@ -378,3 +378,60 @@ fn bad_jobs_are_refused_with_clear_errors_and_other_projects_jobs_are_invisible(
     let r = admin.get(&format!("/v1/jobs/{}/runs/{run_id}/logs", other["id"].as_str().unwrap()));
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+#[test]
+fn a_service_image_job_runs_with_the_services_env_under_its_own_and_secrets_open_only_inside() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    crate::deployments::push_web(&admin, "alpha/web", "v1", "v1\n", true);
+    // No replicas: the deployment goes live with its image and nothing running.
+    let svc = crate::deployments::service(
+        &admin,
+        json!({"project_id": project, "name": "web", "port": 8080, "replicas": 0,
+            "env": [{"key": "GREETING", "value": "hello"}, {"key": "TOKEN", "value": "s3cret-value", "secret": true}]}),
+    );
+    let dep = crate::deployments::deploy(&admin, &svc, "alpha/web", "v1");
+    assert_eq!(crate::deployments::settle(&admin, &dep, 60)["status"], "live");
+    let job = create(
+        &admin,
+        json!({"project_id": project, "name": "report", "service_id": svc,
+            "command": ["/bin/sh", "-c", "echo $GREETING $TOKEN; [ \"$OWN\" = mine-\"value\" ] && echo own-ok"],
+            "env": [{"key": "GREETING", "value": "hi"}, {"key": "OWN", "value": "mine-value", "secret": true}]}),
+    );
+    assert_eq!(job["env"][1]["value"], "***", "{job}");
+    let id = job["id"].as_str().unwrap();
+    let r = admin.post(&format!("/v1/jobs/{id}/run"), &json!({}));
+    let ended = settle(&admin, id, r.json()["id"].as_str().unwrap(), 60);
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let lines = logs(&admin, id, ended["id"].as_str().unwrap());
+    assert_eq!(lines, vec![("stdout".into(), "hi s3cret-value".into()), ("stdout".into(), "own-ok".into())]);
+    assert!(!admin.get(&format!("/v1/jobs/{id}")).text().contains("mine-value"));
+    let nowhere = crate::deployments::nowhere_in(&node.b.data_dir(), "mine-value");
+    assert!(nowhere.is_ok(), "a secret is readable at rest: {nowhere:?}");
+    until(30, "no container is left", || node.containers().is_empty().then_some(()));
+}
+
+#[test]
+fn a_run_going_when_the_daemon_is_killed_is_watched_again_and_ends_with_its_log() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (mut node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    push_tools(&admin);
+    let job = shell_job(&admin, &project, "long", "echo begin; sleep 4; echo end; exit 5", json!({}));
+    let id = admin.post(&format!("/v1/jobs/{job}/run"), &json!({})).json()["id"].as_str().unwrap().to_string();
+    until(30, "the run starts", || (run(&admin, &job, &id)["status"] == "running").then_some(()));
+    node.b.kill9();
+    node.b.spawn();
+    let admin = node.b.admin_session();
+    let ended = settle(&admin, &job, &id, 60);
+    assert_eq!((ended["status"].as_str(), ended["exit_code"].as_i64()), (Some("failed"), Some(5)), "{ended}");
+    let mut lines = logs(&admin, &job, &id);
+    lines.sort();
+    assert_eq!(lines, vec![("stdout".into(), "begin".into()), ("stdout".into(), "end".into())]);
+    until(30, "no container is left", || node.containers().is_empty().then_some(()));
+}
