@@ -435,3 +435,40 @@ fn a_run_going_when_the_daemon_is_killed_is_watched_again_and_ends_with_its_log(
     assert_eq!(lines, vec![("stdout".into(), "begin".into()), ("stdout".into(), "end".into())]);
     until(30, "no container is left", || node.containers().is_empty().then_some(()));
 }
+
+#[test]
+fn an_external_image_is_pulled_through_the_cache_with_the_projects_login() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    // The image lives on a second berth, which wants a token.
+    let remote = Berth::start("");
+    let radmin = remote.admin();
+    assert_eq!(radmin.post("/v1/projects", &json!({"name": "alpha"})).status, 201);
+    let t = radmin.post("/v1/api-tokens", &json!({"name": "pull", "scopes": ["registry:pull", "registry:push"]}));
+    let pat = t.json()["token"].as_str().unwrap().to_string();
+    push_tools(&radmin.with_token(&pat));
+
+    let (node, admin) = node("");
+    let project = project_id(&admin, "alpha");
+    let image = format!("{}/alpha/tools:v1", remote.addr);
+    let body =
+        json!({"project_id": project, "name": "remote", "image": image, "command": ["/bin/sh", "-c", "echo pulled"]});
+    // No login for that server yet: the pull fails at run time, saying so.
+    let job = create(&admin, body)["id"].as_str().unwrap().to_string();
+    let r = admin.post(&format!("/v1/jobs/{job}/run"), &json!({}));
+    let failed = settle(&admin, &job, r.json()["id"].as_str().unwrap(), 60);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap().starts_with(&format!("pull {image}")), "{failed}");
+
+    let r = admin.post(
+        &format!("/v1/projects/{project}/registries"),
+        &json!({"name": "second", "server": remote.addr.to_string(), "username": "admin", "password": pat}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = admin.post(&format!("/v1/jobs/{job}/run"), &json!({}));
+    let ended = settle(&admin, &job, r.json()["id"].as_str().unwrap(), 120);
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(logs(&admin, &job, ended["id"].as_str().unwrap()), vec![("stdout".into(), "pulled".into())]);
+    until(30, "no container is left", || node.containers().is_empty().then_some(()));
+}
