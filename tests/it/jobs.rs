@@ -425,6 +425,10 @@ fn a_run_going_when_the_daemon_is_killed_is_watched_again_and_ends_with_its_log(
     let job = shell_job(&admin, &project, "long", "echo begin; sleep 4; echo end; exit 5", json!({}));
     let id = admin.post(&format!("/v1/jobs/{job}/run"), &json!({})).json()["id"].as_str().unwrap().to_string();
     until(30, "the run starts", || (run(&admin, &job, &id)["status"] == "running").then_some(()));
+    // While it runs, its log is read from its container.
+    until(10, "the running run's log shows its first line", || {
+        logs(&admin, &job, &id).contains(&("stdout".into(), "begin".into())).then_some(())
+    });
     node.b.kill9();
     node.b.spawn();
     let admin = node.b.admin_session();
