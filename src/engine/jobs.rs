@@ -15,7 +15,8 @@
 //!   timed-out run is tried again `retries` times, 1 s doubling between tries.
 //! - Concurrency is decided under one admission lock from the runs this daemon
 //!   watches: `forbid` records a run due while another is going as `skipped`,
-//!   `replace` cancels the going ones and starts, `allow` starts.
+//!   `replace` cancels the going ones and starts, `allow` starts (up to
+//!   [`MAX_CONCURRENT_RUNS`] runs of a job at once; past that it is `skipped` too).
 //! - The scheduler ticks four times a second. Each job keeps a cursor (the last fire
 //!   time handled, in the store): a fire time at or before now starts a run and moves
 //!   the cursor; several passed at once (the daemon was busy) make one run.
@@ -56,8 +57,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const MAX_LOG_LINES: usize = 10_000;
 /// The longest wait between two tries of a failing run.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Fire times stepped over at most when several passed at once.
-const MAX_CATCH_UP_STEPS: usize = 100_000;
+/// Runs of one job going at once, at most (`allow` would otherwise let a
+/// frequent schedule of a long command fill the node).
+pub const MAX_CONCURRENT_RUNS: usize = 64;
 
 pub const DEFAULT_TIMEOUT_S: u64 = 3600;
 pub const DEFAULT_KEEP_RUNS: u32 = 20;
@@ -194,17 +196,12 @@ impl Schedule {
         Some(next.timestamp().as_second())
     }
 
-    /// The last fire time in `(after, until]`, stepping over at most a bounded
-    /// number of fire times.
+    /// The last fire time in `(after, until]`, found backwards from `until` (a
+    /// daemon down for a year does not step over every second of it).
     pub fn last_between(&self, after: i64, until: i64) -> Option<i64> {
-        let mut fire = self.next_after(after).filter(|f| *f <= until)?;
-        for _ in 0..MAX_CATCH_UP_STEPS {
-            match self.next_after(fire) {
-                Some(n) if n <= until => fire = n,
-                _ => break,
-            }
-        }
-        Some(fire)
+        let to = jiff::Timestamp::from_second(until).ok()?.to_zoned(self.tz.clone());
+        let last = self.cron.find_previous_occurrence(&to, true).ok()?.timestamp().as_second();
+        (last > after).then_some(last)
     }
 }
 
@@ -362,9 +359,15 @@ impl Jobs {
             started_at: None,
             finished_at: None,
         };
-        if let Some(first) = going.first().filter(|_| spec.concurrency == Concurrency::Forbid) {
+        let cap = (spec.concurrency == Concurrency::Allow && going.len() >= MAX_CONCURRENT_RUNS)
+            .then(|| format!("{MAX_CONCURRENT_RUNS} runs of this job are going, the most that run at once"));
+        let forbidden = going
+            .first()
+            .filter(|_| spec.concurrency == Concurrency::Forbid)
+            .map(|first| format!("run {first} of this job was still running (concurrency forbid)"));
+        if let Some(why) = forbidden.or(cap) {
             run.status = "skipped".into();
-            run.error = Some(format!("run {first} of this job was still running (concurrency forbid)"));
+            run.error = Some(why);
             run.finished_at = Some(now());
             let r = run.clone();
             let keep = spec.keep_runs;
@@ -374,12 +377,7 @@ impl Jobs {
                     sql::prune_runs(c, &r.job_id, keep).map(drop)
                 })
                 .await?;
-            tracing::info!(
-                job = job.id,
-                run = run.id,
-                running = first,
-                "run skipped: the previous one is still running"
-            );
+            tracing::info!(job = job.id, run = run.id, reason = run.error, "run skipped");
             return Ok(run);
         }
         if spec.concurrency == Concurrency::Replace {
@@ -896,6 +894,13 @@ mod tests {
         assert_eq!(s.last_between(t, t + 9), None);
         assert_eq!(s.last_between(t, t + 10), Some(t + 10));
         assert_eq!(s.last_between(t, t + 35), Some(t + 30));
+        // A year of a schedule every second: the last one, at once.
+        let every = Schedule::parse("* * * * * *", "UTC").unwrap();
+        assert_eq!(every.last_between(t - 365 * 86_400, t), Some(t));
+        // Across a DST gap, backwards too.
+        let paris = Schedule::parse("30 2 * * *", "Europe/Paris").unwrap();
+        let after_gap = at("2026-03-29T01:00:00Z");
+        assert_eq!(paris.last_between(after_gap - 86_400, after_gap + 3600), Some(after_gap));
     }
 
     #[test]
