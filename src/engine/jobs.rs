@@ -266,6 +266,9 @@ pub struct Jobs {
     /// Flips when the daemon shuts down: watchers let their runs go on (the next
     /// daemon watches them again).
     stopping: watch::Sender<bool>,
+    /// Parsed schedules by job, with the settings they were parsed from: the
+    /// scheduler ticks four times a second and a schedule changes rarely.
+    parsed: Mutex<HashMap<String, (String, Option<Schedule>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -305,6 +308,7 @@ impl Jobs {
             admission: tokio::sync::Mutex::new(()),
             active: Mutex::default(),
             stopping: watch::channel(false).0,
+            parsed: Mutex::default(),
         }
     }
 
@@ -676,6 +680,19 @@ impl Jobs {
         }
     }
 
+    /// The job's schedule and cursor, parsed once per change of the job.
+    fn schedule_of(&self, job: &JobRow) -> Option<(Schedule, i64)> {
+        let cursor = job.schedule_cursor.unwrap_or_else(crate::ids::unix_now);
+        if let Some((at, s)) = lock(&self.parsed).get(&job.id) {
+            if *at == job.spec {
+                return s.clone().map(|s| (s, cursor));
+            }
+        }
+        let s = parse_stored(job);
+        lock(&self.parsed).insert(job.id.clone(), (job.spec.clone(), s.clone()));
+        s.map(|s| (s, cursor))
+    }
+
     /// Starts the runs whose fire time has come; call every [`TICK`].
     pub async fn tick(self: &Arc<Self>) {
         let jobs = match self.store.read(sql::scheduled).await {
@@ -685,9 +702,11 @@ impl Jobs {
                 return;
             }
         };
+        let ids: std::collections::HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        lock(&self.parsed).retain(|id, _| ids.contains(id.as_str()));
         let now = crate::ids::unix_now();
         for job in jobs {
-            let Some((schedule, cursor)) = schedule_of(&job) else { continue };
+            let Some((schedule, cursor)) = self.schedule_of(&job) else { continue };
             let Some(fire) = schedule.last_between(cursor, now) else { continue };
             let id = job.id.clone();
             if let Err(e) = self.store.write(move |c| sql::advance_cursor(c, &id, fire)).await {
@@ -754,7 +773,7 @@ impl Jobs {
         // Fire times missed while the daemon was down.
         let now = crate::ids::unix_now();
         for job in self.store.read(sql::scheduled).await? {
-            let Some((schedule, cursor)) = schedule_of(&job) else { continue };
+            let Some((schedule, cursor)) = self.schedule_of(&job) else { continue };
             let missed = schedule.last_between(cursor, now);
             let id = job.id.clone();
             self.store.write(move |c| sql::advance_cursor(c, &id, now)).await?;
@@ -790,13 +809,12 @@ impl Jobs {
     }
 }
 
-/// A job's parsed schedule and cursor; `None` (with a warning) when its stored
-/// schedule no longer parses (a time zone removed from the system).
-fn schedule_of(job: &JobRow) -> Option<(Schedule, i64)> {
+/// A job's stored schedule, parsed: `None` (with a warning) when it no longer
+/// parses (a time zone removed from the system).
+fn parse_stored(job: &JobRow) -> Option<Schedule> {
     let spec = JobSpec::from_json(&job.spec).ok()?;
-    let expr = spec.schedule.as_deref()?;
-    match Schedule::parse(expr, &spec.timezone) {
-        Ok(s) => Some((s, job.schedule_cursor.unwrap_or_else(crate::ids::unix_now))),
+    match Schedule::parse(spec.schedule.as_deref()?, &spec.timezone) {
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(job = job.id, error = e, "the job's schedule does not parse; not scheduling it");
             None
