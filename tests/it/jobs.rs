@@ -116,6 +116,10 @@ fn scheduled_and_on_demand_runs_keep_exit_codes_and_logs_and_forbid_and_timeouts
     }
     let last = admin.get(&format!("/v1/jobs/{tick}")).json();
     assert!(last["last_run"]["id"].is_string() && last["next_run_at"].is_null(), "{last}");
+    // Without its schedule, it runs no more.
+    let count = runs(&admin, &tick).len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(runs(&admin, &tick).len(), count, "a run after the schedule was removed");
 
     // On demand: starts at once; a failing command's exit code and output are kept.
     let fail = shell_job(&admin, &project, "fail", "echo out; echo err >&2; exit 3", json!({}));
