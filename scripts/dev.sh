@@ -5,7 +5,7 @@
 #   sudo bash scripts/dev.sh [extra `berth serve` flags]    # from an account with sudo
 #
 # 1. Installs with apt-get, only the missing ones, what berth needs to build and run
-#    (build tools, runc, iproute2, nftables) and what the README's examples use: curl
+#    (build tools, runc, iproute2, nftables, buildah for Upload and Git builds) and what the README's examples use: curl
 #    and jq, and for the registry examples docker.io, skopeo and busybox-static
 #    (BERTH_DEV_CLIENTS=0 leaves these three out).
 # 2. Builds target/quick/berth with cargo's progress on screen, in the `quick` profile

@@ -33,6 +33,11 @@ PACKAGES=(
     mount tar gzip python3 python3-pip python3-venv
     # real registry clients and the reference registry the benchmark compares against
     docker.io skopeo docker-registry busybox-static openssl
+    # Git sources: the system git berth clones with (and its http-backend the tests serve
+    # repositories with), and sshd for clones over ssh with a deploy key
+    git openssh-server
+    # the builder of Upload and Git deployments (tests/it/builds.rs, bench/build.sh)
+    buildah
     # htpasswd (bcrypt) for the registry with Basic auth that external pulls are tested against
     apache2-utils
     # the pure cgroup v2 VM the runtime tests also run in (scripts/cgroup-v2-vm.sh)
@@ -45,9 +50,6 @@ PACKAGES=(
     # ACME against a real CA on loopback (tests/it/acme.rs), and the reverse proxy the
     # ingress benchmark compares against (bench/ingress.sh)
     pebble nginx
-    # builds of Upload and Git deployments, Git over https (git http-backend) and ssh
-    # (sshd on a loopback port) in tests/it/builds.rs and tests/it/git.rs
-    buildah git openssh-server
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS

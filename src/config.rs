@@ -284,6 +284,11 @@ pub struct BuildConfig {
     /// Build storage (base images and layers buildah keeps) past this size is
     /// collected after a build, in bytes.
     pub storage_max_bytes: u64,
+    /// Extra PEM roots trusted, besides the system's, for `https://` clones of Git
+    /// sources (a private Git server's CA); empty for the system's roots only.
+    pub git_ca_bundle: String,
+    /// Longest a clone of a Git source may take, in seconds.
+    pub git_timeout_seconds: u64,
 }
 
 impl Default for BuildConfig {
@@ -298,6 +303,8 @@ impl Default for BuildConfig {
             cpus: 2.0,
             pids: 4096,
             storage_max_bytes: 10 << 30,
+            git_ca_bundle: String::new(),
+            git_timeout_seconds: 600,
         }
     }
 }
@@ -631,6 +638,18 @@ impl Config {
         if b.pids < 16 {
             return invalid("build.pids", "must be at least 16");
         }
+        if b.git_timeout_seconds == 0 || b.git_timeout_seconds > 86_400 {
+            return invalid("build.git_timeout_seconds", "must be between 1 and 86400");
+        }
+        if !b.git_ca_bundle.is_empty() {
+            let pem = std::fs::read_to_string(&b.git_ca_bundle).map_err(|e| ConfigError::Invalid {
+                key: "build.git_ca_bundle",
+                message: format!("{}: {e}", b.git_ca_bundle),
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return invalid("build.git_ca_bundle", "holds no PEM certificate");
+            }
+        }
         if self.deploy.health_deadline_seconds == 0 || self.deploy.health_deadline_seconds > 3600 {
             return invalid("deploy.health_deadline_seconds", "must be between 1 and 3600");
         }
@@ -853,6 +872,29 @@ mod tests {
         ] {
             let e = load(&format!("[acme]\nenabled = true\n{bad}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn git_settings_are_checked() {
+        let d = tmp();
+        let load = |text: &str| {
+            let p = write(&d, text);
+            Config::load(Some(&p), vec![], &Overrides { dev: true, ..Default::default() })
+        };
+        let pem = rcgen::generate_simple_self_signed(vec!["git.test".to_string()]).unwrap().cert.pem();
+        std::fs::write(d.join("ca.pem"), pem).unwrap();
+        std::fs::write(d.join("junk.pem"), "not a certificate").unwrap();
+        let c = load(&format!("[build]\ngit_ca_bundle = \"{}\"\n", d.join("ca.pem").display())).unwrap();
+        assert_eq!(c.build.git_timeout_seconds, 600);
+        for bad in [
+            format!("git_ca_bundle = \"{}\"", d.join("missing.pem").display()),
+            format!("git_ca_bundle = \"{}\"", d.join("junk.pem").display()),
+            "git_timeout_seconds = 0".to_string(),
+        ] {
+            let e = load(&format!("[build]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("build.git_"), "{bad}: {e}");
         }
         std::fs::remove_dir_all(d).unwrap();
     }

@@ -118,6 +118,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = state.deployer.recover().await {
         tracing::error!(error = %e, "recovering services and deployments failed");
     }
+    // Builds a previous run left (their deployments just ended as failed) leave
+    // no process, cgroup or temp dir behind.
+    state.builder.recover().await;
     // Job runs that outlived the previous daemon are watched again, and the fire
     // times it was down for follow each job's missed-run policy.
     if let Err(e) = state.jobs.recover().await {
@@ -209,6 +212,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = stop_tx.send(true);
     // Log streams would otherwise hold the drain for its whole grace period.
     state.deployer.shut_down();
+    // Builds in progress stop: their processes are killed, their temp dirs removed.
+    state.builder.shut_down().await;
     state.jobs.shut_down();
     let engine = state.engine.clone().filter(|_| host_down);
     let stop_grace = state.deployer.settings().stop_grace;

@@ -50,6 +50,8 @@ pub struct Shared {
     /// The port the HTTPS ingress is bound to (0 until it is): what clients of the
     /// control domain are told to come back to when the config asks for any port.
     pub https_port: std::sync::atomic::AtomicU16,
+    /// Builds of `Upload` and `Git` deployments (buildah, the queue, build storage).
+    pub builder: Arc<crate::build::builder::Builder>,
 }
 
 /// A manifest stored under a tag in the hosted registry.
@@ -169,19 +171,33 @@ impl AppState {
                 retry_backoff: std::time::Duration::from_secs(1),
             },
         ));
-        let deployer = Arc::new(crate::engine::deploy::Deployer::new(
-            store.clone(),
-            engine.clone(),
-            routes.clone(),
-            settings,
-            Some(external),
-            gate.metrics.clone(),
-        ));
         let uploads = Arc::new(crate::build::uploads::Uploads::new(
             store.clone(),
             config.data_dir.join("uploads"),
             &config.build,
         ));
+        let builder = Arc::new(crate::build::builder::Builder::new(crate::build::builder::Parts {
+            config: config.build.clone(),
+            data_dir: config.data_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            layout: engine.as_ref().map(|e| e.runtime().layout.clone()),
+            store: store.clone(),
+            registry: registry.clone(),
+            sealer: sealer.clone(),
+            uploads: uploads.clone(),
+            external: Some(external.clone()),
+        }));
+        let deployer = Arc::new(
+            crate::engine::deploy::Deployer::new(
+                store.clone(),
+                engine.clone(),
+                routes.clone(),
+                settings,
+                Some(external),
+                gate.metrics.clone(),
+            )
+            .with_builds(builder.clone()),
+        );
         let (pushes, _) = tokio::sync::broadcast::channel(256);
         let state_dir_usage =
             Arc::new(crate::metrics::CachedDiskUsage::new(config.data_dir.clone(), std::time::Duration::from_secs(60)));
@@ -206,6 +222,7 @@ impl AppState {
             jobs,
             uploads,
             https_port: std::sync::atomic::AtomicU16::new(0),
+            builder,
         }))
     }
 }

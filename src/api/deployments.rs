@@ -27,7 +27,7 @@ pub struct Deployment {
     pub id: String,
     pub service_id: String,
     pub source: Source,
-    /// `queued`, `pulling`, `starting`, `live`, `failed`, `cancelled` or `superseded`.
+    /// `queued`, `building`, `pulling`, `starting`, `live`, `failed`, `cancelled` or `superseded`.
     pub status: String,
     /// The image manifest it runs, once known.
     pub image_digest: Option<String>,
@@ -126,12 +126,30 @@ pub(super) async fn check_external(
     Ok(())
 }
 
+/// The parts of a build source checked before a deployment is created (422s): the
+/// Dockerfile's path and the build args. A node without buildah takes the
+/// deployment, which then fails at once with the message to install it.
+fn check_build(
+    dockerfile: Option<&str>,
+    build_args: Option<&std::collections::BTreeMap<String, String>>,
+) -> ApiResult<()> {
+    if let Some(d) = dockerfile {
+        crate::build::builder::check_dockerfile(d).map_err(ApiError::unprocessable)?;
+    }
+    if let Some(a) = build_args {
+        crate::build::builder::check_build_args(a).map_err(ApiError::unprocessable)?;
+    }
+    Ok(())
+}
+
 /// Deploys an image to a service (Operator in the service's project). `Image` is a
 /// repository of the service's project in the hosted registry, by tag or digest
 /// (resolved now: the deployment runs that digest). `ExternalImage` is pulled
 /// through the layer cache with the project's login for its server (or the one
-/// `registry_id` names); its digest is recorded once pulled. `Upload` and `Git` come with
-/// builds. One deployment per service at a time: 409 while one is in progress.
+/// `registry_id` names); its digest is recorded once pulled. `Upload` (an upload of the service) and
+/// `Git` (an https or ssh repository at a ref) are built first (`building`) with the
+/// Dockerfile at `dockerfile` (default `Dockerfile`) and `build_args`, into
+/// `<project>/<service>:<deployment id>` of the hosted registry. One deployment per service at a time: 409 while one is in progress.
 #[utoipa::path(post, operation_id = "deployments_create", path = "/v1/deployments", tag = "deployments",
     request_body = NewDeployment,
     responses((status = 201, body = Deployment), (status = 400, body = super::error::ErrorBody),
@@ -157,10 +175,16 @@ pub async fn create(
             check_external(&state, &svc.project_id, image, registry_id.as_deref()).await?;
             None
         }
-        Source::Upload { .. } | Source::Git { .. } => {
-            return Err(ApiError::unprocessable(
-                "Upload and Git deployments come with builds; push an image and deploy it with {\"kind\": \"Image\"}",
-            ));
+        Source::Upload { upload_id, dockerfile, build_args } => {
+            check_build(dockerfile.as_deref(), build_args.as_ref())?;
+            state.uploads.check(&svc.id, upload_id).await.map_err(ApiError::unprocessable)?;
+            None
+        }
+        Source::Git { repo_url, git_ref, dockerfile, build_args } => {
+            check_build(dockerfile.as_deref(), build_args.as_ref())?;
+            crate::build::git::check_url(repo_url).map_err(ApiError::unprocessable)?;
+            crate::build::git::check_ref(git_ref).map_err(ApiError::unprocessable)?;
+            None
         }
     };
     let row = state.deployer.deploy(&svc, body.source, digest, None).await?;

@@ -6,6 +6,7 @@
 //! or `engine` (services, deployments) to act. Handlers never hold SQL themselves.
 
 pub mod audit;
+pub mod builds;
 pub mod cache;
 pub mod certificates;
 pub mod credentials;
@@ -27,6 +28,7 @@ pub mod session;
 pub mod tokens;
 pub mod uploads;
 pub mod users;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;

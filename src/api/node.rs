@@ -21,9 +21,11 @@ pub struct Node {
     pub runc_version: Option<String>,
     pub control_domain: Option<String>,
     pub apps_domain: String,
+    /// Whether `Upload` and `Git` deployments can be built here (buildah found).
+    pub builder: crate::build::builder::BuilderInfo,
 }
 
-/// Host figures, cgroup version and runc version.
+/// Host figures, cgroup version, runc version and whether a builder is here.
 #[utoipa::path(get, operation_id = "node_get_node", path = "/v1/node", tag = "node",
     responses((status = 200, body = Node), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -39,5 +41,6 @@ pub async fn get_node(State(state): State<AppState>) -> ApiResult<Json<Node>> {
         runc_version: state.host.runc_version.clone(),
         control_domain: state.config.ingress.control_domain.clone(),
         apps_domain: state.config.ingress.apps_domain.clone(),
+        builder: state.builder.info(),
     }))
 }

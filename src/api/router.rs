@@ -12,8 +12,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, cache, certificates, credentials, deployments, domains, health, jobs, metrics, middleware, node,
-    openapi, projects, registry, services, session, tokens, uploads, users,
+    AppState, audit, builds, cache, certificates, credentials, deployments, domains, health, jobs, metrics, middleware,
+    node, openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -143,11 +143,16 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/v1/services/{id}/domains/{domain_id}", Service(Viewer), Some(Scope::ServicesRead), domains::get),
     route!(DELETE "/v1/services/{id}/domains/{domain_id}", Service(Operator), Some(Scope::ServicesWrite), domains::delete),
     route!(POST "/v1/services/{id}/domains/{domain_id}/verify", Service(Operator), Some(Scope::ServicesWrite), domains::verify),
+    route!(GET "/v1/services/{id}/webhook", Service(Viewer), Some(Scope::ServicesRead), webhooks::get),
+    route!(POST "/v1/services/{id}/webhook", Service(Operator), Some(Scope::ServicesWrite), webhooks::enable),
+    route!(DELETE "/v1/services/{id}/webhook", Service(Operator), Some(Scope::ServicesWrite), webhooks::disable),
+    route!(POST "/v1/webhooks/git/{service_id}", Public, None, webhooks::receive),
     route!(POST "/v1/deployments", InBody(Operator), Some(Scope::DeploymentsWrite), deployments::create),
     route!(GET "/v1/deployments/{id}", Deployment(Viewer), Some(Scope::ServicesRead), deployments::get),
     route!(POST "/v1/deployments/{id}/cancel", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::cancel),
     route!(POST "/v1/deployments/{id}/rollback", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::rollback),
     route!(GET "/v1/deployments/{id}/logs/stream", Deployment(Viewer), Some(Scope::LogsRead), deployments::logs_stream),
+    route!(GET "/v1/builds/status", AnyMember, Some(Scope::NodeRead), builds::status),
     route!(GET "/v1/jobs", AnyMember, Some(Scope::JobsRead), jobs::list),
     route!(POST "/v1/jobs", InBody(Operator), Some(Scope::JobsWrite), jobs::create),
     route!(GET "/v1/jobs/{id}", Job(Viewer), Some(Scope::JobsRead), jobs::get),

@@ -238,7 +238,7 @@ impl Uploads {
         match self.store.read(move |c| sql::get(c, &s, &u)).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(format!(
-                "upload {upload_id} is not an upload of service {service_id} (it may have expired); upload the context again"
+                "upload {upload_id} not found for service {service_id} (uploads expire when unused); upload the context again"
             )),
             Err(e) => Err(format!("look up upload {upload_id}: {e}")),
         }

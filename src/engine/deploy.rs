@@ -2,11 +2,15 @@
 //! health after going live, the routing table, and recovery after a restart.
 //!
 //! Design (adr/021):
-//! - A deployment is a row moving `queued → pulling → starting → live | failed |
-//!   cancelled` (`superseded` once a later one is live), with a log of numbered
+//! - A deployment is a row moving `queued → [building →] pulling → starting → live |
+//!   failed | cancelled` (`superseded` once a later one is live), with a log of numbered
 //!   lines. One task drives it; every step is written before the next one starts,
 //!   so a daemon that dies mid-rollout finds the deployment in flight at start-up
 //!   and ends it as `failed` ("interrupted by a daemon restart").
+//! - `Upload` and `Git` sources are built first (`building`, adr/030) through the
+//!   [`Builds`] hook, outside the service's turn; the build's output goes into the
+//!   deployment's log and the image's digest onto the deployment, so a rollback
+//!   runs it again with no rebuild.
 //! - A rollout starts the service's replica count with the new image, waits for
 //!   each to pass its health check, records the switch in one transaction (the new
 //!   deployment `live`, the previous one `superseded`, the service's current
@@ -179,9 +183,32 @@ pub trait ExternalImages: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, String>> + Send + 'a>>;
 }
 
+/// What a build is asked: the deployment it is for and the source to build.
+#[derive(Debug, Clone)]
+pub struct BuildJob {
+    pub deployment_id: String,
+    pub project_id: String,
+    pub service_id: String,
+    pub source: Source,
+}
+
+/// Builds `Upload` and `Git` sources into an image of the hosted registry and
+/// returns the image's manifest digest. Implemented in `build` (buildah), so this
+/// module knows nothing of how. Output lines go to `log`; the build stops when
+/// `cancel` turns true.
+pub trait Builds: Send + Sync {
+    fn build<'a>(
+        &'a self,
+        job: BuildJob,
+        log: tokio::sync::mpsc::Sender<String>,
+        cancel: watch::Receiver<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, crate::build::Stop>> + Send + 'a>>;
+}
+
 pub struct Deployer {
     store: Store,
     external: Option<Arc<dyn ExternalImages>>,
+    builds: Option<Arc<dyn Builds>>,
     engine: Option<Arc<Engine>>,
     routes: Arc<RoutingTable>,
     settings: Settings,
@@ -255,6 +282,7 @@ impl Deployer {
         Deployer {
             store,
             external,
+            builds: None,
             engine,
             routes,
             settings,
@@ -269,6 +297,12 @@ impl Deployer {
             domains: Mutex::default(),
             reroutes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Builds `Upload` and `Git` deployments with `builds`.
+    pub fn with_builds(mut self, builds: Arc<dyn Builds>) -> Self {
+        self.builds = Some(builds);
+        self
     }
 
     /// Says the daemon is shutting down: log streams end.
@@ -433,24 +467,80 @@ impl Deployer {
         Ok(fetched.digest)
     }
 
+    /// Builds an `Upload` or `Git` source (`building`), its output lines going into
+    /// the deployment's log, and records the image's digest on the deployment, so a
+    /// rollback later runs exactly it without a rebuild.
+    async fn build(
+        &self,
+        dep: &DeploymentRow,
+        source: &Source,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<String, Stop> {
+        let builds = self.builds.clone().ok_or_else(|| Stop::Failed("this node does not build images".into()))?;
+        self.advance(&dep.id, "building", cancel).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
+        let job = BuildJob {
+            deployment_id: dep.id.clone(),
+            project_id: dep.project_id.clone(),
+            service_id: dep.service_id.clone(),
+            source: source.clone(),
+        };
+        let built = {
+            let build = builds.build(job, tx, cancel.clone());
+            tokio::pin!(build);
+            // The lines are written as they come, in order, while the build runs.
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    r = &mut build => break r,
+                    line = rx.recv(), if open => match line {
+                        Some(l) => self.log(&dep.id, l).await,
+                        None => open = false,
+                    },
+                }
+            }
+        };
+        while let Ok(l) = rx.try_recv() {
+            self.log(&dep.id, l).await;
+        }
+        let digest = built.map_err(|e| match e {
+            crate::build::Stop::Cancelled => Stop::Cancelled,
+            crate::build::Stop::Failed(m) => Stop::Failed(m),
+        })?;
+        let (id, d) = (dep.id.clone(), digest.clone());
+        self.store
+            .write(move |c| sql::set_digest(c, &id, &d))
+            .await
+            .map_err(|e| Stop::Failed(format!("record the image's digest: {e}")))?;
+        self.log(&dep.id, format!("built {digest}")).await;
+        Ok(digest)
+    }
+
     async fn rollout(
         self: &Arc<Self>,
         dep: &DeploymentRow,
         source: &Source,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), Stop> {
+        // A build holds no turn of the service: scaling and restarts of what is
+        // live go on meanwhile.
+        let built = match (&dep.image_digest, source) {
+            (None, Source::Upload { .. } | Source::Git { .. }) => Some(self.build(dep, source, cancel).await?),
+            _ => None,
+        };
         let service_lock = self.lock_for(&dep.service_id);
         let turn = tokio::select! {
             g = service_lock.lock_owned() => g,
             _ = cancelled(cancel) => return Err(Stop::Cancelled),
         };
         self.advance(&dep.id, "pulling", cancel).await?;
-        let digest = match (&dep.image_digest, source) {
-            (Some(d), _) => d.clone(),
-            (None, Source::ExternalImage { image, registry_id }) => {
+        let digest = match (built, &dep.image_digest, source) {
+            (Some(d), _, _) => d,
+            (None, Some(d), _) => d.clone(),
+            (None, None, Source::ExternalImage { image, registry_id }) => {
                 self.fetch_external(dep, image, registry_id.as_deref(), cancel).await?
             }
-            (None, other) => return Err(Stop::Failed(format!("{} names no image to run", other.describe()))),
+            (None, None, other) => return Err(Stop::Failed(format!("{} names no image to run", other.describe()))),
         };
         let engine = self.engine.clone().ok_or_else(|| Stop::Failed(NO_ENGINE.into()))?;
         self.log(&dep.id, format!("preparing image {digest}")).await;
@@ -787,7 +877,7 @@ impl Deployer {
             get(id.to_string()).await?.ok_or_else(|| DeployError::NotFound(format!("deployment {id} not found")))?;
         if !IN_FLIGHT.contains(&dep.status.as_str()) {
             return Err(DeployError::Conflict(format!(
-                "deployment {id} is {}; only a queued, pulling or starting deployment can be cancelled",
+                "deployment {id} is {}; only a queued, building, pulling or starting deployment can be cancelled",
                 dep.status
             )));
         }

@@ -27,7 +27,7 @@ fn image_err(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// This machine's platform, as GOARCH names it.
-fn architecture() -> &'static str {
+pub fn architecture() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

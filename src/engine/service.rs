@@ -2,6 +2,8 @@
 //! document), and the deployment sources. Validation of what a client sends lives
 //! in `api::services`; these types say what the settings mean.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -140,14 +142,25 @@ pub enum Source {
     Image { repository: String, reference: String },
     /// An image in another registry, pulled through the layer cache.
     ExternalImage { image: String, registry_id: Option<String> },
-    /// A build of an uploaded context (comes with builds).
-    Upload { upload_id: String, dockerfile: Option<String> },
-    /// A build of a Git repository (comes with builds).
+    /// A build of an uploaded context (`POST /v1/services/{id}/uploads`).
+    Upload {
+        upload_id: String,
+        /// The Dockerfile's path in the context (default `Dockerfile`).
+        dockerfile: Option<String>,
+        /// `ARG` values for the build.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_args: Option<BTreeMap<String, String>>,
+    },
+    /// A build of a Git repository at a branch, tag or commit.
     Git {
         repo_url: String,
         #[serde(rename = "ref")]
         git_ref: String,
+        /// The Dockerfile's path in the repository (default `Dockerfile`).
         dockerfile: Option<String>,
+        /// `ARG` values for the build.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_args: Option<BTreeMap<String, String>>,
     },
 }
 

@@ -246,6 +246,45 @@ impl Registry {
         }
     }
 
+    /// Stores the file at `path` as blob `digest` of the repository (an image built
+    /// on this node), through an upload session like any push: the file (linked or
+    /// copied; the caller does not write it again) is hashed and committed only when
+    /// it has the digest it claims. A blob the repository
+    /// already holds is not copied again. Returns its size.
+    pub async fn import_blob(&self, repo: &Repo, digest: &Digest, path: &std::path::Path) -> RegistryResult<u64> {
+        if let Some(size) = self.blob_size(repo, digest).await? {
+            return Ok(size);
+        }
+        let id = self.start_upload(repo).await?;
+        let (blobs, upload, from) = (self.blobs.clone(), id.clone(), path.to_path_buf());
+        let copied = blocking(move || -> Result<(sha2::Sha256, u64), crate::error::PathError> {
+            let data = blobs.upload_data(&upload);
+            // A link when the file is on the same filesystem (the state dir): the
+            // bytes are then only read, to be hashed.
+            let _ = std::fs::remove_file(&data);
+            if std::fs::hard_link(&from, &data).is_err() {
+                std::fs::copy(&from, &data).map_err(|e| crate::error::PathError::new("copy", &from, e))?;
+            }
+            blobs.rehash_upload(&upload)
+        })
+        .await?;
+        let (hasher, size) = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                self.discard(&id).await;
+                return Err(e.into());
+            }
+        };
+        let actual = Digest::from_sha256(&hasher.finalize());
+        if actual != *digest {
+            self.discard(&id).await;
+            return Err(RegistryError::DigestInvalid(format!("the file has digest {actual}, not {digest}")));
+        }
+        self.commit(repo, &id, digest, size).await?;
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        Ok(size)
+    }
+
     /// Appends the last chunk (if any), checks the digest and commits the blob.
     /// A digest mismatch discards the upload: nothing partial stays behind.
     pub async fn finish(&self, repo: &Repo, id: &str, expected: &Digest, body: Body) -> RegistryResult<u64> {

@@ -287,6 +287,52 @@ impl Layout {
         }
     }
 
+    /// Creates `<base>/<group>/<name>`, a cgroup for a process tree berth runs itself
+    /// (a build), writes its limits with no swap beyond them, and returns its
+    /// relative path. The `group` level hands the controllers on (v2).
+    pub fn ensure_job(&self, group: &str, name: &str, limits: &Limits) -> Result<String, RuntimeError> {
+        limits.validate()?;
+        let parent = format!("{}/{group}", self.base);
+        for (_, d) in self.dirs(&parent) {
+            mkdir(&d)?;
+        }
+        if self.version == CgroupVersion::V2 {
+            enable_controllers(&self.dir("", &parent))?;
+        }
+        let rel = format!("{parent}/{name}");
+        for (_, d) in self.dirs(&rel) {
+            mkdir(&d)?;
+        }
+        self.write_limits(&rel, limits)?;
+        // Past its memory limit a job is to be stopped, not swapped out; hosts
+        // without swap accounting have no such file, which is fine.
+        match (self.version, limits.memory_bytes) {
+            (CgroupVersion::V2, Some(_)) => {
+                let _ = std::fs::write(self.dir("", &rel).join("memory.swap.max"), "0");
+            }
+            (CgroupVersion::V1, Some(m)) => {
+                let _ = std::fs::write(self.dir("memory", &rel).join("memory.memsw.limit_in_bytes"), m.to_string());
+            }
+            (_, None) => {}
+        }
+        Ok(rel)
+    }
+
+    /// The `cgroup.procs` file of each hierarchy of a cgroup: writing a pid (or `0`,
+    /// the writer itself) there moves a process in.
+    pub fn procs_files(&self, rel: &str) -> Vec<PathBuf> {
+        self.dirs(rel).into_iter().map(|(_, d)| d.join("cgroup.procs")).collect()
+    }
+
+    /// The processes in a cgroup (read from the hierarchy that tracks pids).
+    pub fn procs(&self, rel: &str) -> Vec<i32> {
+        let file = match self.version {
+            CgroupVersion::V2 => self.dir("", rel).join("cgroup.procs"),
+            CgroupVersion::V1 => self.dir("pids", rel).join("cgroup.procs"),
+        };
+        std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
     /// Removes a cgroup (it must be empty); missing is fine.
     pub fn remove(&self, rel: &str) -> Result<(), RuntimeError> {
         for (_, d) in self.dirs(rel) {
@@ -484,6 +530,31 @@ mod tests {
             "+cpu +memory +pids +io"
         );
         assert!(!dir.join("daemon").exists(), "the daemon stays where it is");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_v2_job_cgroup_gets_limits_no_swap_and_lists_its_processes() {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("cgjob"));
+        std::fs::create_dir_all(dir.join("berth/builds")).unwrap();
+        std::fs::write(dir.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        std::fs::write(dir.join("berth/builds/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let l = Layout::under(&dir, "/", "berth");
+        let limits = Limits { memory_bytes: Some(96 << 20), cpus: Some(2.0), pids: Some(4096) };
+        let rel = l.ensure_job("builds", "dep_1", &limits).unwrap();
+        assert_eq!(rel, "/berth/builds/dep_1");
+        let d = dir.join("berth/builds/dep_1");
+        assert_eq!(std::fs::read_to_string(d.join("memory.max")).unwrap(), (96u64 << 20).to_string());
+        assert_eq!(std::fs::read_to_string(d.join("memory.swap.max")).unwrap(), "0");
+        assert_eq!(std::fs::read_to_string(d.join("cpu.max")).unwrap(), "200000 100000");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("berth/builds/cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(l.procs_files(&rel), vec![d.join("cgroup.procs")]);
+        std::fs::write(d.join("cgroup.procs"), "12\n34\n").unwrap();
+        assert_eq!(l.procs(&rel), vec![12, 34]);
+        assert!(l.ensure_job("builds", "x", &Limits { memory_bytes: Some(1), ..Default::default() }).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -34,6 +34,17 @@ pub fn record(c: &Connection, rows: &[CacheEntry], source: &str, now: i64) -> Re
     Ok(())
 }
 
+/// The image (index or manifest) last pulled for `source` (a canonical reference),
+/// for a build whose base registry cannot be reached.
+pub fn image_for_source(c: &Connection, source: &str) -> Result<Option<String>> {
+    Ok(c.prepare_cached(
+        "SELECT digest FROM oci_cache WHERE source = ?1 AND kind IN ('index', 'manifest')
+         ORDER BY kind = 'index' DESC, last_used_at DESC LIMIT 1",
+    )?
+    .query_row([source], |r| r.get(0))
+    .optional()?)
+}
+
 /// Marks cached blobs used now (a deployment runs them); others are ignored.
 /// Returns how many were cached.
 pub fn touch(c: &Connection, digests: &[String], now: i64) -> Result<usize> {

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Page, PageQuery, Result, StoreError};
 
 /// States a deployment is still moving through.
-pub const IN_FLIGHT: &[&str] = &["queued", "pulling", "starting"];
+pub const IN_FLIGHT: &[&str] = &["queued", "building", "pulling", "starting"];
 
 /// A deployment as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +104,7 @@ pub fn list_for_service(c: &Connection, service_id: &str, page: &PageQuery) -> R
 /// The id of the service's deployment in flight, if any.
 pub fn in_flight(c: &Connection, service_id: &str) -> Result<Option<String>> {
     Ok(c.prepare_cached(
-        "SELECT id FROM deployments WHERE service_id = ?1 AND status IN ('queued', 'pulling', 'starting')",
+        "SELECT id FROM deployments WHERE service_id = ?1 AND status IN ('queued', 'building', 'pulling', 'starting')",
     )?
     .query_row([service_id], |r| r.get(0))
     .optional()?)
@@ -113,7 +113,7 @@ pub fn in_flight(c: &Connection, service_id: &str) -> Result<Option<String>> {
 /// Every deployment in flight (start-up recovery).
 pub fn all_in_flight(c: &Connection) -> Result<Vec<DeploymentRow>> {
     Ok(c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM deployments WHERE status IN ('queued', 'pulling', 'starting') ORDER BY id"
+        "SELECT {COLUMNS} FROM deployments WHERE status IN ('queued', 'building', 'pulling', 'starting') ORDER BY id"
     ))?
     .query_map([], row)?
     .collect::<rusqlite::Result<Vec<_>>>()?)
@@ -124,7 +124,7 @@ pub fn all_in_flight(c: &Connection) -> Result<Vec<DeploymentRow>> {
 pub fn advance(c: &Connection, id: &str, status: &str, now: &str) -> Result<bool> {
     Ok(c.execute(
         "UPDATE deployments SET status = ?2, started_at = coalesce(started_at, ?3)
-         WHERE id = ?1 AND status IN ('queued', 'pulling', 'starting')",
+         WHERE id = ?1 AND status IN ('queued', 'building', 'pulling', 'starting')",
         params![id, status, now],
     )? > 0)
 }
@@ -133,7 +133,7 @@ pub fn advance(c: &Connection, id: &str, status: &str, now: &str) -> Result<bool
 pub fn finish(c: &Connection, id: &str, status: &str, error: Option<&str>, now: &str) -> Result<bool> {
     Ok(c.execute(
         "UPDATE deployments SET status = ?2, error = ?3, finished_at = ?4
-         WHERE id = ?1 AND status IN ('queued', 'pulling', 'starting')",
+         WHERE id = ?1 AND status IN ('queued', 'building', 'pulling', 'starting')",
         params![id, status, error, now],
     )? > 0)
 }

@@ -44,6 +44,7 @@ pub mod replicas;
 pub mod services;
 pub mod uploads;
 pub mod users;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,7 +105,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("migrations/010_domains.sql")),
     (11, include_str!("migrations/011_acme.sql")),
     (12, include_str!("migrations/012_uploads.sql")),
-    (14, include_str!("migrations/014_jobs.sql")),
+    (13, include_str!("migrations/013_webhooks.sql")),
+    (14, include_str!("migrations/014_building.sql")),
+    (15, include_str!("migrations/015_jobs.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

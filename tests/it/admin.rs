@@ -133,7 +133,7 @@ fn a_backup_taken_during_pushes_restores_users_projects_tags_blobs_and_secrets()
                 deployed.lock().unwrap().push(id.clone());
                 while !stop.load(Ordering::Relaxed) {
                     let d = c.get(&format!("/v1/deployments/{id}")).json();
-                    if !matches!(d["status"].as_str(), Some("queued" | "pulling" | "starting")) {
+                    if !matches!(d["status"].as_str(), Some("queued" | "building" | "pulling" | "starting")) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(10));

@@ -195,7 +195,7 @@ pub fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 pub fn settle(c: &Client, dep: &str, secs: u64) -> Value {
     until(secs, &format!("deployment {dep} ends"), || {
         let d = c.get(&format!("/v1/deployments/{dep}")).json();
-        (!matches!(d["status"].as_str(), Some("queued" | "pulling" | "starting"))).then_some(d)
+        (!matches!(d["status"].as_str(), Some("queued" | "building" | "pulling" | "starting"))).then_some(d)
     })
 }
 
@@ -628,11 +628,17 @@ fn bad_deployments_are_refused_and_state_stays_consistent() {
             "Nginx::1",
         ),
         (
-            json!({"service_id": svc, "source": {"kind": "Git", "repo_url": "https://example.com/x.git", "ref": "main"}}),
+            json!({"service_id": svc, "source": {"kind": "Git", "repo_url": "https://example.com/x.git", "ref": "main",
+                   "dockerfile": "../Dockerfile"}}),
             422,
-            "builds",
+            "inside the context",
         ),
-        (json!({"service_id": svc, "source": {"kind": "Upload", "upload_id": "upl_x"}}), 422, "builds"),
+        (json!({"service_id": svc, "source": {"kind": "Upload", "upload_id": "upl_x"}}), 422, "not found"),
+        (
+            json!({"service_id": svc, "source": {"kind": "Upload", "upload_id": "upl_x", "build_args": {"1A": "x"}}}),
+            422,
+            "build arg name",
+        ),
         (json!({"service_id": svc, "source": {"kind": "Floppy"}}), 400, "Floppy"),
         (json!({"service_id": "svc_00000000000000000000000000", "source": src("alpha/web", "v1")}), 404, "not found"),
         (json!({"service_id": svc}), 400, "source"),

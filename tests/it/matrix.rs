@@ -480,6 +480,42 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
             }
             .hidden("service", &svc)
         }
+        ("POST", "/v1/services/{id}/webhook") => {
+            let svc = f.service(project, n, json!({}));
+            let body = json!({"repo_url": "https://git.example.com/app.git", "branch": "main"});
+            Request::json(client, format!("/v1/services/{svc}/webhook"), body).hidden("service", &svc)
+        }
+        ("GET" | "DELETE", "/v1/services/{id}/webhook") => {
+            let svc = f.service(project, n, json!({}));
+            let path = format!("/v1/services/{svc}/webhook");
+            let r = f.root.post(&path, &json!({"repo_url": "https://git.example.com/app.git", "branch": "main"}));
+            assert_eq!(r.status, 201, "{}", r.text());
+            Request::empty(client, path).hidden("service", &svc)
+        }
+        ("POST", "/v1/webhooks/git/{service_id}") => {
+            // A signed ping: served (200) whoever sends it; the signature is the credential.
+            let project = f.project(n);
+            let svc = f.service(&project, n, json!({}));
+            let r = f.root.post(
+                &format!("/v1/services/{svc}/webhook"),
+                &json!({"repo_url": "https://git.example.com/app.git", "branch": "main"}),
+            );
+            assert_eq!(r.status, 201, "{}", r.text());
+            let secret = r.json()["secret"].as_str().unwrap().to_string();
+            let body = b"{\"zen\":\"hi\"}".to_vec();
+            let signature = berth::build::webhook::github_signature(secret.as_bytes(), &body);
+            Request {
+                path: format!("/v1/webhooks/git/{svc}"),
+                body: Some(body),
+                headers: vec![
+                    ("Content-Type", "application/json".to_string()),
+                    ("X-GitHub-Event", "ping".to_string()),
+                    ("X-Hub-Signature-256", signature),
+                ],
+                client: client.clone(),
+                hidden: None,
+            }
+        }
         ("POST", "/v1/services/{id}/domains") => {
             let svc = f.service(project, n, json!({}));
             let body = json!({"hostname": format!("d{n}.domains.test")});
