@@ -445,7 +445,10 @@ pub async fn update(
 pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
     let job = job_row(&state, &id).await?;
     state.jobs.stop_runs(&id).await;
-    state.store.write(move |c| crate::store::jobs::delete(c, &id)).await?;
+    let gone = id.clone();
+    state.store.write(move |c| crate::store::jobs::delete(c, &gone)).await?;
+    // A run the scheduler started meanwhile goes too.
+    state.jobs.stop_runs(&id).await;
     let note = AuditNote { target: Some(job.id), project_id: Some(job.project_id), ..Default::default() };
     Ok((StatusCode::NO_CONTENT, Extension(note)))
 }
