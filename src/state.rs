@@ -170,6 +170,7 @@ impl AppState {
                 stop_grace: settings.stop_grace,
                 retry_backoff: std::time::Duration::from_secs(1),
             },
+            gate.metrics.clone(),
         ));
         let uploads = Arc::new(crate::build::uploads::Uploads::new(
             store.clone(),

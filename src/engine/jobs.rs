@@ -258,6 +258,8 @@ pub struct Jobs {
     registry: Arc<crate::registry::Registry>,
     external: Option<Arc<dyn ExternalImages>>,
     settings: Settings,
+    /// Runs ended, by status (`GET /metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
     /// Held while a run is admitted: the concurrency decision and the run's
     /// registration in `active` happen together.
     admission: tokio::sync::Mutex<()>,
@@ -298,6 +300,7 @@ impl Jobs {
         registry: Arc<crate::registry::Registry>,
         external: Option<Arc<dyn ExternalImages>>,
         settings: Settings,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Jobs {
             store,
@@ -305,6 +308,7 @@ impl Jobs {
             registry,
             external,
             settings,
+            metrics,
             admission: tokio::sync::Mutex::new(()),
             active: Mutex::default(),
             stopping: watch::channel(false).0,
@@ -381,6 +385,7 @@ impl Jobs {
                     sql::prune_runs(c, &r.job_id, keep).map(drop)
                 })
                 .await?;
+            self.metrics.job_run_finished("skipped");
             tracing::info!(job = job.id, run = run.id, reason = run.error, "run skipped");
             return Ok(run);
         }
@@ -653,6 +658,7 @@ impl Jobs {
         run.finished_at = Some(now());
         self.save(&run).await;
         lock(&self.active).remove(&run.id);
+        self.metrics.job_run_finished(&run.status);
         let (id, keep) = (job.id.clone(), spec.keep_runs);
         if let Err(e) = self.store.write(move |c| sql::prune_runs(c, &id, keep)).await {
             tracing::warn!(job = job.id, error = %e, "could not prune old runs");

@@ -171,6 +171,16 @@ fn scheduled_and_on_demand_runs_keep_exit_codes_and_logs_and_forbid_and_timeouts
     // Every container a run made is gone.
     until(30, "no container is left", || node.containers().is_empty().then_some(()));
 
+    // The runs' endings are counted for Prometheus.
+    let metrics = admin.get("/metrics").text();
+    let count = |status: &str| -> u64 {
+        let prefix = format!("berth_job_runs_finished_total{{status=\"{status}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix}: {metrics}"));
+        line[prefix.len()..].trim().parse().unwrap()
+    };
+    assert!(count("succeeded") >= 4 && count("timed_out") >= 1 && count("skipped") >= 3, "{metrics}");
+    assert!(count("failed") >= 1, "{metrics}");
+
     // Who created, changed and ran which job.
     let audit = admin.get("/v1/audit?limit=100").json();
     let entries = audit["data"].as_array().unwrap();
