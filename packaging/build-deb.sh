@@ -79,7 +79,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: berth maintainers <maintainers@berth.example>
 Installed-Size: $size
-Depends: $shlibs, runc, iproute2, nftables, ca-certificates
+Depends: $shlibs, runc, iproute2, nftables, ca-certificates, tzdata
 Recommends: buildah
 Section: admin
 Priority: optional

@@ -121,6 +121,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // Builds a previous run left (their deployments just ended as failed) leave
     // no process, cgroup or temp dir behind.
     state.builder.recover().await;
+    // Job runs that outlived the previous daemon are watched again, and the fire
+    // times it was down for follow each job's missed-run policy.
+    if let Err(e) = state.jobs.recover().await {
+        tracing::error!(error = %e, "recovering the jobs failed");
+    }
     // Custom domains' verification answers, before the ingress accepts.
     if let Err(e) = api::domains::restore(&state).await {
         tracing::error!(error = %e, "restoring the domains' challenge answers failed");
@@ -209,6 +214,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     state.deployer.shut_down();
     // Builds in progress stop: their processes are killed, their temp dirs removed.
     state.builder.shut_down().await;
+    state.jobs.shut_down();
     let engine = state.engine.clone().filter(|_| host_down);
     let stop_grace = state.deployer.settings().stop_grace;
     // The replicas stop while the listeners drain, once the workers (the ticker that

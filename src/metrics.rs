@@ -65,6 +65,15 @@ impl Outcome {
     }
 }
 
+/// How a job run can end (`store::jobs::RunRow::status`): each is reported, at 0
+/// until a run ends so.
+pub const RUN_ENDINGS: &[&str] = &["succeeded", "failed", "timed_out", "cancelled", "skipped"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    status: &'static str,
+}
+
 /// Which family a request on the API listener is counted in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -129,6 +138,7 @@ pub struct Metrics {
     ingress_total: Family<StatusLabels, Counter>,
     ingress_duration: Histogram,
     deployments: Family<OutcomeLabels, Counter>,
+    job_runs: Family<RunLabels, Counter>,
     started: Instant,
     started_at: SystemTime,
 }
@@ -188,6 +198,11 @@ impl Metrics {
             ingress_duration.clone(),
         );
         registry.register("berth_deployments_finished", "Deployments finished, by outcome", deployments.clone());
+        let job_runs = Family::<RunLabels, Counter>::default();
+        for status in RUN_ENDINGS {
+            let _ = job_runs.get_or_create(&RunLabels { status });
+        }
+        registry.register("berth_job_runs_finished", "Job runs ended (or skipped), by status", job_runs.clone());
         Metrics {
             registry,
             api,
@@ -195,6 +210,7 @@ impl Metrics {
             ingress_total,
             ingress_duration,
             deployments,
+            job_runs,
             started: Instant::now(),
             started_at: SystemTime::now(),
         }
@@ -223,6 +239,14 @@ impl Metrics {
     }
 
     /// Counts a deployment that ended.
+    /// Counts a job run that ended with `status` (one of [`RUN_ENDINGS`]; any other
+    /// is not counted).
+    pub fn job_run_finished(&self, status: &str) {
+        if let Some(status) = RUN_ENDINGS.iter().find(|s| **s == status) {
+            self.job_runs.get_or_create(&RunLabels { status }).inc();
+        }
+    }
+
     pub fn deployment_finished(&self, outcome: Outcome) {
         self.deployments.get_or_create(&OutcomeLabels { outcome: outcome.as_str() }).inc();
     }
@@ -487,6 +511,12 @@ mod tests {
         assert!(text.contains(r#"berth_ingress_requests_total{status="4xx"} 1"#));
         assert!(text.contains(r#"berth_deployments_finished_total{outcome="live"} 1"#));
         assert!(text.contains(r#"berth_deployments_finished_total{outcome="cancelled"} 0"#));
+        m.job_run_finished("timed_out");
+        m.job_run_finished("running");
+        let text = m.render(&Snapshot::default()).unwrap();
+        assert!(text.contains(r#"berth_job_runs_finished_total{status="timed_out"} 1"#), "{text}");
+        assert!(text.contains(r#"berth_job_runs_finished_total{status="skipped"} 0"#), "{text}");
+        assert!(!text.contains(r#"status="running""#), "{text}");
         // A node that runs no containers reports none.
         assert!(line(&text, "berth_replicas").is_none(), "{text}");
     }

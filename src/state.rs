@@ -43,6 +43,8 @@ pub struct Shared {
     pub pushes: tokio::sync::broadcast::Sender<Pushed>,
     /// The state dir's size for `GET /metrics`, walked at most once a minute.
     pub state_dir_usage: Arc<crate::metrics::CachedDiskUsage>,
+    /// Jobs: their runs, the scheduler's work and start-up recovery.
+    pub jobs: Arc<crate::engine::jobs::Jobs>,
     /// Build contexts uploaded for `Upload` deployments.
     pub uploads: Arc<crate::build::uploads::Uploads>,
     /// The port the HTTPS ingress is bound to (0 until it is): what clients of the
@@ -159,6 +161,17 @@ impl AppState {
             store: store.clone(),
             sealer: sealer.clone(),
         });
+        let jobs = Arc::new(crate::engine::jobs::Jobs::new(
+            store.clone(),
+            engine.clone(),
+            registry.clone(),
+            Some(external.clone()),
+            crate::engine::jobs::Settings {
+                stop_grace: settings.stop_grace,
+                retry_backoff: std::time::Duration::from_secs(1),
+            },
+            gate.metrics.clone(),
+        ));
         let uploads = Arc::new(crate::build::uploads::Uploads::new(
             store.clone(),
             config.data_dir.join("uploads"),
@@ -207,6 +220,7 @@ impl AppState {
             deployer,
             pushes,
             state_dir_usage,
+            jobs,
             uploads,
             https_port: std::sync::atomic::AtomicU16::new(0),
             builder,

@@ -77,7 +77,12 @@ async fn deployment_row(state: &AppState, id: &str) -> ApiResult<DeploymentRow> 
 /// The manifest digest `repository` holds under `reference` (a tag or a digest).
 /// The repository must belong to `project_id`: one of another project is reported
 /// exactly like one that does not exist.
-async fn resolve_image(state: &AppState, project_id: &str, repository: &str, reference: &str) -> ApiResult<String> {
+pub(super) async fn resolve_image(
+    state: &AppState,
+    project_id: &str,
+    repository: &str,
+    reference: &str,
+) -> ApiResult<String> {
     let unknown = || ApiError::not_found(format!("repository {repository} not found"));
     if !crate::registry::names::is_repository(repository) {
         return Err(ApiError::invalid(format!("{repository:?} is not a repository name (<project>/<name>)")));
@@ -106,7 +111,12 @@ async fn resolve_image(state: &AppState, project_id: &str, repository: &str, ref
 /// deployment is created: a malformed reference is 400, an unknown login 404, a
 /// login for another server or several candidates 422. The pull itself happens in
 /// the rollout (`pulling`), and its errors go to the deployment's log.
-async fn check_external(state: &AppState, project_id: &str, image: &str, registry_id: Option<&str>) -> ApiResult<()> {
+pub(super) async fn check_external(
+    state: &AppState,
+    project_id: &str,
+    image: &str,
+    registry_id: Option<&str>,
+) -> ApiResult<()> {
     use crate::secrets::credentials::{login_for_server, registry_login};
     let parsed = crate::images::remote::ImageRef::parse(image).map_err(|e| ApiError::invalid(e.to_string()))?;
     match registry_id {

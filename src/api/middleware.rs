@@ -197,6 +197,7 @@ fn decide_now(route: &Route, auth: &Auth) -> Option<Result<(), ApiError>> {
         | Access::InBody(_)
         | Access::Service(_)
         | Access::Deployment(_)
+        | Access::Job(_)
         | Access::Host(_) => match principal_of(auth) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
@@ -217,6 +218,7 @@ fn decide_now(route: &Route, auth: &Auth) -> Option<Result<(), ApiError>> {
         | Access::Project(_)
         | Access::Service(_)
         | Access::Deployment(_)
+        | Access::Job(_)
         | Access::Host(_) => return None,
         Access::Public | Access::Registry | Access::Bootstrap => {}
     }
@@ -272,10 +274,13 @@ async fn check(
             require_role(state, principal, &id, min, ApiError::not_found(format!("project {id} not found"))).await?;
             project = Some(id);
         }
-        Access::Service(min) | Access::Deployment(min) => {
+        Access::Service(min) | Access::Deployment(min) | Access::Job(min) => {
             let id = path_id.unwrap_or_default().to_string();
-            let (prefix, what) =
-                if matches!(route.access, Access::Service(_)) { ("svc", "service") } else { ("dep", "deployment") };
+            let (prefix, what) = match route.access {
+                Access::Service(_) => ("svc", "service"),
+                Access::Job(_) => ("job", "job"),
+                _ => ("dep", "deployment"),
+            };
             let hidden = || ApiError::not_found(format!("{what} {id} not found"));
             if !crate::ids::has_shape(&id, prefix) {
                 return Err(hidden());
@@ -285,6 +290,7 @@ async fn check(
                 .store
                 .read(move |c| match prefix {
                     "svc" => crate::store::services::project_of(c, &lookup),
+                    "job" => crate::store::jobs::project_of(c, &lookup),
                     _ => crate::store::deployments::project_of(c, &lookup),
                 })
                 .await?

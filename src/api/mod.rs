@@ -15,6 +15,7 @@ pub mod domains;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod middleware;
 pub mod node;

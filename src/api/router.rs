@@ -12,8 +12,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, builds, cache, certificates, credentials, deployments, domains, health, metrics, middleware, node,
-    openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
+    AppState, audit, builds, cache, certificates, credentials, deployments, domains, health, jobs, metrics, middleware,
+    node, openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -44,6 +44,8 @@ pub enum Access {
     Service(Role),
     /// At least this role in the project of the deployment named by `{id}`.
     Deployment(Role),
+    /// At least this role in the project of the job named by `{id}`.
+    Job(Role),
     /// At least this role in the project of the service the `{host}` path parameter
     /// routes to (the live routing table decides); a host that is not routed, or
     /// whose project the caller cannot see, is 404. The control domain is for
@@ -151,6 +153,14 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/deployments/{id}/rollback", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::rollback),
     route!(GET "/v1/deployments/{id}/logs/stream", Deployment(Viewer), Some(Scope::LogsRead), deployments::logs_stream),
     route!(GET "/v1/builds/status", AnyMember, Some(Scope::NodeRead), builds::status),
+    route!(GET "/v1/jobs", AnyMember, Some(Scope::JobsRead), jobs::list),
+    route!(POST "/v1/jobs", InBody(Operator), Some(Scope::JobsWrite), jobs::create),
+    route!(GET "/v1/jobs/{id}", Job(Viewer), Some(Scope::JobsRead), jobs::get),
+    route!(PUT "/v1/jobs/{id}", Job(Operator), Some(Scope::JobsWrite), jobs::update),
+    route!(DELETE "/v1/jobs/{id}", Job(Operator), Some(Scope::JobsWrite), jobs::delete),
+    route!(POST "/v1/jobs/{id}/run", Job(Operator), Some(Scope::JobsWrite), jobs::run),
+    route!(GET "/v1/jobs/{id}/runs", Job(Viewer), Some(Scope::JobsRead), jobs::runs),
+    route!(GET "/v1/jobs/{id}/runs/{run_id}/logs", Job(Operator), Some(Scope::LogsRead), jobs::run_logs),
     route!(GET "/v1/ingress/routes", AnyMember, Some(Scope::ServicesRead), deployments::routes),
     route!(POST "/v1/ingress/routes/{host}/renew", Host(Operator), Some(Scope::ServicesWrite), certificates::renew),
     route!(GET "/v1/projects/{id}/registries", Project(Viewer), Some(Scope::ProjectsRead), credentials::list_registries),
@@ -275,7 +285,7 @@ mod tests {
                 r.path
             );
             assert_eq!(r.access == Access::Registry, r.path.starts_with("/v2/"), "{}", r.path);
-            if matches!(r.access, Access::Project(_) | Access::Service(_) | Access::Deployment(_)) {
+            if matches!(r.access, Access::Project(_) | Access::Service(_) | Access::Deployment(_) | Access::Job(_)) {
                 assert!(r.path.contains("{id}"), "{} is project-scoped but has no {{id}}", r.path);
             }
             if matches!(r.access, Access::Host(_)) {

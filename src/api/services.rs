@@ -124,7 +124,7 @@ fn invalid(m: impl Into<String>) -> ApiError {
     ApiError::invalid(m)
 }
 
-fn check_argv(what: &str, argv: &[String]) -> ApiResult<()> {
+pub(super) fn check_argv(what: &str, argv: &[String]) -> ApiResult<()> {
     if argv.is_empty() || argv.len() > MAX_ARGS {
         return Err(invalid(format!("{what} must have 1 to {MAX_ARGS} entries")));
     }
@@ -186,22 +186,10 @@ fn check_volumes(volumes: &[Volume]) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks the settings on their own and against the project (its limits, its
-/// repositories).
-fn check_spec(spec: &ServiceSpec, project: &Project) -> ApiResult<()> {
-    if let Some(c) = &spec.command {
-        check_argv("command", c)?;
-    }
-    if let Some(a) = &spec.args {
-        if a.len() > MAX_ARGS || a.iter().any(|x| x.len() > MAX_ARG || x.contains('\0')) {
-            return Err(invalid(format!("args must have at most {MAX_ARGS} entries, each under {MAX_ARG} bytes")));
-        }
-    }
-    if spec.env.len() > MAX_ENV {
-        return Err(invalid(format!("env may hold at most {MAX_ENV} variables")));
-    }
+/// Environment names are well formed and given once.
+pub(super) fn check_env_keys(env: &[EnvVar]) -> ApiResult<()> {
     let mut keys = std::collections::HashSet::new();
-    for v in &spec.env {
+    for v in env {
         if !validate::is_env_key(&v.key) {
             return Err(invalid(format!("env name {:?} must match [A-Za-z_][A-Za-z0-9_]*", v.key)));
         }
@@ -209,7 +197,11 @@ fn check_spec(spec: &ServiceSpec, project: &Project) -> ApiResult<()> {
             return Err(invalid(format!("env {} is given twice", v.key)));
         }
     }
-    let r = &spec.resources;
+    Ok(())
+}
+
+/// Limits in range, and `replicas` containers of them within the project's.
+pub(super) fn check_resources(r: &Resources, project: &Project, replicas: u32) -> ApiResult<()> {
     if r.memory_mb.is_some_and(|m| !(4..=1 << 24).contains(&m)) {
         return Err(invalid("resources.memory_mb must be between 4 and 16777216"));
     }
@@ -229,10 +221,10 @@ fn check_spec(spec: &ServiceSpec, project: &Project) -> ApiResult<()> {
         if m > l {
             return Err(over("memory_mb", m.to_string(), l.to_string()));
         }
-        if m.saturating_mul(u64::from(spec.replicas)) > l {
+        if m.saturating_mul(u64::from(replicas)) > l {
             return Err(ApiError::unprocessable(format!(
                 "{} replicas of {m} MB need more than the project's memory limit of {l} MB",
-                spec.replicas
+                replicas
             )));
         }
     }
@@ -246,6 +238,25 @@ fn check_spec(spec: &ServiceSpec, project: &Project) -> ApiResult<()> {
             return Err(over("pids", p.to_string(), l.to_string()));
         }
     }
+    Ok(())
+}
+
+/// Checks the settings on their own and against the project (its limits, its
+/// repositories).
+fn check_spec(spec: &ServiceSpec, project: &Project) -> ApiResult<()> {
+    if let Some(c) = &spec.command {
+        check_argv("command", c)?;
+    }
+    if let Some(a) = &spec.args {
+        if a.len() > MAX_ARGS || a.iter().any(|x| x.len() > MAX_ARG || x.contains('\0')) {
+            return Err(invalid(format!("args must have at most {MAX_ARGS} entries, each under {MAX_ARG} bytes")));
+        }
+    }
+    if spec.env.len() > MAX_ENV {
+        return Err(invalid(format!("env may hold at most {MAX_ENV} variables")));
+    }
+    check_env_keys(&spec.env)?;
+    check_resources(&spec.resources, project, spec.replicas)?;
     if let Some(h) = &spec.health_check {
         check_health(h)?;
     }
@@ -264,7 +275,7 @@ fn check_spec(spec: &ServiceSpec, project: &Project) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_name(name: &str) -> ApiResult<()> {
+pub(super) fn check_name(name: &str) -> ApiResult<()> {
     if !validate::is_dns_label(name) {
         return Err(invalid("name must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"));
     }
@@ -284,7 +295,7 @@ fn check_replicas(n: i64) -> ApiResult<u32> {
 
 /// Seals the secret values; a secret sent as `"***"` keeps what `before` holds
 /// under its key (so a service read back and sent again keeps its secrets).
-fn seal_env(state: &AppState, env: Vec<EnvVar>, before: &[EnvVar]) -> ApiResult<Vec<EnvVar>> {
+pub(super) fn seal_env(state: &AppState, env: Vec<EnvVar>, before: &[EnvVar]) -> ApiResult<Vec<EnvVar>> {
     let mut out = Vec::with_capacity(env.len());
     for mut v in env {
         if v.value.len() > MAX_ENV_VALUE || v.value.contains('\0') {
@@ -302,7 +313,7 @@ fn seal_env(state: &AppState, env: Vec<EnvVar>, before: &[EnvVar]) -> ApiResult<
     Ok(out)
 }
 
-async fn project(state: &AppState, id: &str) -> ApiResult<Project> {
+pub(super) async fn project(state: &AppState, id: &str) -> ApiResult<Project> {
     let lookup = id.to_string();
     state
         .store

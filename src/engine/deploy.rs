@@ -826,6 +826,7 @@ impl Deployer {
             cmd,
             service_id: Some(svc.id.clone()),
             deployment_id: Some(deployment.to_string()),
+            job_run: None,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The engine: decides and records what runs. It is the only caller of `runtime`
 //! and `store` together. [`deploy`] turns services and deployments into replicas
-//! and routes (rollouts, scaling, health, recovery; adr/021); the API asks it, and
+//! and routes (rollouts, scaling, health, recovery; adr/021); [`jobs`] runs commands
+//! to completion in replicas of their own, on schedules (adr/033); the API asks it, and
 //! this module's [`Engine`], to create, stop, delete and inspect replicas.
 //!
 //! - Every replica is a row in SQLite (`store::replicas`) plus a container in the
@@ -26,6 +27,7 @@ pub mod domains;
 pub mod health;
 pub mod image;
 pub mod ipam;
+pub mod jobs;
 pub mod service;
 
 use std::path::PathBuf;
@@ -115,6 +117,9 @@ pub struct ReplicaConfig {
     pub service_id: Option<String>,
     #[serde(default)]
     pub deployment_id: Option<String>,
+    /// The job run the container is for (`None` for a service's replica).
+    #[serde(default)]
+    pub job_run: Option<String>,
 }
 
 const BACKOFF_START: i64 = 1;
@@ -413,6 +418,14 @@ impl Engine {
         let rid = id.to_string();
         self.store.write(move |c| replicas::delete(c, &rid)).await?;
         self.refresh_hosts(&r.project_id).await
+    }
+
+    /// What the replica's supervisor says of its container now (running, or how it
+    /// ended), without waiting for the next [`Engine::tick`] to notice.
+    pub async fn status(&self, id: &str) -> Result<crate::runtime::shim::Status, EngineError> {
+        self.get(id).await?;
+        let rid = id.to_string();
+        self.blocking(move |rt| rt.status(&rid)).await
     }
 
     pub async fn logs(&self, id: &str, tail: usize) -> Result<Vec<LogLine>, EngineError> {

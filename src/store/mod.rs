@@ -37,6 +37,7 @@ pub mod credentials;
 pub mod deployments;
 pub mod domains;
 pub mod ipam;
+pub mod jobs;
 pub mod projects;
 pub mod registry;
 pub mod replicas;
@@ -106,6 +107,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (12, include_str!("migrations/012_uploads.sql")),
     (13, include_str!("migrations/013_webhooks.sql")),
     (14, include_str!("migrations/014_building.sql")),
+    (15, include_str!("migrations/015_jobs.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

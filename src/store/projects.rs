@@ -317,7 +317,8 @@ pub fn update(c: &Connection, id: &str, u: ProjectUpdate) -> Result<Project> {
 
 /// Tables whose rows belong to a project and keep it from being deleted. Each later
 /// subsystem (services, jobs, repositories) adds its table here.
-const DEPENDENTS: &[(&str, &str)] = &[("repositories", "registry repositories"), ("services", "services")];
+const DEPENDENTS: &[(&str, &str)] =
+    &[("repositories", "registry repositories"), ("services", "services"), ("jobs", "jobs")];
 
 /// Deletes an empty project (members go with it); 409 while anything still lives in it.
 pub fn delete(c: &Connection, id: &str) -> Result<()> {

@@ -80,6 +80,13 @@ pub fn start_all(state: &AppState, shutdown: &watch::Receiver<bool>) -> Vec<Join
             async move { deployer.probe_due().await }
         }));
     }
+    // Runs fail with a clear message on a node without an engine, so the
+    // scheduler runs there too.
+    let jobs = state.jobs.clone();
+    all.push(spawn("job-scheduler", crate::engine::jobs::TICK, shutdown.clone(), move || {
+        let jobs = jobs.clone();
+        async move { jobs.tick().await }
+    }));
     let s = state.clone();
     let every = (state.config.build.upload_ttl_seconds / 2).clamp(1, 600);
     all.push(spawn("upload-expiry", Duration::from_secs(every), shutdown.clone(), move || {

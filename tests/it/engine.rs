@@ -39,6 +39,7 @@ fn shell_replica(project: &str, rootfs: &std::path::Path, script: &str, restart:
         cmd: None,
         service_id: None,
         deployment_id: None,
+        job_run: None,
     }
 }
 

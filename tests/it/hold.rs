@@ -578,6 +578,7 @@ fn gc_keeps_the_blobs_a_replica_runs_from() {
                         cmd: None,
                         service_id: None,
                         deployment_id: None,
+                        job_run: None,
                     };
                     let r = berth::store::replicas::Replica {
                         id: "rep_00000000000000000000000077".into(),

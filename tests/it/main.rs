@@ -26,6 +26,7 @@ mod harness;
 mod hold;
 mod images;
 mod ingress;
+mod jobs;
 mod lifecycle;
 mod matrix;
 mod metrics;

@@ -90,7 +90,7 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         Access::Registry if route.path.contains('{') => Access::Project(registry_role(route)),
         // A service, a deployment or a body's project: the project's role decides.
         // A routed host: its service's project decides.
-        Access::Service(min) | Access::Deployment(min) | Access::InBody(min) | Access::Host(min) => {
+        Access::Service(min) | Access::Deployment(min) | Access::Job(min) | Access::InBody(min) | Access::Host(min) => {
             Access::Project(min)
         }
         a => a,
@@ -110,7 +110,7 @@ fn expected(route: &Route, caller: Caller) -> Expect {
         (Access::AnyAdmin, Admin | OtherAdmin) => Allowed,
         (Access::AnyAdmin, _) => Forbidden,
         (Access::Project(_), Outsider | OtherAdmin) => Hidden,
-        (Access::Service(_) | Access::Deployment(_) | Access::InBody(_) | Access::Host(_), _) => {
+        (Access::Service(_) | Access::Deployment(_) | Access::Job(_) | Access::InBody(_) | Access::Host(_), _) => {
             unreachable!("mapped above")
         }
         (Access::Project(min), _) => {
@@ -265,6 +265,23 @@ impl Fixture {
         });
         self.in_progress.borrow_mut().push(dep.clone());
         dep
+    }
+
+    /// A hosted image of project `m{n}` for jobs (a file, no shell): `m{n}/jobimg:v1`.
+    fn job_image(&self, n: usize) -> String {
+        let repo = format!("m{n}/jobimg");
+        let layer = crate::deployments::layer(&[("hello", b"hi\n", 0o644)]);
+        crate::deployments::push(&self.root, &repo, "v1", &[layer], &["/hello"]);
+        format!("{repo}:v1")
+    }
+
+    /// A job of project `m{n}` (on demand only).
+    fn job(&self, project: &str, n: usize) -> String {
+        let body =
+            json!({"project_id": project, "name": format!("j{n}"), "command": ["/hello"], "image": self.job_image(n)});
+        let r = self.root.post("/v1/jobs", &body);
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
     }
 
     /// A user of no project, made for one cell.
@@ -533,6 +550,26 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
                 _ => Request::empty(client, path),
             }
             .hidden("service", &svc)
+        }
+        ("POST", "/v1/jobs") => {
+            let body = json!({"project_id": project, "name": format!("new{n}"), "command": ["/hello"],
+                "image": f.job_image(n)});
+            Request::json(client, route.path.into(), body)
+        }
+        (method, path) if path.starts_with("/v1/jobs/{id}") => {
+            let job = f.job(project, n);
+            let mut path = path.replace("{id}", &job);
+            if path.contains("{run_id}") {
+                let r = f.root.post(&format!("/v1/jobs/{job}/run"), &json!({}));
+                assert_eq!(r.status, 201, "{}", r.text());
+                path = path.replace("{run_id}", r.json()["id"].as_str().unwrap());
+            }
+            match method {
+                "POST" => Request::json(client, path, json!({})),
+                "PUT" => Request::json(client, path, json!({"timeout_s": 60 + n})),
+                _ => Request::empty(client, path),
+            }
+            .hidden("job", &job)
         }
         (method, path) if path.starts_with("/v1/deployments/{id}") => {
             let dep = f.live_deployment(project, n);
