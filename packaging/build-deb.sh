@@ -80,7 +80,7 @@ Architecture: $ARCH
 Maintainer: berth maintainers <maintainers@berth.example>
 Installed-Size: $size
 Depends: $shlibs, runc, iproute2, nftables, ca-certificates, tzdata
-Recommends: buildah
+Recommends: buildah, git, openssh-client
 Section: admin
 Priority: optional
 Description: self-hosted single-node PaaS: containers, registry, ingress
