@@ -102,6 +102,17 @@ impl Drop for Node {
             }
         }
         self.b.kill9();
+        // Builds a killed daemon leaves running (a test that failed mid-build): their
+        // processes and cgroups.
+        let layout = &self.runtime.layout;
+        for (_, dir) in layout.dirs(&format!("{}/builds", layout.base)) {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let _ = berth::runtime::confined::Job::existing(layout, "builds", &name).remove();
+                }
+            }
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let store = berth::store::Store::open(&self.b.data_dir().join("state.db")).unwrap();
