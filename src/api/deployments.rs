@@ -433,12 +433,8 @@ pub async fn routes(
     Caller(p): Caller,
     params: ListParams,
 ) -> ApiResult<Json<Paginated<IngressRoute>>> {
-    let uid = p.user.id.clone();
-    let visible = if p.user.super_admin {
-        None
-    } else {
-        Some(state.store.read(move |c| crate::store::projects::project_ids_with_role(c, &uid, Role::Viewer)).await?)
-    };
+    let (uid, all) = (p.user.id.clone(), p.user.super_admin);
+    let visible = state.store.read(move |c| crate::store::projects::visible_project_ids(c, &uid, all)).await?;
     let project = params.filter("project_id").map(str::to_string);
     let after = params.cursor.clone().unwrap_or_default();
     let names: std::collections::HashMap<String, (String, String)> = state

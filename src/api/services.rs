@@ -383,8 +383,7 @@ pub async fn list(
     let page = state
         .store
         .read(move |c| {
-            let visible =
-                if all { None } else { Some(crate::store::projects::project_ids_with_role(c, &uid, Role::Viewer)?) };
+            let visible = crate::store::projects::visible_project_ids(c, &uid, all)?;
             crate::store::services::list(c, visible.as_deref(), project.as_deref(), &q)
         })
         .await?;

@@ -358,6 +358,12 @@ pub fn highest_role(c: &Connection, user_id: &str) -> Result<Option<Role>> {
 }
 
 /// Projects where the user holds at least `min`.
+/// The projects whose rows a user's lists show: `None` (all of them) for a
+/// super-admin, else those the user has at least Viewer in.
+pub fn visible_project_ids(c: &Connection, user_id: &str, super_admin: bool) -> Result<Option<Vec<String>>> {
+    if super_admin { Ok(None) } else { project_ids_with_role(c, user_id, Role::Viewer).map(Some) }
+}
+
 pub fn project_ids_with_role(c: &Connection, user_id: &str, min: Role) -> Result<Vec<String>> {
     let rows = c
         .prepare_cached("SELECT project_id, role FROM members WHERE user_id = ?1")?
