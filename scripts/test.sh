@@ -35,7 +35,7 @@ PACKAGES=(
     docker.io skopeo docker-registry busybox-static openssl
     # Git sources: the system git berth clones with (and its http-backend the tests serve
     # repositories with), and sshd for clones over ssh with a deploy key
-    git openssh-server
+    git openssh-server openssh-client
     # the builder of Upload and Git deployments (tests/it/builds.rs, bench/build.sh)
     buildah
     # htpasswd (bcrypt) for the registry with Basic auth that external pulls are tested against
@@ -50,6 +50,9 @@ PACKAGES=(
     # ACME against a real CA on loopback (tests/it/acme.rs), and the reverse proxy the
     # ingress benchmark compares against (bench/ingress.sh)
     pebble nginx
+    # the system time zones job schedules are read in (tests/it/jobs.rs: Europe/Paris);
+    # "required" on Debian, but minimal images leave it out
+    tzdata
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS
