@@ -1,5 +1,6 @@
-//! The route table: every `/v1` route with its minimum access and token scope, in
-//! one place. The router is built only from this table (`clippy.toml` forbids
+//! The route table: every route of the API listener (`/healthz`, `/metrics`, `/v1`,
+//! `/v2` and the `/console` page) with its minimum access and token scope, in one
+//! place. The router is built only from this table (`clippy.toml` forbids
 //! `Router::route` elsewhere), so a route cannot be mounted without a declared role;
 //! the role matrix test and the OpenAPI test both iterate it.
 
@@ -12,8 +13,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, builds, cache, certificates, credentials, deployments, domains, health, jobs, metrics, middleware,
-    node, openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
+    AppState, audit, builds, cache, certificates, console_page, credentials, deployments, domains, health, jobs,
+    metrics, middleware, node, openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -102,6 +103,9 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/healthz", Public, None, health::healthz),
     route!(GET "/metrics", SuperAdmin, Some(Scope::MetricsRead), metrics::scrape),
     route!(GET "/v1/openapi.json", Public, None, openapi::document),
+    route!(GET "/console", Public, None, console_page::redirect),
+    route!(GET "/console/", Public, None, console_page::page),
+    route!(GET "/console/{*file}", Public, None, console_page::file),
     route!(GET "/v1/node", AnyMember, Some(Scope::NodeRead), node::get_node),
     route!(POST "/v1/bootstrap", Bootstrap, None, session::bootstrap),
     route!(POST "/v1/auth/login", Public, None, session::login),
@@ -279,6 +283,8 @@ mod tests {
             assert!(
                 r.path == "/healthz"
                     || r.path == "/metrics"
+                    || r.path == "/console"
+                    || r.path.starts_with("/console/")
                     || r.path.starts_with("/v1/")
                     || r.path.starts_with("/v2/"),
                 "{}",
@@ -290,6 +296,9 @@ mod tests {
             }
             if matches!(r.access, Access::Host(_)) {
                 assert!(r.path.contains("{host}"), "{} is host-scoped but has no {{host}}", r.path);
+            }
+            if r.path.starts_with("/console") {
+                assert!(r.access == Access::Public && r.method == Method::GET, "{} is part of the public page", r.path);
             }
             if matches!(r.access, Access::Public | Access::Bootstrap | Access::Registry) {
                 assert!(r.scope.is_none(), "{} is public but declares a scope", r.path);

@@ -371,6 +371,7 @@ pub fn require_tool(tool: &str, probe: &[&str]) -> bool {
         "ip" => "iproute2",
         "nft" => "nftables",
         "chroot" => "coreutils",
+        "node" => "nodejs npm",
         other => other,
     };
     require(&format!("`{tool}` is not installed or does not run (apt-get install {package})"), runs(tool, probe))

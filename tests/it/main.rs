@@ -12,6 +12,7 @@ mod acme;
 mod admin;
 mod bad_input;
 mod bench_start;
+mod browser;
 mod builds;
 mod clients;
 mod conformance;
