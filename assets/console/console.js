@@ -108,7 +108,7 @@ async function showPicker() {
   $('login').hidden = true;
   $('picker').hidden = false;
   $('logout').hidden = false;
-  await loadProjects();
+  await loadProjects().catch((error) => failed('could not list what you can open', error));
 }
 
 function fill(select, items, label, disabled = () => false) {
@@ -158,7 +158,7 @@ async function loadReplicas(announce = true) {
     updateConnect();
     return;
   }
-  const replicas = await listAll(`/v1/services/${encodeURIComponent(service)}/console/replicas`);
+  const { data: replicas } = await api('GET', `/v1/services/${encodeURIComponent(service)}/console/replicas`);
   fill(
     $('replica'),
     replicas,
@@ -225,9 +225,11 @@ function socketUrl(wsUrl, cols, rows) {
 
 function endedText(exit, event, opened) {
   if (exit) {
-    const how = exit.signal !== undefined && exit.signal !== null ? `signal ${exit.signal}` : `exit code ${exit.exit_code}`;
+    let how = '';
+    if (exit.signal != null) how = ` (signal ${exit.signal})`;
+    else if (exit.exit_code != null) how = ` (exit code ${exit.exit_code})`;
     const reason = exit.reason || event.reason;
-    return [`session ended (${how})${reason ? `: ${reason}` : ''}`, exit.exit_code === 0 ? 'ok' : 'info'];
+    return [`session ended${how}${reason ? `: ${reason}` : ''}`, exit.exit_code === 0 ? 'ok' : 'info'];
   }
   const reason = event.reason ? `: ${event.reason}` : '';
   switch (event.code) {
@@ -315,17 +317,19 @@ async function login(event) {
   const username = $('username').value;
   const password = $('password').value;
   show('logging in…');
+  forget();
+  let session;
   try {
-    forget();
-    const session = await api('POST', '/v1/auth/login', { username, password });
-    sessionStorage.setItem(TOKEN, session.token);
-    sessionStorage.setItem(KIND, 'session');
-    $('password').value = '';
-    show(`logged in as ${session.user.username}`, 'ok');
-    await showPicker();
+    session = await api('POST', '/v1/auth/login', { username, password });
   } catch (error) {
     show(`login failed: ${error.message}`, 'error');
+    return;
   }
+  sessionStorage.setItem(TOKEN, session.token);
+  sessionStorage.setItem(KIND, 'session');
+  $('password').value = '';
+  show(`logged in as ${session.user.username}`, 'ok');
+  await showPicker().catch((error) => failed('could not load your account', error));
 }
 
 async function useToken(event) {
@@ -335,12 +339,8 @@ async function useToken(event) {
   sessionStorage.setItem(TOKEN, token);
   sessionStorage.setItem(KIND, 'api_token');
   $('api-token').value = '';
-  try {
-    await showPicker();
-    show('using the API token', 'ok');
-  } catch (error) {
-    failed('the token was not accepted', error);
-  }
+  show('checking the token…');
+  await showPicker().catch((error) => failed('the token was not accepted', error));
 }
 
 async function logout() {
@@ -372,7 +372,7 @@ function start() {
     show('disconnected');
   });
   if (sessionStorage.getItem(TOKEN)) {
-    showPicker().catch((error) => failed('could not resume', error));
+    showPicker().catch((error) => failed('could not load your account', error));
   } else {
     showLogin();
   }

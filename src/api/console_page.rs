@@ -21,12 +21,15 @@ use super::error::ApiError;
 /// Where the page lives; `/console` redirects here.
 pub const PREFIX: &str = "/console/";
 
-/// xterm.js's DOM renderer writes its dimensions and theme into a `<style>` element
-/// it creates at run time, which `style-src 'self'` alone refuses: hence
-/// `'unsafe-inline'` for styles only. Scripts stay `'self'`; `connect-src 'self'`
-/// covers the same-origin WebSocket (`ws:`/`wss:` on this host and port).
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-     connect-src 'self'; img-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// xterm.js's DOM renderer writes its cell dimensions and theme into `<style>`
+/// elements it creates at run time, which `style-src 'self'` refuses (checked in
+/// chromium: the terminal loses its font and colours). So `<style>` elements may be
+/// inline (`style-src-elem`) while style attributes in markup may not; scripts stay
+/// `'self'` only. `connect-src 'self'` covers the same-origin WebSocket (`ws:` or
+/// `wss:` to this host and port).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     style-src-elem 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self'; font-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
 
 struct Asset {
     /// Path below [`PREFIX`]; the empty path is the page itself.
@@ -49,11 +52,13 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 static ASSETS: &[Asset] = &[
     asset!("", "index.html", HTML),
     asset!("console.js", "console.js", JS),
     asset!("console.css", "console.css", CSS),
+    asset!("favicon.svg", "favicon.svg", SVG),
     asset!("vendor/xterm/lib/xterm.js", "vendor/xterm/lib/xterm.js", JS),
     asset!("vendor/xterm/css/xterm.css", "vendor/xterm/css/xterm.css", CSS),
     asset!("vendor/xterm/LICENSE", "vendor/xterm/LICENSE", TEXT),
@@ -156,6 +161,7 @@ mod tests {
                 _ if a.path.is_empty() => HTML,
                 Some("js") => JS,
                 Some("css") => CSS,
+                Some("svg") => SVG,
                 _ => TEXT,
             };
             assert_eq!(a.content_type, want, "{}", a.path);
