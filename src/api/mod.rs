@@ -9,6 +9,7 @@ pub mod audit;
 pub mod builds;
 pub mod cache;
 pub mod certificates;
+pub mod console;
 pub mod credentials;
 pub mod deployments;
 pub mod domains;

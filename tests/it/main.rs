@@ -15,6 +15,7 @@ mod bench_start;
 mod builds;
 mod clients;
 mod conformance;
+mod console;
 mod credentials;
 mod deployments;
 mod domains;
