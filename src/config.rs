@@ -51,6 +51,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Builds of `Upload` and `Git` deployments, and their uploads.
     pub build: BuildConfig,
+    /// Browser consoles into running replicas.
+    pub console: ConsoleConfig,
     /// Dev mode: unprivileged ports, local state, self-signed TLS, no ACME. Set by `--dev`.
     #[serde(skip)]
     pub dev: bool,
@@ -291,6 +293,24 @@ pub struct BuildConfig {
     pub git_timeout_seconds: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A console session with no input and no output for this long is closed, in seconds.
+    pub idle_timeout_seconds: u64,
+    /// Console sessions one user may have open at once.
+    pub max_sessions_per_user: u32,
+    /// Largest WebSocket message a client may send, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { idle_timeout_seconds: 900, max_sessions_per_user: 4, max_frame_bytes: 64 * 1024 }
+    }
+}
+
 impl Default for BuildConfig {
     fn default() -> Self {
         Self {
@@ -347,6 +367,7 @@ impl Default for Config {
             deploy: DeployConfig::default(),
             cache: CacheConfig::default(),
             build: BuildConfig::default(),
+            console: ConsoleConfig::default(),
             dev: false,
             not_yet_used: Vec::new(),
         }
@@ -438,7 +459,8 @@ fn is_cgroup_parent(p: &str) -> bool {
 }
 
 /// Sections a `BERTH_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &["api", "ingress", "acme", "dns", "network", "registry", "runtime", "deploy", "cache"];
+const SECTIONS: &[&str] =
+    &["api", "ingress", "acme", "dns", "network", "registry", "runtime", "deploy", "cache", "build", "console"];
 /// Top-level keys a `BERTH_<KEY>` variable may name.
 const TOP_LEVEL: &[&str] = &["data_dir", "run_dir"];
 /// `BERTH_*` variables that are not config keys.
@@ -649,6 +671,16 @@ impl Config {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
                 return invalid("build.git_ca_bundle", "holds no PEM certificate");
             }
+        }
+        let k = &self.console;
+        if k.idle_timeout_seconds == 0 || k.idle_timeout_seconds > 86_400 {
+            return invalid("console.idle_timeout_seconds", "must be between 1 and 86400");
+        }
+        if k.max_sessions_per_user == 0 || k.max_sessions_per_user > 1000 {
+            return invalid("console.max_sessions_per_user", "must be between 1 and 1000");
+        }
+        if !(1024..=16 << 20).contains(&k.max_frame_bytes) {
+            return invalid("console.max_frame_bytes", "must be between 1024 and 16777216");
         }
         if self.deploy.health_deadline_seconds == 0 || self.deploy.health_deadline_seconds > 3600 {
             return invalid("deploy.health_deadline_seconds", "must be between 1 and 3600");

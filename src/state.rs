@@ -52,6 +52,8 @@ pub struct Shared {
     pub https_port: std::sync::atomic::AtomicU16,
     /// Builds of `Upload` and `Git` deployments (buildah, the queue, build storage).
     pub builder: Arc<crate::build::builder::Builder>,
+    /// Console sessions open now (the per-user cap).
+    pub console: Arc<crate::api::console::Sessions>,
 }
 
 /// A manifest stored under a tag in the hosted registry.
@@ -224,6 +226,7 @@ impl AppState {
             uploads,
             https_port: std::sync::atomic::AtomicU16::new(0),
             builder,
+            console: Arc::default(),
         }))
     }
 }

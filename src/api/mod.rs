@@ -9,6 +9,7 @@ pub mod audit;
 pub mod builds;
 pub mod cache;
 pub mod certificates;
+pub mod console;
 pub mod console_page;
 pub mod credentials;
 pub mod deployments;

@@ -13,8 +13,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use tower::Layer;
 
 use super::{
-    AppState, audit, builds, cache, certificates, console_page, credentials, deployments, domains, health, jobs,
-    metrics, middleware, node, openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
+    AppState, audit, builds, cache, certificates, console, console_page, credentials, deployments, domains, health,
+    jobs, metrics, middleware, node, openapi, projects, registry, services, session, tokens, uploads, users, webhooks,
 };
 use crate::auth::{Role, Scope};
 use crate::metrics::{Protocol, UNMATCHED};
@@ -151,6 +151,9 @@ pub static ROUTES: &[Route] = &[
     route!(POST "/v1/services/{id}/webhook", Service(Operator), Some(Scope::ServicesWrite), webhooks::enable),
     route!(DELETE "/v1/services/{id}/webhook", Service(Operator), Some(Scope::ServicesWrite), webhooks::disable),
     route!(POST "/v1/webhooks/git/{service_id}", Public, None, webhooks::receive),
+    route!(GET "/v1/services/{id}/console/replicas", Service(Operator), Some(Scope::Console), console::replicas),
+    route!(POST "/v1/services/{id}/console/tickets", Service(Operator), Some(Scope::Console), console::create_ticket),
+    route!(GET "/v1/services/{id}/console/ws", Public, None, console::socket),
     route!(POST "/v1/deployments", InBody(Operator), Some(Scope::DeploymentsWrite), deployments::create),
     route!(GET "/v1/deployments/{id}", Deployment(Viewer), Some(Scope::ServicesRead), deployments::get),
     route!(POST "/v1/deployments/{id}/cancel", Deployment(Operator), Some(Scope::DeploymentsWrite), deployments::cancel),

@@ -50,6 +50,19 @@ pub struct Peer {
     pub remote: SocketAddr,
     /// The listener address the client connected to.
     pub local: Option<SocketAddr>,
+    /// Whether the client came over TLS (the ingress's HTTPS listener, for the
+    /// control domain).
+    pub tls: bool,
+}
+
+/// What a connection lends a WebSocket that outlives its HTTP exchange: a request
+/// extension on the API's upgrade requests.
+#[derive(Clone)]
+pub struct Tunnel {
+    /// Keeps the connection counted against the caps and by the drain.
+    pub hold: Arc<Hold>,
+    /// Flips to true when the listener stops.
+    pub stop: watch::Receiver<bool>,
 }
 
 /// A request as the accept loop hands it over: its body already on a deadline.
@@ -70,7 +83,10 @@ impl Handler for Router {
     fn call(&self, req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<Self::Body>> + Send + use<> {
         // Most requests have no body: theirs needs no deadline to be polled.
         let mut req = req.map(|b| if b.is_end_stream() { axum::body::Body::empty() } else { axum::body::Body::new(b) });
-        req.extensions_mut().insert(Peer { remote: conn.peer, local: conn.local });
+        req.extensions_mut().insert(Peer { remote: conn.peer, local: conn.local, tls: conn.tls });
+        if crate::ingress::headers::is_websocket(req.headers()) {
+            req.extensions_mut().insert(Tunnel { hold: conn.hold(), stop: conn.stop.clone() });
+        }
         let answer = self.clone().oneshot(req);
         async move {
             match answer.await {

@@ -44,9 +44,34 @@ pub struct Exec {
     /// output, runc's errors too); resize with `TIOCSWINSZ`.
     pub terminal: Option<File>,
     _process_file: ProcessFile,
+    /// Where runc writes the host pid of the process it started.
+    pid_file: ProcessFile,
 }
 
-/// The process file runc reads; removed when dropped.
+impl Exec {
+    /// The host pid of the process started in the container, once runc has
+    /// started it.
+    pub fn process_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file.0).ok()?.trim().parse().ok().filter(|p| *p > 1)
+    }
+
+    /// Kills the process started in the container, with its process group when it
+    /// leads one (a terminal's session: the shell and what it runs in the
+    /// foreground), and runc. Best effort: what is already gone is fine.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.process_pid() {
+            use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = kill_process_group(pid, Signal::KILL);
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+        let _ = self.child.kill();
+    }
+}
+
+/// A file of runc's for one exec (the process it reads, the pid it writes);
+/// removed when dropped.
 struct ProcessFile(PathBuf);
 
 impl Drop for ProcessFile {
@@ -83,8 +108,9 @@ impl Runtime {
         let tag = format!("{:016x}", rand::random::<u64>());
         let process_file = ProcessFile(dir.join(format!("exec-{tag}.json")));
         write_private(&process_file.0, process.to_string().as_bytes())?;
+        let pid_file = ProcessFile(dir.join(format!("exec-{tag}.pid")));
         let mut cmd = self.runc.cmd();
-        cmd.arg("exec").arg("--process").arg(&process_file.0).arg(id);
+        cmd.arg("exec").arg("--process").arg(&process_file.0).arg("--pid-file").arg(&pid_file.0).arg(id);
         let master = if spec.tty {
             match open_pty(spec.size) {
                 Ok((master, slave)) => {
@@ -121,7 +147,7 @@ impl Runtime {
         // runc and the process are gone.
         drop(cmd);
         match child {
-            Ok(child) => Ok(Exec { child, terminal: master.map(File::from), _process_file: process_file }),
+            Ok(child) => Ok(Exec { child, terminal: master.map(File::from), _process_file: process_file, pid_file }),
             Err(e) => Err(RuntimeError::Command { command: format!("runc exec {id}"), message: e.to_string() }),
         }
     }

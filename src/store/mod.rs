@@ -33,6 +33,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod cache;
+pub mod console;
 pub mod credentials;
 pub mod deployments;
 pub mod domains;
@@ -108,6 +109,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("migrations/013_webhooks.sql")),
     (14, include_str!("migrations/014_building.sql")),
     (15, include_str!("migrations/015_jobs.sql")),
+    (16, include_str!("migrations/016_console.sql")),
 ];
 
 /// Handle to the database; cheap to clone.

@@ -16,6 +16,7 @@ mod browser;
 mod builds;
 mod clients;
 mod conformance;
+mod console;
 mod credentials;
 mod deployments;
 mod domains;

@@ -267,6 +267,18 @@ impl Fixture {
         dep
     }
 
+    /// A live service of project `m{n}` with one running replica (busybox's
+    /// httpd), for consoles.
+    fn running_service(&self, project: &str, n: usize) -> String {
+        let svc = self.service(project, n, json!({"replicas": 1}));
+        let repo = format!("m{n}/web");
+        crate::deployments::push_web(&self.root, &repo, "v1", "hello", true);
+        let dep = crate::deployments::deploy(&self.root, &svc, &repo, "v1");
+        let d = crate::deployments::settle(&self.root, &dep, 60);
+        assert_eq!(d["status"], "live", "{d}");
+        svc
+    }
+
     /// A hosted image of project `m{n}` for jobs (a file, no shell): `m{n}/jobimg:v1`.
     fn job_image(&self, n: usize) -> String {
         let repo = format!("m{n}/jobimg");
@@ -517,6 +529,30 @@ fn request(f: &Fixture, route: &Route, caller: Caller, client: &Client, project:
                 hidden: None,
             }
         }
+        ("POST", "/v1/services/{id}/console/tickets") => {
+            let svc = f.running_service(project, n);
+            Request::json(client, format!("/v1/services/{svc}/console/tickets"), json!({})).hidden("service", &svc)
+        }
+        ("GET", "/v1/services/{id}/console/ws") => {
+            // The ticket is the credential, whoever presents it: a fresh one from
+            // an operator of the project, and a WebSocket upgrade.
+            let svc = f.running_service(project, n);
+            let r = f.root.post(&format!("/v1/services/{svc}/console/tickets"), &json!({}));
+            assert_eq!(r.status, 201, "{}", r.text());
+            let ticket = r.json()["ticket"].as_str().unwrap().to_string();
+            Request {
+                path: format!("/v1/services/{svc}/console/ws?ticket={ticket}"),
+                body: None,
+                headers: vec![
+                    ("Connection", "Upgrade".to_string()),
+                    ("Upgrade", "websocket".to_string()),
+                    ("Sec-WebSocket-Version", "13".to_string()),
+                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==".to_string()),
+                ],
+                client: client.clone(),
+                hidden: None,
+            }
+        }
         ("POST", "/v1/services/{id}/domains") => {
             let svc = f.service(project, n, json!({}));
             let body = json!({"hostname": format!("d{n}.domains.test")});
@@ -668,7 +704,9 @@ fn every_route_by_every_caller() {
             let project = needs_project.then(|| f.project(n));
             let req = request(&f, route, caller, &client, project.as_deref(), n);
             let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let r = if route.path.ends_with("/stream") {
+            // Streams and sockets: the answer's head is enough (the connection goes).
+            let socket = route.path.ends_with("/console/ws");
+            let r = if route.path.ends_with("/stream") || socket {
                 head_only(&req.client, route.method.as_str(), &req.path, &headers)
             } else {
                 req.client.send(route.method.as_str(), &req.path, req.body.as_deref(), &headers)
@@ -688,6 +726,7 @@ fn every_route_by_every_caller() {
                 Expect::Allowed if route.path == "/console" => {
                     r.status == 308 && r.header("location") == Some("/console/")
                 }
+                Expect::Allowed if socket => r.status == 101,
                 Expect::Allowed => (200..300).contains(&r.status),
                 Expect::Unauthorized if registry => {
                     r.status == 401
