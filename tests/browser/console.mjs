@@ -66,16 +66,14 @@ async function run(page, log) {
   await waitForStatus(page, /^connected/);
   log(await page.textContent('#status'));
 
-  const screen = () => page.$eval('.xterm-rows', (rows) => [...rows.children].map((r) => r.textContent).join('\n'));
+  // The terminal's text as xterm.js's DOM renderer shows it, a line per row (it
+  // renders spaces as no-break spaces).
+  const screen = () => page.evaluate(readScreen);
   const waitForScreen = async (pattern, what) => {
-    try {
-      await page.waitForFunction(
-        (source) => new RegExp(source).test([...document.querySelector('.xterm-rows').children].map((r) => r.textContent).join('\n')),
-        pattern.source,
-        { timeout: STEP_MS },
-      );
-    } catch {
-      throw new Error(`the terminal never showed ${what}; it shows:\n${await screen()}`);
+    const deadline = Date.now() + STEP_MS;
+    while (!pattern.test(await screen())) {
+      if (Date.now() > deadline) throw new Error(`the terminal never showed ${what}; it shows:\n${await screen()}`);
+      await page.waitForTimeout(100);
     }
   };
   const type = async (line) => {
@@ -116,11 +114,18 @@ async function run(page, log) {
   log('logged out; nothing stored');
 }
 
+function readScreen() {
+  const rows = document.querySelector('.xterm-rows');
+  return rows ? [...rows.children].map((row) => row.textContent.replace(/\u00a0/g, ' ')).join('\n') : '';
+}
+
 async function waitForStatus(page, pattern) {
   try {
-    await page.waitForFunction((source) => new RegExp(source).test(document.getElementById('status').textContent), pattern.source, {
-      timeout: STEP_MS,
-    });
+    await page.waitForFunction(
+      ([source, flags]) => new RegExp(source, flags).test(document.getElementById('status').textContent),
+      [pattern.source, pattern.flags],
+      { timeout: STEP_MS },
+    );
   } catch {
     throw new Error(`the status line never matched ${pattern}; it says: "${await page.textContent('#status')}"`);
   }
