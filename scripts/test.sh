@@ -4,8 +4,9 @@
 #   bash scripts/test.sh          # in a root shell
 #   sudo bash scripts/test.sh     # from an account with sudo
 #
-# 1. installs the system packages the tests drive for real (apt-get, missing ones only)
-#    and the Python OpenAPI validator (in a venv at .venv-test, put first on PATH);
+# 1. installs the system packages the tests drive for real (apt-get, missing ones only),
+#    the Python OpenAPI validator (in a venv at .venv-test, put first on PATH), and
+#    node with the browser test's npm modules (npm ci in tests/browser);
 # 2. cargo fmt --check;
 # 3. cargo clippy --all-targets -- -D warnings;
 # 4. cargo test --all-targets (unit tests and the integration binary tests/it);
@@ -53,6 +54,9 @@ PACKAGES=(
     # the system time zones job schedules are read in (tests/it/jobs.rs: Europe/Paris);
     # "required" on Debian, but minimal images leave it out
     tzdata
+    # the browser the console page is tested in (tests/it/browser.rs), driven by
+    # playwright-core from npm (tests/browser; node and npm: install_node below)
+    chromium
 )
 VENV="$ROOT/.venv-test"
 STARTED=$SECONDS
@@ -111,6 +115,18 @@ install_validator() {
     log "openapi-spec-validator: $(command -v openapi-spec-validator)"
 }
 
+# Node and npm for the browser test's driver, from Debian unless an npm is already
+# there (a NodeSource or nvm install is kept); then tests/browser's locked modules.
+install_node() {
+    if ! command -v npm >/dev/null 2>&1; then
+        PACKAGES=(nodejs npm)
+        install_packages
+    fi
+    command -v node >/dev/null || die "node is not on PATH after installing nodejs"
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+    log "node $(node --version), playwright-core $(node -p 'require("./tests/browser/node_modules/playwright-core/package.json").version')"
+}
+
 # Under sudo, PATH is reset and rustup lives in the invoking user's home; use that
 # toolchain (as root, since the tests need root).
 find_cargo() {
@@ -136,6 +152,8 @@ step "system packages"
 install_packages
 step "python tools"
 install_validator
+step "node and the browser test's modules"
+install_node
 step "toolchain"
 find_cargo
 cargo --version
