@@ -4,7 +4,8 @@
 // project, service and replica, connects, and checks that the terminal is a real
 // one: the size the page gives it reaches the shell (`stty size`, before and after
 // the window shrinks), a typed command's output appears, and `exit 3` ends the
-// session with the page saying so. Then logging out forgets the token. Any
+// session with the page saying so; a second session ends when the service is
+// stopped under it, and the page says why. Then logging out forgets the token. Any
 // Content-Security-Policy violation or script error fails the run.
 //
 // Environment: BERTH_URL (http://127.0.0.1:PORT), BERTH_USERNAME, BERTH_PASSWORD,
@@ -103,6 +104,24 @@ async function run(page, log) {
 
   await type('exit 3');
   await waitForStatus(page, /ended \(exit code 3\)/);
+  log(await page.textContent('#status'));
+
+  // A replica that dies under a session: the page says so, with the server's reason.
+  await page.click('#connect');
+  await waitForStatus(page, /^connected/);
+  await type('echo still-$((2*3))-here');
+  await waitForScreen(/still-6-here/, 'the second session answer');
+  const { token, serviceId } = await page.evaluate(() => ({
+    token: sessionStorage.getItem('berth.console.token'),
+    serviceId: document.getElementById('service').value,
+  }));
+  const stop = await fetch(`${base}/v1/services/${serviceId}/stop`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: '{}',
+  });
+  if (!stop.ok) throw new Error(`stopping the service: ${stop.status} ${await stop.text()}`);
+  await waitForStatus(page, /^session ended .*: the replica stopped$/);
   log(await page.textContent('#status'));
 
   const stored = await page.evaluate(() => ({ session: sessionStorage.length, local: localStorage.length }));
