@@ -111,7 +111,9 @@ async function showPicker() {
   await loadProjects().catch((error) => failed('could not list what you can open', error));
 }
 
+// Replaces a select's options, keeping its choice while that is still there to pick.
 function fill(select, items, label, disabled = () => false) {
+  const kept = select.value;
   select.replaceChildren(
     ...items.map((item) => {
       const option = new Option(label(item), item.id);
@@ -119,8 +121,9 @@ function fill(select, items, label, disabled = () => false) {
       return option;
     }),
   );
+  const still = items.findIndex((item) => item.id === kept && !disabled(item));
   const first = items.findIndex((item) => !disabled(item));
-  if (first >= 0) select.selectedIndex = first;
+  if (still >= 0 || first >= 0) select.selectedIndex = still >= 0 ? still : first;
   select.disabled = items.length === 0;
 }
 
@@ -137,17 +140,17 @@ async function loadProjects() {
   await loadServices();
 }
 
-async function loadServices() {
+async function loadServices(announce = true) {
   const project = $('project').value;
   const services = await listAll(`/v1/services?project_id=${encodeURIComponent(project)}`);
   fill($('service'), services, (s) => `${s.name} (${s.status})`);
   if (services.length === 0) {
-    show('this project has no service', 'info');
+    if (announce) show('this project has no service', 'info');
     fill($('replica'), [], () => '');
     updateConnect();
     return;
   }
-  await loadReplicas();
+  await loadReplicas(announce);
 }
 
 // `announce` says how many can be opened (not when it would hide why a session ended).
@@ -229,7 +232,7 @@ function endedText(exit, event, opened) {
     if (exit.signal != null) how = ` (signal ${exit.signal})`;
     else if (exit.exit_code != null) how = ` (exit code ${exit.exit_code})`;
     const reason = exit.reason || event.reason;
-    return [`session ended${how}${reason ? `: ${reason}` : ''}`, exit.exit_code === 0 ? 'ok' : 'info'];
+    return [`session ended${how}${reason ? `: ${reason}` : ''}`, exit.reason ? 'error' : 'info'];
   }
   const reason = event.reason ? `: ${event.reason}` : '';
   switch (event.code) {
@@ -298,9 +301,10 @@ async function connect() {
     socket = null;
     const [text, kind] = endedText(exit, event, opened);
     show(text, kind);
+    t.write(`\r\n\x1b[2m[${text}]\x1b[0m\r\n`);
     updateConnect();
-    // The replica may be gone now: show what can still be opened.
-    loadReplicas(false).catch((error) => failed('could not list the replicas', error));
+    // The replica (or the whole service) may be gone now: show what can still be opened.
+    loadServices(false).catch((error) => failed('could not list the services', error));
   };
 }
 

@@ -92,6 +92,10 @@ async function run(page, log) {
     log(`stty size ${when}: ${rows} ${cols}`);
     return [rows, cols];
   };
+  // Typed before the shell is up, a line would be echoed twice (by the terminal's
+  // cooked mode, then by the shell's line editor): wait for busybox's prompt.
+  const prompt = /^\/ # /m;
+  await waitForScreen(prompt, "the shell's prompt");
   const before = await checkSize('at connect');
   await page.setViewportSize({ width: 700, height: 420 });
   await page.waitForFunction(([r, c]) => term.rows !== r && term.cols !== c, before, { timeout: STEP_MS });
@@ -109,6 +113,7 @@ async function run(page, log) {
   // A replica that dies under a session: the page says so, with the server's reason.
   await page.click('#connect');
   await waitForStatus(page, /^connected/);
+  await waitForScreen(prompt, "the second shell's prompt");
   await type('echo still-$((2*3))-here');
   await waitForScreen(/still-6-here/, 'the second session answer');
   const { token, serviceId } = await page.evaluate(() => ({
