@@ -643,7 +643,11 @@ fn head_only(c: &Client, method: &str, path: &str, headers: &[(&str, &str)]) -> 
     use std::io::{BufRead, BufReader, Read, Write};
     let mut s = std::net::TcpStream::connect(c.addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", c.addr);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", c.addr);
+    // An upgrade names its own Connection.
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+        req.push_str("Connection: close\r\n");
+    }
     if let Some(t) = &c.token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
