@@ -99,6 +99,7 @@ function showLogin() {
   $('logout').hidden = true;
   $('who').textContent = '';
   for (const id of ['project', 'service', 'replica']) $(id).replaceChildren();
+  if (term) term.reset(); // what the last session showed is not for the next person
   $('username').focus();
 }
 
@@ -271,7 +272,14 @@ async function connect() {
   const t = terminal();
   t.reset();
   fit.fit();
-  const ws = new WebSocket(socketUrl(ticket.ws_url, t.cols, t.rows));
+  let ws;
+  try {
+    ws = new WebSocket(socketUrl(ticket.ws_url, t.cols, t.rows));
+  } catch (error) {
+    show(`could not open a console: ${error.message}`, 'error');
+    updateConnect();
+    return;
+  }
   ws.binaryType = 'arraybuffer';
   socket = ws;
   updateConnect();

@@ -5,11 +5,13 @@
 // one: the size the page gives it reaches the shell (`stty size`, before and after
 // the window shrinks), a typed command's output appears, and `exit 3` ends the
 // session with the page saying so; a second session ends when the service is
-// stopped under it, and the page says why. Then logging out forgets the token. Any
+// stopped under it, and the page says why. Then logging out forgets the token, and
+// an API token pasted instead of a password is checked, used and forgotten alike. Any
 // Content-Security-Policy violation or script error fails the run.
 //
 // Environment: BERTH_URL (http://127.0.0.1:PORT), BERTH_USERNAME, BERTH_PASSWORD,
-// BERTH_PROJECT, BERTH_SERVICE (names), BERTH_REPLICA (an id; default: the first
+// BERTH_API_TOKEN (one of the same user's, with projects:read, services:read and
+// console), BERTH_PROJECT, BERTH_SERVICE (names), BERTH_REPLICA (an id; default: the first
 // that can be opened), BERTH_ARTIFACTS (where a failure's screenshot goes; default
 // the system's temp dir), CHROMIUM (default /usr/bin/chromium).
 // Exit status 0 when every check passed; 1 with the reason and a screenshot path.
@@ -27,7 +29,7 @@ const env = (name, fallback) => {
 
 const STEP_MS = 20_000;
 
-async function run(page, log) {
+async function run(page, log, refusals) {
   const base = env('BERTH_URL').replace(/\/$/, '');
   const project = env('BERTH_PROJECT');
   const service = env('BERTH_SERVICE');
@@ -133,9 +135,29 @@ async function run(page, log) {
   if (stored.session === 0 || stored.local !== 0) throw new Error(`token storage: ${JSON.stringify(stored)}`);
   await page.click('#logout');
   await page.waitForSelector('#login:not([hidden])', { timeout: STEP_MS });
-  const left = await page.evaluate(() => sessionStorage.length + localStorage.length);
-  if (left !== 0) throw new Error(`${left} items stored after logout`);
+  const nothingStored = async () => {
+    const left = await page.evaluate(() => sessionStorage.length + localStorage.length);
+    if (left !== 0) throw new Error(`${left} items stored after logout`);
+  };
+  await nothingStored();
   log('logged out; nothing stored');
+
+  // An API token pasted instead of a password: a wrong one is refused, a right one
+  // opens the same picker, and logging out forgets it too.
+  const useToken = async (token) => {
+    await page.fill('#api-token', token);
+    await page.click('#token-form button[type=submit]');
+  };
+  refusals.push('401 /v1/me');
+  await useToken('berth_not-a-token');
+  await waitForStatus(page, /^the token was not accepted: /);
+  log(await page.textContent('#status'));
+  await useToken(env('BERTH_API_TOKEN'));
+  await page.waitForSelector(`#project option:text-is("${project}")`, { state: 'attached', timeout: STEP_MS });
+  log(`the API token shows ${project} to ${await page.textContent('#who')}`);
+  await page.click('#logout');
+  await page.waitForSelector('#login:not([hidden])', { timeout: STEP_MS });
+  await nothingStored();
 }
 
 function readScreen() {
@@ -171,21 +193,34 @@ async function main() {
     ],
   });
   const problems = [];
+  // Failed HTTP answers the run provokes on purpose ("401 /v1/me"), each allowed once;
+  // any other is a problem.
+  const refusals = [];
   let page;
   try {
     const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
     page = await context.newPage();
     page.on('pageerror', (error) => problems.push(`script error: ${error.message}`));
     page.on('console', (message) => {
-      if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+      // Failed loads are judged by their answers, below.
+      if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+        problems.push(`console error: ${message.text()}`);
+      }
+    });
+    page.on('response', (response) => {
+      if (response.status() < 400) return;
+      const answer = `${response.status()} ${new URL(response.url()).pathname}`;
+      const expected = refusals.indexOf(answer);
+      if (expected >= 0) refusals.splice(expected, 1);
+      else problems.push(`HTTP ${answer}`);
     });
     await page.addInitScript(() => {
       document.addEventListener('securitypolicyviolation', (e) => {
         console.error(`csp violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`);
       });
     });
-    await run(page, log);
-    if (problems.length) throw new Error(`the page reported:\n${problems.join('\n')}`);
+    await run(page, log, refusals);
+    if (problems.length) throw new Error('the page reported problems');
     log('ok');
   } catch (error) {
     console.error(`FAILED: ${error.message}`);

@@ -90,6 +90,13 @@ fn a_person_logs_in_on_the_console_page_and_uses_a_replicas_shell_in_chromium() 
     let dep = deploy(&admin, &svc, "alpha/web", "v1");
     assert_eq!(settle(&admin, &dep, 90)["status"], "live");
 
+    let r = admin.post(
+        "/v1/api-tokens",
+        &json!({"name": "console-page", "scopes": ["projects:read", "services:read", "console"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_string();
+
     let artifacts = crate::harness::TempDir::new("browser");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/console.mjs");
     let out = Command::new("node")
@@ -97,6 +104,7 @@ fn a_person_logs_in_on_the_console_page_and_uses_a_replicas_shell_in_chromium() 
         .env("BERTH_URL", format!("http://{}", node.b.addr))
         .env("BERTH_USERNAME", "admin")
         .env("BERTH_PASSWORD", ADMIN_PASSWORD)
+        .env("BERTH_API_TOKEN", &token)
         .env("BERTH_PROJECT", "alpha")
         .env("BERTH_SERVICE", "web")
         .env("BERTH_ARTIFACTS", std::env::temp_dir())
