@@ -357,14 +357,14 @@ async fn accept(
     }
     let slot = Slot { sessions: state.console.clone(), user_id: user.id.clone() };
     let size = match (open.rows, open.cols) {
-        (Some(r), Some(c)) if r > 0 && c > 0 => Some((r.min(1000), c.min(1000))),
-        _ => None,
+        (Some(r), Some(c)) if r > 0 && c > 0 => (r.min(1000), c.min(1000)),
+        _ => (24, 80),
     };
     let spec = ExecSpec {
         args: vec!["/bin/sh".into(), "-c".into(), SHELL.into()],
         env: vec!["TERM=xterm-256color".into()],
         tty: true,
-        size,
+        size: Some(size),
         ..Default::default()
     };
     let exec = engine.exec(&ticket.replica_id, spec).await.map_err(|e| ApiError::conflict(e.to_string()))?;

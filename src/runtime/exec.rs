@@ -200,6 +200,12 @@ fn process_json(init: &serde_json::Value, spec: &ExecSpec) -> serde_json::Value 
     if let Some(o) = p.as_object_mut() {
         o.remove("consoleSize");
     }
+    // The terminal's first size is set inside the container before the process
+    // starts: runc's own copy of the size from its pty comes a moment later, after
+    // the process may already have asked (and seen 0x0).
+    if let (true, Some((rows, cols))) = (spec.tty, spec.size) {
+        p["consoleSize"] = serde_json::json!({"height": rows, "width": cols});
+    }
     p
 }
 
