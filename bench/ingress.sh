@@ -251,7 +251,8 @@ load() {
 
 printf '\nwrk -t%s -c%s -d%ss, %s round(s); berth, nginx (reverse proxy) and the replica directly\n' \
     "$THREADS" "$CONNECTIONS" "$DURATION" "$ROUNDS"
-ROWS=(http-small http-big https-small https-big)
+# BENCH_ROWS narrows the run to some rows (e.g. "https-small"), for profiling.
+read -r -a ROWS <<<"${BENCH_ROWS:-http-small http-big https-small https-big}"
 declare -A RPS_OF P99_OF
 for r in $(seq 1 "$ROUNDS"); do
     for row in "${ROWS[@]}"; do
