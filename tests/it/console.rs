@@ -289,3 +289,37 @@ fn consoles_refuse_what_they_should_and_end_cleanly() {
         assert_eq!(r.status, 409, "{}", r.text());
     });
 }
+
+#[test]
+fn a_daemon_stop_ends_its_consoles_and_their_shells_but_not_the_replica() {
+    if !crate::runtime::can_run() {
+        return;
+    }
+    let (mut node, admin) = node("");
+    let (svc, replica) = shell_service(&admin, "shell");
+    let path = ws_path(&svc, &ticket(&admin, &svc, json!({})));
+    let addr = admin.addr;
+    let session = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut ws = open(addr, &path, None).await.unwrap();
+            type_in(&mut ws, "busybox sleep 4545\r").await;
+            let mut seen = Seen::default();
+            read_until(&mut ws, &mut seen, 60, "the close", |s| s.close.is_some() || s.ended).await;
+            seen
+        })
+    });
+    until(30, "the console's sleep runs in the replica", || {
+        processes(&node, &replica).contains("sleep 4545").then_some(())
+    });
+    assert_eq!(node.b.stop(), Some(0), "{}", node.b.log());
+    let seen = session.join().unwrap();
+    assert_eq!(seen.close.as_ref().map(|c| c.0), Some(1001), "{seen:?}");
+    assert!(seen.close.as_ref().unwrap().1.contains("shutting down"), "{seen:?}");
+    // The session ended with the listener's stop: the drain did not wait it out.
+    let log = node.b.log();
+    assert!(!log.contains("did not finish in time"), "{log}");
+    // The replica runs on for the next daemon; the console's shell is gone.
+    let ps = processes(&node, &replica);
+    assert!(ps.contains("httpd") && !ps.contains("4545"), "{ps}");
+}
