@@ -318,10 +318,7 @@ async fn accept(
         return Err(ApiError::new(Kind::Unavailable, "this daemon does not run containers"));
     };
     let bad_ticket = || ApiError::new(Kind::InvalidToken, "the console ticket is not valid");
-    let secret = presented.strip_prefix(TICKET_PREFIX).ok_or_else(bad_ticket)?;
-    if secret.len() != 43 || !secret.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(bad_ticket());
-    }
+    let secret = presented.strip_prefix(TICKET_PREFIX).filter(|s| crate::auth::is_secret(s)).ok_or_else(bad_ticket)?;
     let hash = crate::auth::hash_secret(secret);
     let now = crate::ids::unix_now();
     let ticket = match state.store.write(move |c| crate::store::console::redeem(c, &hash, now)).await? {
@@ -368,19 +365,14 @@ async fn accept(
         ..Default::default()
     };
     let exec = engine.exec(&ticket.replica_id, spec).await.map_err(|e| ApiError::conflict(e.to_string()))?;
-    let entry = crate::store::audit::AuditEntry {
-        id: crate::ids::new_id("aud"),
-        at: crate::ids::now_rfc3339(),
-        actor_id: Some(user.id.clone()),
-        actor_name: Some(user.username.clone()),
-        token_id: ticket.token_id.clone(),
-        action: "GET /v1/services/{id}/console/ws".into(),
-        target: format!("{}/{}", ticket.service_id, ticket.replica_id),
-        project_id: Some(ticket.project_id.clone()),
-        source_addr: ctx.source.to_string(),
-        request_id: ctx.request_id.clone(),
-        status: 101,
-    };
+    let entry = ctx.audit_entry(
+        &user,
+        ticket.token_id.as_deref(),
+        "GET /v1/services/{id}/console/ws",
+        format!("{}/{}", ticket.service_id, ticket.replica_id),
+        Some(ticket.project_id.clone()),
+        101,
+    );
     if let Err(e) = state.store.write(move |c| crate::store::audit::insert(c, &entry)).await {
         // No audit entry, no session.
         let mut exec = exec;

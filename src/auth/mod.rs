@@ -143,6 +143,11 @@ pub fn new_secret() -> String {
     rand::thread_rng().sample_iter(rand::distributions::Alphanumeric).take(SECRET_LEN).map(char::from).collect()
 }
 
+/// Whether `s` has the shape of a secret [`new_secret`] makes.
+pub fn is_secret(s: &str) -> bool {
+    s.len() == SECRET_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 pub fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
@@ -200,10 +205,7 @@ fn split_token(token: &str) -> Result<(bool, &str, &str), AuthError> {
     };
     let (id, secret) = rest.rsplit_once('_').ok_or(AuthError::Malformed)?;
     let prefix = if session { "ses" } else { "tok" };
-    if !crate::ids::has_shape(id, prefix)
-        || secret.len() != SECRET_LEN
-        || !secret.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
+    if !crate::ids::has_shape(id, prefix) || !is_secret(secret) {
         return Err(AuthError::Malformed);
     }
     Ok((session, id, secret))

@@ -126,6 +126,35 @@ pub struct Ctx {
     pub auth: Auth,
 }
 
+impl Ctx {
+    /// An audit entry, now, for this request, made by `user` (with the API token
+    /// `token_id`, if one). The route table's middleware makes the entries of
+    /// mutating `/v1` routes; this is for the others (the registry, the console).
+    pub fn audit_entry(
+        &self,
+        user: &crate::store::users::User,
+        token_id: Option<&str>,
+        action: &str,
+        target: String,
+        project_id: Option<String>,
+        status: u16,
+    ) -> crate::store::audit::AuditEntry {
+        crate::store::audit::AuditEntry {
+            id: crate::ids::new_id("aud"),
+            at: crate::ids::now_rfc3339(),
+            actor_id: Some(user.id.clone()),
+            actor_name: Some(user.username.clone()),
+            token_id: token_id.map(str::to_string),
+            action: action.to_string(),
+            target,
+            project_id,
+            source_addr: self.source.to_string(),
+            request_id: self.request_id.clone(),
+            status,
+        }
+    }
+}
+
 /// The outcome of reading the `Authorization` header.
 #[derive(Clone)]
 pub enum Auth {

@@ -284,9 +284,15 @@ fn consoles_refuse_what_they_should_and_end_cleanly() {
         let exit = seen.exit.clone().unwrap_or_else(|| panic!("no exit message: {seen:?}"));
         assert_eq!(exit["reason"], "the replica stopped", "{seen:?}");
         assert_eq!(seen.close.as_ref().map(|c| c.0), Some(1000), "{seen:?}");
-        // A stopped replica has no console.
+        // A stopped replica has no console: 409 while its record is there (not
+        // running), 404 once the stopped service's replica is removed.
         let r = admin.post(&format!("/v1/services/{svc}/console/tickets"), &json!({"replica_id": replica}));
+        let refused = (r.status == 409 && r.text().contains("not running"))
+            || (r.status == 404 && r.text().contains("has no replica"));
+        assert!(refused, "{} {}", r.status, r.text());
+        let r = admin.post(&format!("/v1/services/{svc}/console/tickets"), &json!({}));
         assert_eq!(r.status, 409, "{}", r.text());
+        assert!(r.text().contains("no replica of service"), "{}", r.text());
     });
 }
 

@@ -24,7 +24,6 @@ use super::names::{self, Digest, DigestError, Reference};
 use crate::auth::{CredentialKind, Principal, Role, Scope};
 use crate::http::{Auth, Ctx};
 use crate::state::AppState;
-use crate::store::audit::AuditEntry;
 
 /// What a `/v2/<rest>` path addresses.
 #[derive(Debug, PartialEq, Eq)]
@@ -140,20 +139,14 @@ impl Call<'_> {
     /// Records a change to the repository in the audit log, where that project's
     /// admins see it: who, what, which repository and reference.
     async fn audit(&self, action: &str, target: String, status: StatusCode) {
-        let p = &self.principal;
-        let entry = AuditEntry {
-            id: crate::ids::new_id("aud"),
-            at: crate::ids::now_rfc3339(),
-            actor_id: Some(p.user.id.clone()),
-            actor_name: Some(p.user.username.clone()),
-            token_id: p.token_id().map(str::to_string),
-            action: action.to_string(),
+        let entry = self.ctx.audit_entry(
+            &self.principal.user,
+            self.principal.token_id(),
+            action,
             target,
-            project_id: Some(self.project.clone()),
-            source_addr: self.ctx.source.to_string(),
-            request_id: self.ctx.request_id.clone(),
-            status: status.as_u16(),
-        };
+            Some(self.project.clone()),
+            status.as_u16(),
+        );
         if let Err(e) = self.state.store.write(move |c| crate::store::audit::insert(c, &entry)).await {
             tracing::error!(request_id = self.ctx.request_id, error = %e, "audit write failed");
         }
