@@ -75,6 +75,16 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// Answers one request that came in on `conn`. The future owns what it needs:
     /// it may outlive the borrow.
     fn call(&self, req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<Self::Body>> + Send + use<Self>;
+
+    /// Serves one HTTP/1.1 connection (plain, or TLS without h2) until it ends. The
+    /// default is hyper's ([`serve_http1`]); the ingress's proxy serves the common
+    /// requests itself first.
+    fn serve_http1<I>(self, io: I, conn: Conn, limits: Limits) -> impl Future<Output = ()> + Send
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_http1(TokioIo::new(io), self, conn, limits)
+    }
 }
 
 impl Handler for Router {
@@ -282,7 +292,7 @@ async fn accept_loop<H: Handler>(
         let tls = tls.clone();
         tokio::spawn(async move {
             let Some(acceptor) = tls else {
-                return serve_http1(TokioIo::new(stream), handler, conn, limits).await;
+                return handler.serve_http1(stream, conn, limits).await;
             };
             // The handshake is part of the head: a client that connects and sends no
             // ClientHello holds its place against the caps only this long.
@@ -305,7 +315,7 @@ async fn accept_loop<H: Handler>(
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 serve_http2(TokioIo::new(stream), handler, conn, limits).await
             } else {
-                serve_http1(TokioIo::new(stream), handler, conn, limits).await
+                handler.serve_http1(stream, conn, limits).await
             }
         });
     }
@@ -342,7 +352,7 @@ fn service<H: Handler>(
 
 /// A connection's HTTP/1.1 exchanges: the head cap and deadline, upgrades, and a
 /// graceful end when the listener stops.
-async fn serve_http1<I, H>(io: I, handler: H, conn: Conn, limits: Limits)
+pub async fn serve_http1<I, H>(io: I, handler: H, conn: Conn, limits: Limits)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     H: Handler,

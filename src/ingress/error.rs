@@ -35,6 +35,10 @@ pub enum ProxyError {
     ConnectTimeout { addr: SocketAddr },
     #[error("upstream {addr}: {source}")]
     Upstream { addr: SocketAddr, source: hyper::Error },
+    #[error("upstream {addr}: {source}")]
+    UpstreamIo { addr: SocketAddr, source: std::io::Error },
+    #[error("upstream {addr} sent {what}")]
+    UpstreamSyntax { addr: SocketAddr, what: &'static str },
     #[error("upstream {addr} did not answer in time")]
     UpstreamTimeout { addr: SocketAddr },
     #[error("upstream {addr} switched protocols unasked")]
@@ -55,6 +59,8 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamSyntax { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UnaskedUpgrade { .. } => Origin::Upstream,
             ProxyError::NoBackend => Origin::Internal,
@@ -71,6 +77,8 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamSyntax { .. }
             | ProxyError::UnaskedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -85,6 +93,8 @@ impl ProxyError {
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamSyntax { .. }
             | ProxyError::UnaskedUpgrade { .. } => "The service did not answer properly.",
             ProxyError::UpstreamTimeout { .. } => "The service did not answer in time.",
             ProxyError::ClientTimeout => "The request body arrived too slowly.",

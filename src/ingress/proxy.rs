@@ -49,8 +49,10 @@ use super::routes::{Backend, Route, RoutingTable, normalize_host};
 use super::tls::CertStore;
 use super::upstream::{IDLE_TIMEOUT, Upstreams};
 use crate::http::body::{TimedBody, is_timeout};
-use crate::http::serve::{Conn, Handler, Hold, IncomingRequest};
+use crate::http::serve::{Conn, Handler, Hold, IncomingRequest, Limits};
 use crate::metrics::Metrics;
+
+mod h1;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -70,6 +72,8 @@ struct Inner {
     challenges: Arc<Challenges>,
     log: Arc<AccessLog>,
     upstreams: Arc<Upstreams<ReqBody>>,
+    /// The fast path's replica connections ([`h1`]).
+    raw: h1::RawPool,
     metrics: Arc<Metrics>,
     front: Front,
 }
@@ -116,12 +120,25 @@ impl Proxy {
         metrics: Arc<Metrics>,
         front: Front,
     ) -> Proxy {
-        Proxy(Arc::new(Inner { routes, challenges, log, upstreams: Arc::new(Upstreams::default()), metrics, front }))
+        Proxy(Arc::new(Inner {
+            routes,
+            challenges,
+            log,
+            upstreams: Arc::new(Upstreams::default()),
+            raw: h1::RawPool::default(),
+            metrics,
+            front,
+        }))
     }
 
     /// The upstream connection pool (for tests and metrics).
     pub fn upstreams(&self) -> &Upstreams<ReqBody> {
         &self.0.upstreams
+    }
+
+    /// Idle replica connections, of both paths.
+    pub fn idle_upstreams(&self) -> usize {
+        self.0.upstreams.idle_count() + self.0.raw.idle_count()
     }
 
     /// Sweeps idle upstream connections until `stop` flips.
@@ -130,7 +147,10 @@ impl Proxy {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.0.upstreams.prune(),
+                _ = tick.tick() => {
+                    self.0.upstreams.prune();
+                    self.0.raw.prune();
+                }
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
@@ -145,6 +165,13 @@ struct TunnelSeat {
 
 impl Handler for Proxy {
     type Body = ProxyBody;
+
+    fn serve_http1<I>(self, io: I, conn: Conn, limits: Limits) -> impl Future<Output = ()> + Send
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_h1(io, conn, limits)
+    }
 
     fn call(&self, mut req: IncomingRequest, conn: &Conn) -> impl Future<Output = Response<ProxyBody>> + Send + use<> {
         let started = Instant::now();
@@ -790,6 +817,19 @@ impl Pending {
         req: &IncomingRequest,
         client: IpAddr,
     ) -> Pending {
+        Pending::with(proxy, route, at, started, req.method().clone(), clip_path(req.uri().path()), client)
+    }
+
+    /// An entry for a request the fast path took.
+    fn with(
+        proxy: &Inner,
+        route: &Arc<Route>,
+        at: time::OffsetDateTime,
+        started: Instant,
+        method: Method,
+        path: String,
+        client: IpAddr,
+    ) -> Pending {
         Pending {
             entry: Some(PendingEntry {
                 log: proxy.log.clone(),
@@ -797,8 +837,8 @@ impl Pending {
                 route: route.clone(),
                 at,
                 started,
-                method: req.method().clone(),
-                path: clip_path(req.uri().path()),
+                method,
+                path,
                 client,
             }),
             backend: None,
@@ -1007,7 +1047,9 @@ mod tests {
         let mut answer = String::new();
         s.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
-        assert_eq!((a.accepted.load(Ordering::SeqCst), b.accepted.load(Ordering::SeqCst)), (1, 1));
+        // One connection per replica, and one more for the absolute-form request: it
+        // took the general path, which keeps connections of its own.
+        assert_eq!((a.accepted.load(Ordering::SeqCst), b.accepted.load(Ordering::SeqCst)), (1, 2));
     }
 
     #[tokio::test]
@@ -1117,6 +1159,79 @@ mod tests {
         assert_eq!(ing.log.recent("svc_s", 10).iter().filter(|e| e.status == 502).count(), 2);
     }
 
+    /// Writes `requests` at once on a raw connection and reads until the ingress closes it.
+    async fn raw_exchange(addr: SocketAddr, requests: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(requests.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_whichever_path_takes_them() {
+        let ing = ingress(patient()).await;
+        let r = replica(|req: Request<Incoming>| async move {
+            let what = format!("{} {}", req.method(), req.uri().path());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            text(200, format!("[{what} {}]", body.len()))
+        })
+        .await;
+        ing.routes.set_service("svc_1", "prj_1", &["web.test".into()], vec![backend("r", r.addr)]);
+        // Bodyless ones first (the fast path), then one with a body: the rest of the
+        // connection, bytes already read included, goes to the general path.
+        let got = raw_exchange(
+            ing.addr,
+            "GET /1 HTTP/1.1\r\nHost: web.test\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: web.test\r\n\r\n\
+             POST /3 HTTP/1.1\r\nHost: web.test\r\nContent-Length: 4\r\n\r\nabcd\
+             GET /4 HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let order: Vec<usize> =
+            ["[GET /1 0]", "[POST /3 4]", "[GET /4 0]"].iter().map(|p| got.find(p).unwrap_or(usize::MAX)).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]) && order[2] != usize::MAX, "{got}");
+        assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 4, "{got}");
+        assert!(!got.contains("[HEAD"), "no body for HEAD: {got}");
+        let logged = ing.log.recent("svc_1", 10);
+        assert_eq!(logged.len(), 4, "{logged:?}");
+        // And with the connection closed by the client's last request.
+        let got = raw_exchange(ing.addr, "GET /5 HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n").await;
+        assert!(got.contains("connection: close") && got.ends_with("[GET /5 0]"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn answers_keep_their_framing_chunked_to_the_end_of_the_connection_or_none() {
+        let ing = ingress(patient()).await;
+        for (host, answer) in [
+            (
+                "chunked.test",
+                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"[..],
+            ),
+            ("eof.test", b"HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+            ("empty.test", b"HTTP/1.1 204 No Content\r\n\r\n"),
+            ("cut.test", b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf!"),
+            ("badchunk.test", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ] {
+            let addr = raw_replica(Box::leak(answer.to_vec().into_boxed_slice())).await;
+            ing.routes.set_service(host, "prj_1", &[host.into()], vec![backend("r", addr)]);
+        }
+        let r = get(ing.addr, "chunked.test", "/").await;
+        assert_eq!((r.status(), body_text(&r)), (StatusCode::OK, "hello world".into()));
+        let r = get(ing.addr, "eof.test", "/").await;
+        assert_eq!((r.status(), body_text(&r)), (StatusCode::OK, "until the end".into()));
+        let got = raw_exchange(ing.addr, "GET / HTTP/1.1\r\nHost: eof.test\r\n\r\n").await;
+        assert!(got.contains("connection: close\r\n") && got.ends_with("\r\n\r\nuntil the end"), "{got}");
+        let r = get(ing.addr, "empty.test", "/").await;
+        assert_eq!((r.status(), body_text(&r)), (StatusCode::NO_CONTENT, String::new()));
+        // A body cut short ends the client's connection before its length; one broken
+        // from its start is a 502.
+        let got = raw_exchange(ing.addr, "GET / HTTP/1.1\r\nHost: cut.test\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nhalf!"), "{got}");
+        assert_eq!(get(ing.addr, "badchunk.test", "/").await.status(), StatusCode::BAD_GATEWAY);
+        let cut = &ing.log.recent("cut.test", 1)[0];
+        assert_eq!((cut.status, cut.bytes), (200, 5));
+    }
+
     #[tokio::test]
     async fn kept_alive_connections_a_replica_closes_are_not_a_client_error() {
         // The replica answers once per connection, keep-alive by default, then closes:
@@ -1143,14 +1258,22 @@ mod tests {
         let mut tx = client(ing.addr).await;
         for _ in 0..10 {
             assert_eq!(body_text(&send(&mut tx, req("GET", "web.test", "/", "")).await), "0");
-            assert_eq!(body_text(&send(&mut tx, req("POST", "web.test", "/", vec![1u8; 3000])).await), "3000");
         }
         // Other client connections share the pool.
         for _ in 0..5 {
             assert_eq!(body_text(&get(ing.addr, "web.test", "/").await), "0");
         }
-        assert_eq!(r.accepted.load(Ordering::SeqCst), 1, "25 sequential requests, one upstream connection");
-        assert_eq!(ing.proxy.upstreams().idle_count(), 1);
+        assert_eq!(r.accepted.load(Ordering::SeqCst), 1, "15 sequential requests, one upstream connection");
+        assert_eq!(ing.proxy.idle_upstreams(), 1);
+        // A request with a body takes the general path, which keeps its own
+        // connections: one more, whatever comes after it on that client connection.
+        for _ in 0..10 {
+            assert_eq!(body_text(&send(&mut tx, req("POST", "web.test", "/", vec![1u8; 3000])).await), "3000");
+            assert_eq!(body_text(&send(&mut tx, req("GET", "web.test", "/", "")).await), "0");
+        }
+        assert_eq!(body_text(&get(ing.addr, "web.test", "/").await), "0");
+        assert_eq!(r.accepted.load(Ordering::SeqCst), 2, "one upstream connection per path");
+        assert_eq!(ing.proxy.idle_upstreams(), 2);
     }
 
     #[tokio::test]
@@ -1171,38 +1294,48 @@ mod tests {
         })
         .await;
         ing.routes.set_service("svc_1", "prj_1", &["web.test".into()], vec![backend("r", r.addr)]);
-        let request = Request::builder()
-            .uri("/")
-            .header("host", "Web.Test:8080")
-            .header("connection", "keep-alive, x-hop")
-            .header("x-hop", "1")
-            .header("keep-alive", "timeout=5")
-            .header("te", "trailers")
-            .header("proxy-authorization", "Basic eA==")
-            .header("proxy", "http://evil.test")
-            .header("x-forwarded-for", "203.0.113.9")
-            .header("x-forwarded-proto", "https")
-            .header("x-request-id", "chosen-by-the-client")
-            .header("x-end", "kept")
-            .body(full(""))
-            .unwrap();
-        let resp = send(&mut client(ing.addr).await, request).await;
-        let seen = body_text(&resp);
-        let lines: Vec<&str> = seen.lines().collect();
+        // Without a body the fast path takes the request, with one the general path:
+        // the replica sees the same headers either way.
+        let mut resp = None;
+        for (method, body) in [("GET", ""), ("POST", "x")] {
+            let request = Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "Web.Test:8080")
+                .header("connection", "keep-alive, x-hop")
+                .header("x-hop", "1")
+                .header("keep-alive", "timeout=5")
+                .header("te", "trailers")
+                .header("proxy-authorization", "Basic eA==")
+                .header("proxy", "http://evil.test")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-forwarded-proto", "https")
+                .header("x-request-id", "chosen-by-the-client")
+                .header("x-end", "kept")
+                .body(full(body))
+                .unwrap();
+            let answer = send(&mut client(ing.addr).await, request).await;
+            let seen = body_text(&answer);
+            let mut lines: Vec<&str> = seen.lines().collect();
+            lines.retain(|l| *l != "content-length: 1");
+            let id = answer.headers()["x-request-id"].to_str().unwrap().to_string();
+            assert!(id.starts_with("req_"), "{id}");
+            assert_eq!(
+                lines,
+                vec![
+                    "host: Web.Test:8080",
+                    "x-end: kept",
+                    "x-forwarded-for: 127.0.0.1",
+                    "x-forwarded-host: Web.Test:8080",
+                    "x-forwarded-proto: http",
+                    &format!("x-request-id: {id}"),
+                ],
+                "{method}: client-sent forwarding headers are replaced; the replica and the client see one id: {seen}"
+            );
+            resp = Some(answer);
+        }
+        let resp = resp.unwrap();
         let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-        assert!(id.starts_with("req_"), "{id}");
-        assert_eq!(
-            lines,
-            vec![
-                "host: Web.Test:8080",
-                "x-end: kept",
-                "x-forwarded-for: 127.0.0.1",
-                "x-forwarded-host: Web.Test:8080",
-                "x-forwarded-proto: http",
-                &format!("x-request-id: {id}"),
-            ],
-            "client-sent forwarding headers are replaced; the replica and the client see one id: {seen}"
-        );
         let again = send(&mut client(ing.addr).await, req("GET", "web.test", "/", "")).await;
         assert_ne!(again.headers()["x-request-id"].to_str().unwrap(), id, "a fresh id per request");
         let unrouted = get(ing.addr, "nothing.test", "/").await;
@@ -1494,7 +1627,7 @@ mod tests {
         assert!(body_text(&r).contains("did not answer in time"));
         // The exchange is given up: the connection to the replica is closed, not pooled.
         tokio::time::timeout(Duration::from_secs(5), closed.recv()).await.expect("the upstream connection stayed open");
-        assert_eq!(ing.proxy.upstreams().idle_count(), 0);
+        assert_eq!(ing.proxy.idle_upstreams(), 0);
         assert_eq!(ing.log.recent("svc_h", 1)[0].status, 504);
         // A POST waits the same (it is not retried elsewhere either).
         let r = send(&mut client(ing.addr).await, req("POST", "hung.test", "/", "x")).await;
