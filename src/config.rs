@@ -179,6 +179,20 @@ pub struct AcmeConfig {
     pub backoff_min_seconds: u64,
     /// Longest wait between two failed issuances for one host, in seconds.
     pub backoff_max_seconds: u64,
+    /// How the CA checks that a host points here: `http-01` (port 80) or
+    /// `tls-alpn-01` (port 443, for hosts whose port 80 is closed).
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge berth answers (RFC 8555 §8.3, RFC 8737).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -428,6 +442,7 @@ impl Default for AcmeConfig {
             renew_check_seconds: 60,
             backoff_min_seconds: 60,
             backoff_max_seconds: 86_400,
+            challenge: AcmeChallenge::Http01,
         }
     }
 }

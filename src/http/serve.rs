@@ -312,7 +312,12 @@ async fn accept_loop<H: Handler>(
                     return;
                 }
             };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let alpn = stream.get_ref().1.alpn_protocol();
+            if alpn == Some(crate::ingress::tls::ACME_TLS_ALPN) {
+                // A CA's TLS-ALPN-01 check ends with the handshake (RFC 8737 §3).
+                return;
+            }
+            if alpn == Some(b"h2") {
                 serve_http2(TokioIo::new(stream), handler, conn, limits).await
             } else {
                 handler.serve_http1(stream, conn, limits).await

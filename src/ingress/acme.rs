@@ -1,12 +1,14 @@
-//! ACME (RFC 8555, `instant-acme`) for the ingress: one HTTP-01 issuance, the
+//! ACME (RFC 8555, `instant-acme`) for the ingress: one issuance, the
 //! HTTP client it runs over, which hosts may get a certificate, and the state the
 //! API and the renewal worker share.
 //!
 //! - **Which hosts** ([`eligible`]): names a public CA issues for: not `localhost`,
 //!   names under it, single labels or IP addresses.
-//! - **Issuance** ([`order`], HTTP-01): a new order for the one name, the key
-//!   authorization put in [`Challenges`] (the ingress's HTTP listener answers it for
-//!   that Host only, and it is taken away however the attempt ends), the challenge
+//! - **Issuance** ([`order`]): a new order for the one name, the key authorization
+//!   put in [`Challenges`] for HTTP-01 (the ingress's HTTP listener answers it for
+//!   that Host only) or its digest in a validation certificate in [`CertStore`] for
+//!   TLS-ALPN-01 (`acme.challenge`, adr/037; the HTTPS listener answers `acme-tls/1`
+//!   handshakes with it), taken away however the attempt ends; the challenge
 //!   set ready, the order polled with backoff, finalized with a CSR for a fresh
 //!   ECDSA P-256 key made here (rcgen), and the chain fetched.
 //! - **The client** ([`AcmeHttp`]): hyper-util over rustls (ring), HTTPS only,
@@ -17,8 +19,7 @@
 //!   in memory, so nothing on the request path waits for SQLite or the CA.
 //!
 //! Storing (keys sealed), loading at start, and the renewal loop with its timing
-//! and backoff are `crate::workers::acme`'s. Limits: HTTP-01 only (no TLS-ALPN-01,
-//! so port 80 must reach berth), one name per certificate (no wildcards: they need
+//! and backoff are `crate::workers::acme`'s. Limits: one name per certificate (no wildcards: they need
 //! DNS-01), no OCSP stapling, no ACME Renewal Information (ARI); see adr/028.
 
 use std::collections::{BTreeSet, HashMap};
@@ -43,6 +44,8 @@ use utoipa::ToSchema;
 
 use super::challenge::Challenges;
 use super::routes::normalize_host;
+use super::tls::CertStore;
+use crate::config::AcmeChallenge;
 use crate::outbound::Resolver;
 use crate::secrets::Zeroizing;
 
@@ -305,12 +308,34 @@ pub struct Fresh {
     pub key_pem: Zeroizing<String>,
 }
 
-/// One HTTP-01 issuance for `host`.
-pub async fn order(account: &Account, challenges: &Challenges, host: &str) -> Result<Fresh, AcmeError> {
+/// Removes a TLS-ALPN-01 validation certificate, however the issuance ends.
+struct Validating<'a> {
+    certs: &'a CertStore,
+    host: Option<String>,
+}
+
+impl Drop for Validating<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.host {
+            self.certs.stop_validation(h);
+        }
+    }
+}
+
+/// One issuance for `host`, answering the CA's `kind` of challenge: HTTP-01 on the
+/// ingress's port 80 (`challenges`), or TLS-ALPN-01 on its HTTPS port (`certs`).
+pub async fn order(
+    account: &Account,
+    kind: AcmeChallenge,
+    challenges: &Challenges,
+    certs: &CertStore,
+    host: &str,
+) -> Result<Fresh, AcmeError> {
     let refused = |reason: String| AcmeError::Refused { host: host.to_string(), reason };
     let identifiers = [Identifier::Dns(host.to_string())];
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut answering = Answering { challenges, tokens: Vec::new() };
+    let mut validating = Validating { certs, host: None };
     {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -320,12 +345,23 @@ pub async fn order(account: &Account, challenges: &Challenges, host: &str) -> Re
                 AuthorizationStatus::Valid => continue,
                 other => return Err(refused(format!("its authorization is {other:?}"))),
             }
-            let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| refused("it offers no http-01 challenge".into()))?;
+            let (wanted, name) = match kind {
+                AcmeChallenge::Http01 => (ChallengeType::Http01, "http-01"),
+                AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+            };
+            let mut challenge =
+                authz.challenge(wanted).ok_or_else(|| refused(format!("it offers no {name} challenge")))?;
             let key_authorization = challenge.key_authorization();
-            challenges.put_acme(host, &challenge.token, key_authorization.as_str());
-            answering.tokens.push(challenge.token.clone());
+            match kind {
+                AcmeChallenge::Http01 => {
+                    challenges.put_acme(host, &challenge.token, key_authorization.as_str());
+                    answering.tokens.push(challenge.token.clone());
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    certs.start_validation(host, key_authorization.digest().as_ref())?;
+                    validating.host = Some(host.to_string());
+                }
+            }
             challenge.set_ready().await?;
         }
     }
@@ -334,8 +370,9 @@ pub async fn order(account: &Account, challenges: &Challenges, host: &str) -> Re
     if status != OrderStatus::Ready {
         return Err(refused(why_invalid(&mut order).await));
     }
-    // The CA has fetched the answer; it is not needed any more.
+    // The CA has checked the answer; it is not needed any more.
     drop(answering);
+    drop(validating);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();

@@ -20,8 +20,12 @@ use time::OffsetDateTime;
 
 use super::routes::normalize_host;
 
-/// ALPN protocols the listener offers, in preference order.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN protocols the listener offers, in preference order. `acme-tls/1` is the
+/// CA's TLS-ALPN-01 check (RFC 8737): no client offers it otherwise.
+pub const ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", ACME_TLS_ALPN];
+
+/// The ALPN protocol of a TLS-ALPN-01 validation: the handshake is all of it.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -59,6 +63,8 @@ pub struct CertStore {
     certs: ArcSwap<HashMap<String, Arc<Installed>>>,
     fallback: Arc<CertifiedKey>,
     write: Mutex<()>,
+    /// TLS-ALPN-01 validation certificates, by host, while an order waits for the CA.
+    validation: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -74,7 +80,38 @@ impl CertStore {
         let chain = generated.cert.pem();
         let key = generated.signing_key.serialize_pem();
         let (fallback, _) = parse(&chain, &key)?;
-        Ok(CertStore { certs: ArcSwap::default(), fallback: Arc::new(fallback), write: Mutex::new(()) })
+        Ok(CertStore {
+            certs: ArcSwap::default(),
+            fallback: Arc::new(fallback),
+            write: Mutex::new(()),
+            validation: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Answers the CA's TLS-ALPN-01 handshakes for `host` with a certificate for it
+    /// carrying `digest` (SHA-256 of the key authorization) in its critical
+    /// `acmeIdentifier` extension, until [`CertStore::stop_validation`].
+    pub fn start_validation(&self, host: &str, digest: &[u8]) -> Result<(), TlsError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if digest.len() != 32 {
+            return Err(TlsError::Certificate("an acmeIdentifier digest is 32 bytes".into()));
+        }
+        params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+        let cert = params.self_signed(&key)?;
+        // Not `CertifiedKey::from_der`: its key check parses the certificate with
+        // webpki, which refuses the critical extension the CA asks for.
+        let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Key(e.to_string()))?;
+        let signer = provider().key_provider.load_private_key(der).map_err(|e| TlsError::Key(e.to_string()))?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signer);
+        self.validation.lock().unwrap_or_else(|e| e.into_inner()).insert(normalize_host(host), Arc::new(certified));
+        Ok(())
+    }
+
+    /// Stops answering TLS-ALPN-01 handshakes for `host`.
+    pub fn stop_validation(&self, host: &str) {
+        self.validation.lock().unwrap_or_else(|e| e.into_inner()).remove(&normalize_host(host));
     }
 
     /// Installs (or replaces) `host`'s certificate from a PEM chain (leaf first) and
@@ -144,6 +181,11 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN)) {
+            // A CA's validation: its certificate, or no handshake at all.
+            let name = normalize_host(hello.server_name()?);
+            return self.validation.lock().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+        }
         let found = hello.server_name().and_then(|name| self.lookup(name));
         Some(found.map(|c| c.key.clone()).unwrap_or_else(|| self.fallback.clone()))
     }

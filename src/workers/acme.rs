@@ -162,7 +162,8 @@ impl Renewer {
     /// Issues, installs and stores a certificate for `host`.
     async fn issue(&mut self, host: &str) -> Result<Known, RenewError> {
         let account = self.account().await?;
-        let fresh = order(&account, &self.state.challenges, host).await?;
+        let kind = self.state.config.acme.challenge;
+        let fresh = order(&account, kind, &self.state.challenges, &self.state.certs, host).await?;
         let info = self.state.certs.install(host, &fresh.chain_pem, &fresh.key_pem).map_err(AcmeError::from)?;
         let serial = serial_of(&fresh.chain_pem)?;
         let issued = crate::store::acme::Issued {

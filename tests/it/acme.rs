@@ -60,6 +60,11 @@ impl Pebble {
     /// Starts challtestsrv (the DNS answering 127.0.0.1 for every name) and pebble,
     /// which validates HTTP-01 on `http_port`.
     pub fn start(&mut self, http_port: u16) {
+        self.start_checking(http_port, free_port());
+    }
+
+    /// [`Pebble::start`], with TLS-ALPN-01 validated on `tls_port`.
+    pub fn start_checking(&mut self, http_port: u16, tls_port: u16) {
         let dns = free_port();
         let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).unwrap();
         let challtestsrv = Command::new("pebble-challtestsrv")
@@ -78,7 +83,7 @@ impl Pebble {
             "certificate": self.tls_cert(),
             "privateKey": self.dir.path().join("key.pem"),
             "httpPort": http_port,
-            "tlsPort": free_port(),
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
@@ -259,6 +264,35 @@ fn issued(admin: &Client, pebble: &Pebble, not: Option<&str>) -> Value {
     let r = route(admin, HOST).unwrap();
     assert_eq!(r["certificate"]["state"], "issued", "{r}\npebble:\n{}", pebble.log());
     r["certificate"].clone()
+}
+
+#[test]
+fn a_host_whose_port_80_is_closed_gets_its_certificate_through_tls_alpn_01() {
+    if !crate::runtime::can_run() || !tools() {
+        return;
+    }
+    let mut pebble = Pebble::prepare();
+    let config = format!("{}challenge = \"tls-alpn-01\"\n", acme_config(&pebble, &pebble.directory_url()));
+    let (node, admin) = node(&config);
+    // pebble checks HTTP-01 on a port nothing listens on, and TLS-ALPN-01 on berth's
+    // HTTPS listener: only the latter can pass.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    pebble.start_checking(closed, node.b.https_addr().port());
+    deploy_web(&admin, "hello over tls-alpn\n");
+    let cert = issued(&admin, &pebble, None);
+    assert!(cert["issuer"].as_str().unwrap().contains("Pebble"), "{cert}");
+    let root = pebble.root_pem();
+    let port = node.b.https_addr().port();
+    assert_eq!(curl_https(port, Some(&root), "/"), (0, "hello over tls-alpn\n".to_string()));
+    assert_eq!(served_serial(&node, &root), cert["serial"].as_str().unwrap());
+    // Once issued, a handshake asking for acme-tls/1 gets nothing: the validation
+    // certificate is gone, and the ordinary one is never served for that protocol.
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &node.b.https_addr().to_string(), "-servername", HOST, "-alpn", "acme-tls/1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an acme-tls/1 handshake succeeded: {}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
