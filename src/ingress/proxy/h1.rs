@@ -436,20 +436,10 @@ impl Chunks {
                     None if b == b'\r' => self.state = SizeLf,
                     None => return Err("a malformed chunk size"),
                 },
-                Ext => {
-                    self.ext += 1;
-                    if self.ext > MAX_CHUNK_EXT {
-                        return Err("a chunk extension too long");
-                    }
-                    if b == b'\r' {
-                        self.state = SizeLf;
-                    }
-                }
+                Ext => self.skip_line(b, MAX_CHUNK_EXT, "a chunk extension too long", SizeLf)?,
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err("a malformed chunk line");
-                    }
-                    self.state = if self.size == 0 { TrailerStart } else { Data };
+                    let next = if self.size == 0 { TrailerStart } else { Data };
+                    self.state = expect(b, b'\n', "a malformed chunk line", next)?;
                 }
                 Data => {
                     let n = (buf.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
@@ -460,40 +450,15 @@ impl Chunks {
                     }
                     continue;
                 }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err("a chunk longer than its size");
-                    }
-                    self.state = DataLf;
-                }
+                DataCr => self.state = expect(b, b'\r', "a chunk longer than its size", DataLf)?,
                 DataLf => {
-                    if b != b'\n' {
-                        return Err("a malformed chunk end");
-                    }
-                    (self.state, self.digits, self.ext) = (Size, 0, 0);
+                    self.state = expect(b, b'\n', "a malformed chunk end", Size)?;
+                    (self.digits, self.ext) = (0, 0);
                 }
                 TrailerStart => self.state = if b == b'\r' { EndLf } else { TrailerLine },
-                TrailerLine => {
-                    self.ext += 1;
-                    if self.ext > MAX_RESPONSE_HEAD {
-                        return Err("trailers too long");
-                    }
-                    if b == b'\r' {
-                        self.state = TrailerLf;
-                    }
-                }
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err("a malformed trailer");
-                    }
-                    self.state = TrailerStart;
-                }
-                EndLf => {
-                    if b != b'\n' {
-                        return Err("a malformed end of chunks");
-                    }
-                    self.state = Done;
-                }
+                TrailerLine => self.skip_line(b, MAX_RESPONSE_HEAD, "trailers too long", TrailerLf)?,
+                TrailerLf => self.state = expect(b, b'\n', "a malformed trailer", TrailerStart)?,
+                EndLf => self.state = expect(b, b'\n', "a malformed end of chunks", Done)?,
                 Done => break,
             }
             i += 1;
@@ -501,9 +466,27 @@ impl Chunks {
         Ok(i)
     }
 
+    /// One byte of a line passed over up to its CR (a chunk extension, a trailer),
+    /// counted against `cap`.
+    fn skip_line(&mut self, b: u8, cap: usize, too_long: &'static str, then: ChunkState) -> Result<(), &'static str> {
+        self.ext += 1;
+        if self.ext > cap {
+            return Err(too_long);
+        }
+        if b == b'\r' {
+            self.state = then;
+        }
+        Ok(())
+    }
+
     fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
+}
+
+/// `next` when `b` is the byte the syntax wants here, else `err`.
+fn expect(b: u8, want: u8, err: &'static str, next: ChunkState) -> Result<ChunkState, &'static str> {
+    if b == want { Ok(next) } else { Err(err) }
 }
 
 /// How an exchange whose head reached the client ended.
