@@ -17,10 +17,23 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy", "proxy-connection"];
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// Whether a header name (any case) is hop-by-hop: one of [`HOP_BY_HOP`] or a
+/// `Proxy-*` one.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+/// Whether a header name (any case) is one the ingress sets on every forwarded
+/// request, replacing the client's.
+pub fn is_set_by_ingress(name: &str) -> bool {
+    [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REQUEST_ID].iter().any(|h| name.eq_ignore_ascii_case(h))
+}
 
 /// Whether the request asks for a WebSocket (HTTP/1.1 `Upgrade: websocket` with
 /// `Connection: upgrade`).

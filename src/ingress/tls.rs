@@ -92,12 +92,12 @@ impl CertStore {
     /// carrying `digest` (SHA-256 of the key authorization) in its critical
     /// `acmeIdentifier` extension, until [`CertStore::stop_validation`].
     pub fn start_validation(&self, host: &str, digest: &[u8]) -> Result<(), TlsError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
         if digest.len() != 32 {
             return Err(TlsError::Certificate("an acmeIdentifier digest is 32 bytes".into()));
         }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()])?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
         let cert = params.self_signed(&key)?;
         // Not `CertifiedKey::from_der`: its key check parses the certificate with

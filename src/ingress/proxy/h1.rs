@@ -42,6 +42,9 @@ use super::{Challenges, MAX_ATTEMPTS, Pending, Proxy, other_backend};
 use crate::http::serve::{Conn, Limits, MAX_HEAD_BYTES};
 use crate::ingress::access_log::clip_path;
 use crate::ingress::error::ProxyError;
+use crate::ingress::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID, is_hop_by_hop, is_set_by_ingress,
+};
 use crate::ingress::routes::{Backend, Route, normalize_host};
 use crate::ingress::upstream::{CONNECT_TIMEOUT, IDLE_TIMEOUT, MAX_IDLE_PER_REPLICA, MAX_RESPONSE_HEAD};
 
@@ -159,13 +162,6 @@ struct Client<'a> {
     request_id: &'a str,
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy", "proxy-connection"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
-        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
-}
-
 /// Parses a request head from `buf` and, when the fast path takes it, writes its
 /// forwarded form to `out`.
 fn parse_request(buf: &[u8], out: &mut Vec<u8>, client: &Client<'_>) -> Parsed {
@@ -226,13 +222,7 @@ fn parse_request(buf: &[u8], out: &mut Vec<u8>, client: &Client<'_>) -> Parsed {
         } else if is("transfer-encoding") || is("upgrade") || is("expect") || is("http2-settings") {
             return Parsed::Other;
         }
-        if is_hop_by_hop(name)
-            || named.iter().any(|n| is(n))
-            || is("x-forwarded-for")
-            || is("x-forwarded-proto")
-            || is("x-forwarded-host")
-            || is("x-request-id")
-        {
+        if is_hop_by_hop(name) || is_set_by_ingress(name) || named.iter().any(|n| is(n)) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -243,7 +233,7 @@ fn parse_request(buf: &[u8], out: &mut Vec<u8>, client: &Client<'_>) -> Parsed {
     let Some(host) = host else { return Parsed::Other };
     let _ = write!(
         out,
-        "x-forwarded-for: {}\r\nx-forwarded-proto: {}\r\nx-forwarded-host: {host}\r\nx-request-id: {}\r\n\r\n",
+        "{X_FORWARDED_FOR}: {}\r\n{X_FORWARDED_PROTO}: {}\r\n{X_FORWARDED_HOST}: {host}\r\n{X_REQUEST_ID}: {}\r\n\r\n",
         client.addr,
         if client.tls { "https" } else { "http" },
         client.request_id,
@@ -359,7 +349,7 @@ fn parse_answer(buf: &[u8], out: &mut Vec<u8>, asked: &Asked<'_>) -> ParsedAnswe
     for h in resp.headers.iter() {
         let name = h.name;
         let strip = is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("x-request-id")
+            || name.eq_ignore_ascii_case(X_REQUEST_ID)
             || (framing != Framing::Empty && name.eq_ignore_ascii_case("content-length"))
             || named.iter().any(|n| n.eq_ignore_ascii_case(name) && !n.eq_ignore_ascii_case("host"));
         if strip {
@@ -380,7 +370,7 @@ fn parse_answer(buf: &[u8], out: &mut Vec<u8>, asked: &Asked<'_>) -> ParsedAnswe
     if !has_date {
         let _ = write!(out, "date: {}\r\n", httpdate::fmt_http_date(std::time::SystemTime::now()));
     }
-    let _ = write!(out, "x-request-id: {}\r\n", asked.request_id);
+    let _ = write!(out, "{X_REQUEST_ID}: {}\r\n", asked.request_id);
     if asked.close || framing == Framing::Close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -827,26 +817,30 @@ async fn read_answer(
     }
 }
 
-/// Writes the ingress's page for `e` (the general path's, see
-/// [`super::error_response`]) to `out`; returns the body's length.
+/// Writes the ingress's page for `e` to `out`: the general path's answer
+/// ([`super::error_response`]), head and body, in HTTP/1.1; returns the body's length.
 fn error_page(out: &mut Vec<u8>, e: &ProxyError, request_id: &str) -> u64 {
-    let page = e.page();
-    let status = e.status();
+    let resp = super::error_response(e);
+    let status = resp.status();
     out.clear();
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let page = match resp.into_body().0 {
+        super::Kind::Page(Some(page)) => page,
+        _ => hyper::body::Bytes::new(),
+    };
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\n\
-         content-length: {}\r\ndate: {}\r\nx-request-id: {request_id}\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
+        "content-length: {}\r\ndate: {}\r\n{X_REQUEST_ID}: {request_id}\r\n\r\n",
         page.len(),
         httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
-    if matches!(e, ProxyError::NoBackend) {
-        let _ = write!(out, "retry-after: {}\r\n", super::RETRY_AFTER_SECONDS);
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(page.as_bytes());
+    out.extend_from_slice(&page);
     page.len() as u64
 }
 
@@ -1001,6 +995,25 @@ mod tests {
         assert!(answer("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
         assert!(answer("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
         assert!(answer("this is not http\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn error_pages_are_the_general_paths_in_http1() {
+        let mut out = Vec::new();
+        let len = error_page(&mut out, &ProxyError::NoBackend, "req_1");
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        for line in [
+            "content-type: text/html; charset=utf-8",
+            "cache-control: no-store",
+            "retry-after: 5",
+            "x-request-id: req_1",
+        ] {
+            assert!(head.contains(&format!("\r\n{line}")), "{line} missing: {head}");
+        }
+        assert!(head.contains(&format!("\r\ncontent-length: {len}\r\n")) && head.contains("\r\ndate: "), "{head}");
+        assert_eq!((body, len), (ProxyError::NoBackend.page().as_str(), body.len() as u64));
     }
 
     #[test]
