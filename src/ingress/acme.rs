@@ -408,7 +408,14 @@ pub fn serial_of(chain_pem: &str) -> Result<String, AcmeError> {
         .ok_or(AcmeError::Certificate(super::tls::TlsError::NoCertificate))?
         .map_err(|e| bad(e.to_string()))?;
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
-    Ok(cert.tbs_certificate.raw_serial_as_string().replace(':', ""))
+    Ok(serial_hex(cert.tbs_certificate.raw_serial()))
+}
+
+/// A serial number in hex as `openssl x509 -serial` prints it: without the zero
+/// byte DER puts before a number whose first bit is set.
+fn serial_hex(raw: &[u8]) -> String {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -439,6 +446,13 @@ mod tests {
         k.error = Some("refused".into());
         assert_eq!(k.status().state, "error");
         assert_eq!(Known::default().status().state, "pending");
+    }
+
+    #[test]
+    fn serials_read_as_openssl_prints_them() {
+        assert_eq!(serial_hex(&[0x00, 0xa5, 0x74, 0x0b]), "a5740b", "the DER sign byte goes");
+        assert_eq!(serial_hex(&[0x12, 0x00]), "1200");
+        assert_eq!(serial_hex(&[0x00]), "00");
     }
 
     #[test]
